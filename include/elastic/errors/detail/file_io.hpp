@@ -1,0 +1,148 @@
+// File access for error files: bounded reads that never block on special files,
+// and atomic writes (a temporary in the same directory, then rename(2)) so a reader
+// sees the whole file or none of it.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <system_error>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace elastic::errors::detail {
+
+struct ReadResult {
+  enum class Status {
+    ok,          // `data` holds the whole file
+    not_a_file,  // missing, or not a regular file (directory, FIFO, device, symlink loop)
+    error,       // exists but cannot be used; `reason` says why
+  };
+  Status status = Status::error;
+  std::string data;
+  std::string reason;
+};
+
+inline const char* file_kind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "not a regular file";
+}
+
+// Reads a regular file of at most `max_bytes`. O_NONBLOCK keeps a FIFO from
+// blocking the open; anything but a regular file counts as absent, as
+// os.path.isfile() makes it for PyTorch.
+inline ReadResult read_regular_file(const std::string& path, std::size_t max_bytes) {
+  ReadResult result;
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) {
+    int err = errno;
+    result.reason = std::strerror(err);
+    result.status = (err == ENOENT || err == ENOTDIR || err == ELOOP || err == ENAMETOOLONG || err == ENXIO)
+                        ? ReadResult::Status::not_a_file
+                        : ReadResult::Status::error;
+    return result;
+  }
+  struct FdCloser {
+    int fd;
+    ~FdCloser() { ::close(fd); }
+  } closer{fd};
+
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    result.reason = std::strerror(errno);
+    return result;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    result.status = ReadResult::Status::not_a_file;
+    result.reason = file_kind(st.st_mode);
+    return result;
+  }
+  if (static_cast<std::uint64_t>(st.st_size) > max_bytes) {
+    result.reason = fmt::format("file is {} bytes, over the limit of {} bytes", st.st_size, max_bytes);
+    return result;
+  }
+  // The file may still grow while we read: never take more than max_bytes + 1.
+  result.data.resize(static_cast<std::size_t>(st.st_size) + 1);
+  std::size_t used = 0;
+  for (;;) {
+    if (used == result.data.size()) {
+      if (result.data.size() > max_bytes) {
+        result.data.clear();
+        result.reason = fmt::format("file grew over the limit of {} bytes while being read", max_bytes);
+        return result;
+      }
+      result.data.resize(std::min<std::size_t>(max_bytes + 1, result.data.size() * 2 + 4096));
+    }
+    ssize_t n = ::read(fd, result.data.data() + used, result.data.size() - used);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      result.data.clear();
+      result.reason = std::strerror(errno);
+      return result;
+    }
+    if (n == 0) break;
+    used += static_cast<std::size_t>(n);
+  }
+  result.data.resize(used);
+  result.status = ReadResult::Status::ok;
+  return result;
+}
+
+inline bool write_all(int fd, const char* data, std::size_t size) {
+  while (size > 0) {
+    ssize_t n = ::write(fd, data, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    data += n;
+    size -= static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+// Writes `data` to `path` atomically, creating missing parent directories.
+// Returns an empty string on success, else why it failed (the path is named).
+inline std::string write_file_atomically(const std::string& path, std::string_view data) {
+  namespace fs = std::filesystem;
+  if (path.empty()) return "empty error file path";
+  const fs::path target(path);
+  const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  std::error_code ec;
+  fs::create_directories(parent, ec);
+  if (ec) return fmt::format("cannot create directory {}: {}", parent.string(), ec.message());
+
+  static std::atomic<unsigned> counter{0};
+  const std::string temp = (parent / fmt::format(".{}.tmp.{}.{}", target.filename().string(), ::getpid(),
+                                                 counter.fetch_add(1)))
+                               .string();
+  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd < 0) return fmt::format("cannot create {}: {}", temp, std::strerror(errno));
+  bool written = write_all(fd, data.data(), data.size());
+  int write_errno = errno;
+  if (::close(fd) != 0 && written) {
+    written = false;
+    write_errno = errno;
+  }
+  if (!written) {
+    ::unlink(temp.c_str());
+    return fmt::format("cannot write {}: {}", temp, std::strerror(write_errno));
+  }
+  if (::rename(temp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(temp.c_str());
+    return fmt::format("cannot rename {} to {}: {}", temp, path, std::strerror(err));
+  }
+  return {};
+}
+
+}  // namespace elastic::errors::detail

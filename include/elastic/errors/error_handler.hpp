@@ -1,0 +1,155 @@
+// ErrorHandler: writes this process's error file (TORCHELASTIC_ERROR_FILE) and
+// copies a failed child's file up to it. Subclass it and install the subclass with
+// set_error_handler() to change where or how failures are recorded.
+#pragma once
+
+#include <elastic/errors/detail/exception_info.hpp>
+#include <elastic/errors/detail/file_io.hpp>
+#include <elastic/errors/detail/python_json.hpp>
+#include <elastic/errors/process_failure.hpp>
+#include <elastic/log.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <cstdlib>
+#include <exception>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace elastic {
+
+inline constexpr const char* error_file_env = "TORCHELASTIC_ERROR_FILE";
+
+class ErrorHandler {
+ public:
+  virtual ~ErrorHandler() = default;
+
+  // Called by record() before the wrapped function runs. Errors here are
+  // warned about, never fatal.
+  virtual void initialize() {}
+
+  // Writes the nested-format record of an exception (and its nested chain).
+  virtual void record_exception(std::exception_ptr error) {
+    write_exception_record(errors::detail::describe_exception(error));
+  }
+  virtual void record_exception(const std::exception& error) {
+    write_exception_record(errors::detail::describe_exception(error));
+  }
+
+  // Called when the wrapped function returned. Writes nothing.
+  virtual void record_success() { log::debug("{} finished successfully", entrypoint_or_default()); }
+
+  virtual void set_entrypoint_fn_name(std::string name) { entrypoint_fn_name_ = std::move(name); }
+  const std::string& entrypoint_fn_name() const noexcept { return entrypoint_fn_name_; }
+
+  // Copies a child's error file to this process's error file. With a non-zero
+  // error_code and a nested message, message.errorCode is set; with 0 the copy
+  // is byte-identical. Problems are logged, never thrown: this runs while a
+  // failure is already being reported.
+  virtual void dump_error_file(const std::string& child_file, int error_code = 0) {
+    auto read = errors::detail::read_regular_file(child_file, ErrorFileLimits::max_bytes);
+    if (read.status != errors::detail::ReadResult::Status::ok) {
+      log::warning("cannot copy child error file {}: {}", child_file, read.reason);
+      return;
+    }
+    nlohmann::ordered_json data;
+    try {
+      data = nlohmann::ordered_json::parse(read.data);
+    } catch (const nlohmann::json::exception& e) {
+      log::warning("cannot copy child error file {}: not valid JSON ({})", child_file, e.what());
+      return;
+    }
+    std::string contents = std::move(read.data);
+    if (error_code != 0) {
+      if (!data.is_object() || !data.contains("message")) {
+        log::warning("child error file ({}) does not have field `message`; cannot override error code: {}",
+                     child_file, error_code);
+      } else if (!data["message"].is_object()) {
+        log::warning("child error file ({}) has a new message format; skipping error code override", child_file);
+      } else {
+        data["message"]["errorCode"] = error_code;
+        contents = errors::detail::python_json_dumps(data);
+      }
+    }
+    log::debug("child error file ({}) contents:\n{}", child_file, data.dump(2));
+
+    auto destination = error_file_path();
+    if (!destination) {
+      log::info("no error file defined for parent, to copy child error file ({})", child_file);
+      return;
+    }
+    warn_if_overwriting(*destination);
+    if (write_error_file(*destination, contents)) log::info("dumped error file to parent's {}", *destination);
+  }
+
+  // Lets a handler add context (e.g. a device fault) to the rendered root cause of
+  // a failure by signal when a summary is formatted. The base returns it unchanged.
+  virtual std::string maybe_enrich_signal_failure_message(std::string message, const std::string& error_file) {
+    (void)error_file;
+    return message;
+  }
+
+  // TORCHELASTIC_ERROR_FILE, or nothing when unset or empty.
+  virtual std::optional<std::string> error_file_path() const {
+    const char* path = std::getenv(error_file_env);
+    if (path == nullptr || *path == '\0') return std::nullopt;
+    return std::string(path);
+  }
+
+ protected:
+  // The text put in extraInfo.py_callstack: each level's "<type>: <what()>" line,
+  // outermost first, followed by its stack frames when known. The first line is
+  // what a summary shows next to "traceback :".
+  virtual std::string format_callstack(const std::vector<errors::detail::ExceptionLevel>& levels) const {
+    std::string text;
+    for (std::size_t i = 0; i < levels.size(); ++i) {
+      if (i > 0) text += "\nCaused by: ";
+      text += levels[i].headline();
+    }
+    return text;
+  }
+
+  void write_exception_record(const std::vector<errors::detail::ExceptionLevel>& levels) {
+    const std::string headline = levels.empty() ? std::string("<no exception>") : levels.front().headline();
+    nlohmann::ordered_json extra;
+    extra["py_callstack"] = format_callstack(levels);
+    extra["timestamp"] = std::to_string(errors::detail::now_seconds());
+    nlohmann::ordered_json data;
+    data["message"]["message"] = headline;
+    data["message"]["extraInfo"] = std::move(extra);
+    const std::string contents = errors::detail::python_json_dumps(data);
+    if (auto path = error_file_path()) {
+      write_error_file(*path, contents);
+    } else {
+      log::info("{} raised {} ({} not set, no error file written)", entrypoint_or_default(), headline,
+                error_file_env);
+    }
+  }
+
+  // Atomic write; a failure is a warning. Returns whether the file was written.
+  virtual bool write_error_file(const std::string& path, const std::string& contents) {
+    std::string problem = errors::detail::write_file_atomically(path, contents);
+    if (problem.empty()) return true;
+    log::warning("Unable to write error to file {}: {}", path, problem);
+    return false;
+  }
+
+  std::string entrypoint_or_default() const {
+    return entrypoint_fn_name_.empty() ? std::string("the recorded function") : entrypoint_fn_name_;
+  }
+
+ private:
+  // A file already at the destination is replaced; its contents are logged first
+  // so nothing is lost silently (the same error file may be shared by mistake).
+  static void warn_if_overwriting(const std::string& path) {
+    auto existing = errors::detail::read_regular_file(path, ErrorFileLimits::max_bytes);
+    if (existing.status == errors::detail::ReadResult::Status::not_a_file) return;
+    log::warning("{} already exists and will be overwritten. Original contents:\n{}", path,
+                 existing.status == errors::detail::ReadResult::Status::ok ? existing.data : existing.reason);
+  }
+
+  std::string entrypoint_fn_name_;
+};
+
+}  // namespace elastic

@@ -1,0 +1,251 @@
+// ProcessFailure: what a parent knows about one failed child, read from the error
+// file the child wrote (any of TorchElastic's three formats) or, without one,
+// made up from its exit code.
+#pragma once
+
+#include <elastic/errors/detail/file_io.hpp>
+#include <elastic/errors/signals.hpp>
+#include <elastic/log.hpp>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <ctime>
+#include <limits>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+namespace elastic {
+
+// Shown where a value is not available, as TorchElastic does.
+inline constexpr const char* not_available = "<N/A>";
+// Shown as the traceback of a non-signal failure without an error file.
+inline constexpr const char* no_traceback_message =
+    "To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html";
+
+// An error file that exists but cannot be used. what() names the file and the reason.
+class ErrorFileError : public std::runtime_error {
+ public:
+  ErrorFileError(std::string path, std::string reason)
+      : std::runtime_error(fmt::format("invalid error file {}: {}", path, reason)),
+        path_(std::move(path)),
+        reason_(std::move(reason)) {}
+  const std::string& path() const noexcept { return path_; }
+  const std::string& reason() const noexcept { return reason_; }
+
+ private:
+  std::string path_;
+  std::string reason_;
+};
+
+// Limits on what a reader accepts; an error file is a few KiB in practice.
+struct ErrorFileLimits {
+  static constexpr std::size_t max_bytes = 64u << 20;  // 64 MiB
+  static constexpr std::size_t max_depth = 512;        // nesting of arrays/objects
+};
+
+namespace errors::detail {
+
+// Deepest array/object nesting in `text`, scanning outside strings; stops
+// counting past `limit`. Checked before parsing so hostile depth costs nothing.
+inline std::size_t json_depth(const std::string& text, std::size_t limit) {
+  std::size_t depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') in_string = false;
+      continue;
+    }
+    if (c == '"') in_string = true;
+    else if (c == '[' || c == '{') {
+      if (++depth > deepest && (deepest = depth) > limit) return deepest;
+    } else if ((c == ']' || c == '}') && depth > 0) --depth;
+  }
+  return deepest;
+}
+
+// Python's int() of a str: surrounding whitespace, an optional sign, decimal
+// digits with single underscores between them. Limited to int64.
+inline std::optional<std::int64_t> parse_python_int(const std::string& text) {
+  std::size_t begin = text.find_first_not_of(" \t\n\r\f\v");
+  std::size_t end = text.find_last_not_of(" \t\n\r\f\v");
+  if (begin == std::string::npos) return std::nullopt;
+  std::size_t i = begin;
+  bool negative = false;
+  if (text[i] == '+' || text[i] == '-') negative = text[i++] == '-';
+  if (i > end) return std::nullopt;
+  std::uint64_t magnitude = 0;
+  const std::uint64_t limit = negative ? std::uint64_t(std::numeric_limits<std::int64_t>::max()) + 1
+                                       : std::uint64_t(std::numeric_limits<std::int64_t>::max());
+  bool last_was_digit = false;
+  for (; i <= end; ++i) {
+    char c = text[i];
+    if (c == '_' && last_was_digit && i < end) {
+      last_was_digit = false;
+      continue;
+    }
+    if (c < '0' || c > '9') return std::nullopt;
+    unsigned digit = static_cast<unsigned>(c - '0');
+    if (magnitude > (limit - digit) / 10) return std::nullopt;
+    magnitude = magnitude * 10 + digit;
+    last_was_digit = true;
+  }
+  if (!last_was_digit) return std::nullopt;
+  if (negative) return magnitude == limit ? std::numeric_limits<std::int64_t>::min() : -std::int64_t(magnitude);
+  return std::int64_t(magnitude);
+}
+
+// Python's int() applied to a JSON value: integers, floats (truncated), booleans
+// and integer strings. Anything else, or out of int64 range, is rejected.
+inline std::optional<std::int64_t> to_python_int(const nlohmann::json& value) {
+  using value_t = nlohmann::json::value_t;
+  switch (value.type()) {
+    case value_t::number_integer: return value.get<std::int64_t>();
+    case value_t::number_unsigned: {
+      auto v = value.get<std::uint64_t>();
+      if (v > std::uint64_t(std::numeric_limits<std::int64_t>::max())) return std::nullopt;
+      return std::int64_t(v);
+    }
+    case value_t::number_float: {
+      double v = std::trunc(value.get<double>());
+      if (!std::isfinite(v) || v < -9.2233720368547758e18 || v >= 9.2233720368547758e18) return std::nullopt;
+      return static_cast<std::int64_t>(v);
+    }
+    case value_t::boolean: return value.get<bool>() ? 1 : 0;
+    case value_t::string: return parse_python_int(value.get_ref<const std::string&>());
+    default: return std::nullopt;
+  }
+}
+
+inline std::int64_t now_seconds() { return static_cast<std::int64_t>(std::time(nullptr)); }
+
+}  // namespace errors::detail
+
+class ProcessFailure {
+ public:
+  int local_rank = 0;
+  int pid = 0;
+  int exitcode = 0;
+  std::string error_file;           // "<N/A>" when the child left no file
+  nlohmann::json error_file_data;   // the parsed file, or {"message": "<NONE>"}
+  nlohmann::json message;           // a string, or the nested {"message", "extraInfo"} object
+  std::int64_t timestamp = 0;       // seconds since the epoch
+
+  // Reads `error_file_path` if it is a regular file. A malformed file throws
+  // ErrorFileError. A missing one (or a directory, FIFO, device) gives
+  // error_file "<N/A>", a message made from the exit code, and the current time.
+  ProcessFailure(int local_rank_, int pid_, int exitcode_, std::string error_file_path)
+      : local_rank(local_rank_), pid(pid_), exitcode(exitcode_), error_file(std::move(error_file_path)) {
+    error_file_data = empty_error_data();
+    message = "";
+    auto read = errors::detail::read_regular_file(error_file, ErrorFileLimits::max_bytes);
+    switch (read.status) {
+      case errors::detail::ReadResult::Status::ok:
+        load(read.data);
+        break;
+      case errors::detail::ReadResult::Status::not_a_file:
+        set_no_reply_file();
+        break;
+      case errors::detail::ReadResult::Status::error:
+        fail(read.reason);
+    }
+    if (message.is_string() && message.get_ref<const std::string&>().empty()) message = default_message();
+  }
+
+  // Never throws for a bad file: a parent that must report every rank uses this.
+  // An unusable file keeps its path in `error_file` and the reason in the message.
+  static ProcessFailure read_or_describe(int local_rank, int pid, int exitcode, std::string error_file_path) {
+    try {
+      return ProcessFailure(local_rank, pid, exitcode, error_file_path);
+    } catch (const ErrorFileError& e) {
+      ProcessFailure failure(local_rank, pid, exitcode, std::string(not_available));
+      failure.error_file = std::move(error_file_path);
+      failure.message = fmt::format("{} (error file unusable: {})", failure.default_message(), e.reason());
+      return failure;
+    }
+  }
+
+  // "SIGSEGV" for exit code -11; "<N/A>" for an unnamed signal or a non-negative code.
+  std::string signal_name() const { return exitcode < 0 ? elastic::signal_name(-exitcode) : not_available; }
+
+  // Local time as YYYY-MM-DD_HH:MM:SS. A timestamp no calendar can show (before
+  // year 1 or after 9999, where Python raises) is printed as the raw number.
+  std::string timestamp_isoformat() const {
+    std::tm local{};
+    const std::time_t seconds = static_cast<std::time_t>(timestamp);
+    if (::localtime_r(&seconds, &local) == nullptr || local.tm_year + 1900 < 1 || local.tm_year + 1900 > 9999)
+      return std::to_string(timestamp);
+    char text[32];
+    std::strftime(text, sizeof(text), "%Y-%m-%d_%H:%M:%S", &local);
+    return text;
+  }
+
+  static nlohmann::json empty_error_data() { return nlohmann::json{{"message", "<NONE>"}}; }
+
+ private:
+  [[noreturn]] void fail(const std::string& reason) const {
+    log::error("Failed to parse reply file: {}: {}", error_file, reason);
+    throw ErrorFileError(error_file, reason);
+  }
+
+  std::string default_message() const {
+    if (exitcode < 0) return fmt::format("Signal {} ({}) received by PID {}", -exitcode, signal_name(), pid);
+    return no_traceback_message;
+  }
+
+  void set_no_reply_file() {
+    error_file = not_available;
+    error_file_data = empty_error_data();
+    message = "";
+    timestamp = errors::detail::now_seconds();
+  }
+
+  void load(const std::string& text) {
+    if (errors::detail::json_depth(text, ErrorFileLimits::max_depth) > ErrorFileLimits::max_depth)
+      fail(fmt::format("JSON nested deeper than {} levels", ErrorFileLimits::max_depth));
+    nlohmann::json data;
+    try {
+      data = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::exception& e) {
+      fail(fmt::format("not valid JSON ({})", e.what()));
+    }
+    if (!data.is_object()) fail("top level is not a JSON object");
+    auto found = data.find("message");
+    if (found == data.end()) fail("no \"message\" key");
+    const nlohmann::json& msg = *found;
+
+    std::optional<std::int64_t> stamp;
+    if (msg.is_string()) {  // new format, or MAST with a string timestamp
+      auto ts = data.find("timestamp");
+      stamp = ts == data.end() ? std::optional<std::int64_t>(0) : errors::detail::to_python_int(*ts);
+      if (!stamp) fail("\"timestamp\" is not an integer");
+    } else if (msg.is_object()) {  // nested format
+      auto extra = msg.find("extraInfo");
+      if (extra == msg.end() || !extra->is_object()) fail("no \"message.extraInfo\" object");
+      auto ts = extra->find("timestamp");
+      if (ts == extra->end()) fail("no \"message.extraInfo.timestamp\"");
+      stamp = errors::detail::to_python_int(*ts);
+      if (!stamp) fail("\"message.extraInfo.timestamp\" is not an integer");
+      // Whatever the summary will display must be a string.
+      auto callstack = extra->find("py_callstack");
+      if (callstack != extra->end()) {
+        if (!callstack->is_string()) fail("\"message.extraInfo.py_callstack\" is not a string");
+      } else if (auto text = msg.find("message"); text != msg.end() && !text->is_string()) {
+        fail("\"message.message\" is not a string");
+      }
+    } else {
+      fail("\"message\" is neither a string nor an object");
+    }
+    log::debug("User process failed with error data: {}", data.dump(2));
+    message = msg;
+    timestamp = *stamp;
+    error_file_data = std::move(data);
+  }
+};
+
+}  // namespace elastic

@@ -1,0 +1,96 @@
+// Diagnostics of the library and the launcher: one line each, on stderr, with a
+// "[elastic] LEVEL:" prefix. The threshold comes from ELASTIC_LOG_LEVEL
+// (debug, info, warning, error, off; default warning, as TorchElastic's LOGLEVEL)
+// unless set_level() was called.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+#include <unistd.h>
+
+namespace elastic::log {
+
+enum class Level : int { debug = 0, info = 1, warning = 2, error = 3, off = 4 };
+
+namespace detail {
+// -1: not set programmatically, read the environment on each call so that a
+// process (or a test) may change ELASTIC_LOG_LEVEL at any time.
+inline std::atomic<int> forced_level{-1};
+
+inline Level parse_level(const char* text, Level fallback) {
+  if (text == nullptr || *text == '\0') return fallback;
+  std::string value;
+  for (const char* p = text; *p != '\0'; ++p)
+    value.push_back(static_cast<char>(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p));
+  if (value == "debug") return Level::debug;
+  if (value == "info") return Level::info;
+  if (value == "warning" || value == "warn") return Level::warning;
+  if (value == "error") return Level::error;
+  if (value == "off" || value == "none" || value == "critical") return Level::off;
+  return fallback;
+}
+
+inline const char* level_name(Level level) {
+  switch (level) {
+    case Level::debug: return "DEBUG";
+    case Level::info: return "INFO";
+    case Level::warning: return "WARNING";
+    case Level::error: return "ERROR";
+    default: return "";
+  }
+}
+
+// One write(2) per message so lines from concurrent processes never interleave.
+inline void write_line(Level level, std::string_view text) {
+  std::string line = fmt::format("[elastic] {}: {}\n", level_name(level), text);
+  const char* data = line.data();
+  std::size_t left = line.size();
+  while (left > 0) {
+    ssize_t n = ::write(STDERR_FILENO, data, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;  // stderr is gone: nothing else to tell
+    data += n;
+    left -= static_cast<std::size_t>(n);
+  }
+}
+}  // namespace detail
+
+inline Level level() {
+  int forced = detail::forced_level.load(std::memory_order_relaxed);
+  if (forced >= 0) return static_cast<Level>(forced);
+  return detail::parse_level(std::getenv("ELASTIC_LOG_LEVEL"), Level::warning);
+}
+
+inline void set_level(Level level) { detail::forced_level.store(static_cast<int>(level)); }
+inline void reset_level() { detail::forced_level.store(-1); }
+inline bool enabled(Level at) { return at != Level::off && static_cast<int>(at) >= static_cast<int>(level()); }
+
+template <typename... Args>
+void write(Level at, fmt::format_string<Args...> format, Args&&... args) {
+  if (!enabled(at)) return;
+  detail::write_line(at, fmt::format(format, std::forward<Args>(args)...));
+}
+
+template <typename... Args>
+void debug(fmt::format_string<Args...> format, Args&&... args) {
+  write(Level::debug, format, std::forward<Args>(args)...);
+}
+template <typename... Args>
+void info(fmt::format_string<Args...> format, Args&&... args) {
+  write(Level::info, format, std::forward<Args>(args)...);
+}
+template <typename... Args>
+void warning(fmt::format_string<Args...> format, Args&&... args) {
+  write(Level::warning, format, std::forward<Args>(args)...);
+}
+template <typename... Args>
+void error(fmt::format_string<Args...> format, Args&&... args) {
+  write(Level::error, format, std::forward<Args>(args)...);
+}
+
+}  // namespace elastic::log

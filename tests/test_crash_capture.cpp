@@ -75,6 +75,7 @@ TEST_CASE("each fatal signal leaves an error file naming the crashing function")
       {"ill", SIGILL, "illegal_instruction_on_purpose", "Fatal signal 4 (SIGILL)"},
       {"trap", SIGTRAP, "trap_here_on_purpose", "Fatal signal 5 (SIGTRAP)"},
       {"bus", SIGBUS, "bus_error_on_purpose", "Fatal signal 7 (SIGBUS) at address 0x"},
+      {"segv_internal", SIGSEGV, "crash_in_internal_function_on_purpose", "Fatal signal 11 (SIGSEGV) at address 0x0"},
       {"stack_overflow", SIGSEGV, "recurse_without_end_on_purpose", "Fatal signal 11 (SIGSEGV) at address 0x"},
   };
   for (const SignalCase& c : cases) {

@@ -76,6 +76,18 @@ WORKER_NOINLINE int recurse_without_end_on_purpose(int depth) {
   return recurse_without_end_on_purpose(depth + 1) + frame_filler[(depth + 1) % 256];
 }
 
+}  // namespace crash_worker
+
+namespace {
+// Internal linkage: not in the dynamic symbol table even with -rdynamic, so only
+// a symbolizer that reads the ELF .symtab can name it.
+__attribute__((noinline)) void crash_in_internal_function_on_purpose() {
+  *crash_worker::null_pointer = 7;
+}
+}  // namespace
+
+namespace crash_worker {
+
 struct DistinctiveError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
@@ -131,6 +143,7 @@ int worker_main(int argc, char** argv) {
   using namespace crash_worker;
   const std::string mode = argc > 1 ? argv[1] : "";
   if (mode == "segv") crash_here_on_purpose();
+  else if (mode == "segv_internal") crash_in_internal_function_on_purpose();
   else if (mode == "abort") abort_here_on_purpose();
   else if (mode == "fpe") std::printf("%d\n", divide_by_zero_on_purpose(argc));
   else if (mode == "ill") illegal_instruction_on_purpose();

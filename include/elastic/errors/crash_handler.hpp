@@ -258,9 +258,10 @@ inline void write_signal_report(int signo, const siginfo_t* info, const void* co
   if (error != 0) {
     write_stderr("[elastic] ERROR: cannot write error file ");
     write_stderr(path);
-    write_stderr(": ");
-    write_stderr(std::strerror(error));  // glibc's strerror reads a static table for known values
-    write_stderr("\n");
+    // strerror is not async-signal-safe: the number is.
+    StaticText<32> number;
+    number.append(": errno ").append_decimal(error).append('\n');
+    write_stderr(number.c_str(), number.size());
   } else {
     write_stderr("[elastic] ERROR: error file written to ");
     write_stderr(path);

@@ -130,9 +130,12 @@ void two_threads_crash() {
   second.join();
 }
 
-extern "C" void previous_segv_handler(int) {
-  static const char text[] = "previous SIGSEGV handler ran\n";
-  ssize_t ignored = ::write(STDERR_FILENO, text, sizeof(text) - 1);
+// Tells that it ran, and whether it saw the kernel's fault code, then lets the
+// fault happen again with the default action.
+extern "C" void previous_segv_handler(int, siginfo_t* info, void*) {
+  const char* text = info->si_code == SEGV_MAPERR ? "previous SIGSEGV handler ran (SEGV_MAPERR)\n"
+                                                  : "previous SIGSEGV handler ran (other si_code)\n";
+  ssize_t ignored = ::write(STDERR_FILENO, text, std::strlen(text));
   (void)ignored;
   ::signal(SIGSEGV, SIG_DFL);
 }
@@ -166,7 +169,11 @@ int worker_main(int argc, char** argv) {
 // "previous_handler MODE": a SIGSEGV handler is installed before record() runs.
 int main(int argc, char** argv) {
   if (argc > 2 && std::strcmp(argv[1], "previous_handler") == 0) {
-    ::signal(SIGSEGV, &crash_worker::previous_segv_handler);
+    struct sigaction previous {};
+    previous.sa_sigaction = &crash_worker::previous_segv_handler;
+    previous.sa_flags = SA_SIGINFO;
+    sigemptyset(&previous.sa_mask);
+    ::sigaction(SIGSEGV, &previous, nullptr);
     return elastic::errors::detail::run_recorded_main("worker_main", worker_main, argc - 1, argv + 1);
   }
   return elastic::errors::detail::run_recorded_main("worker_main", worker_main, argc, argv);

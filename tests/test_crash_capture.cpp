@@ -306,7 +306,9 @@ TEST_CASE("torchrun's summary of a crashed worker shows where it died") {
   RunOptions options;
   options.unset_env = {"TORCHELASTIC_ERROR_FILE", "ELASTIC_CRASH_SIGNALS", "ELASTIC_THROW_TRACES"};
   options.timeout = std::chrono::milliseconds(100000);
-  RunResult result = elastic::testing::run({torchrun, "--nproc_per_node=1", "--no_python", "--max_restarts=0",
+  // --standalone: a free port of its own, so concurrent runs never collide on 29500.
+  RunResult result = elastic::testing::run({torchrun, "--standalone", "--nproc_per_node=1", "--no_python",
+                                            "--max_restarts=0",
                                             "--log_dir=" + dir.path().string(), crash_worker, "segv"},
                                            options);
   INFO(result.out << result.err);

@@ -320,6 +320,26 @@ TEST_CASE("torchrun's summary of a crashed worker shows where it died") {
   CHECK(result.err.find("crash_here_on_purpose") != std::string::npos);
 }
 
+#ifdef ELASTIC_TEST_ELASTIC_RUN
+TEST_CASE("elastic-run's summary of a crashed worker shows where it died") {
+  TempDir dir;
+  RunOptions options;
+  options.unset_env = {"TORCHELASTIC_ERROR_FILE", "ELASTIC_CRASH_SIGNALS", "ELASTIC_THROW_TRACES"};
+  RunResult result = elastic::testing::run({ELASTIC_TEST_ELASTIC_RUN, "--standalone", "--nproc_per_node=1",
+                                            "--no_python", "--max_restarts=0", "--log_dir=" + dir.path().string(),
+                                            crash_worker, "segv"},
+                                           options);
+  const std::string output = result.out + result.err;
+  INFO(output);
+  REQUIRE_FALSE(result.timed_out);
+  CHECK(result.exitcode != 0);
+  CHECK(output.find("Root Cause (first observed failure):") != std::string::npos);
+  CHECK(output.find("exitcode  : -11") != std::string::npos);
+  CHECK(output.find("traceback : Fatal signal 11 (SIGSEGV) at address 0x0 (SEGV_MAPERR)") != std::string::npos);
+  CHECK(output.find("crash_here_on_purpose") != std::string::npos);
+}
+#endif
+
 TEST_CASE("signal-safe JSON strings match Python's json.dumps") {
   const std::string samples[] = {
       std::string("plain"),

@@ -132,6 +132,14 @@ void two_threads_crash() {
 
 // Tells that it ran, and whether it saw the kernel's fault code, then lets the
 // fault happen again with the default action.
+// A thread of the user's own that registers itself, then overflows its stack.
+void thread_stack_overflow() {
+  std::thread([] {
+    elastic::register_crash_thread();
+    std::printf("%d\n", recurse_without_end_on_purpose(0));
+  }).join();
+}
+
 extern "C" void previous_segv_handler(int, siginfo_t* info, void*) {
   const char* text = info->si_code == SEGV_MAPERR ? "previous SIGSEGV handler ran (SEGV_MAPERR)\n"
                                                   : "previous SIGSEGV handler ran (other si_code)\n";
@@ -153,6 +161,7 @@ int worker_main(int argc, char** argv) {
   else if (mode == "trap") trap_here_on_purpose();
   else if (mode == "bus") bus_error_on_purpose();
   else if (mode == "stack_overflow") std::printf("%d\n", recurse_without_end_on_purpose(0));
+  else if (mode == "thread_stack_overflow") thread_stack_overflow();
   else if (mode == "thread_exception") std::thread(&throw_from_thread_on_purpose).join();
   else if (mode == "noexcept") noexcept_violation_on_purpose();
   else if (mode == "throw") call_through(&throw_here_on_purpose);

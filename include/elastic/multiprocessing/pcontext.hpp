@@ -23,6 +23,7 @@
 
 #include <fcntl.h>
 #include <sys/epoll.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -279,11 +280,20 @@ class PContext {
     // children may hold them open, so do not wait for EOF.
     drain(worker.out);
     drain(worker.err);
-    if (worker.exitcode != 0 && !worker.terminated && !stopping_) {
+    if (worker.exitcode != 0 && (!worker.terminated || failed_on_its_own(worker))) {
       failed_.push_back(worker.local_rank);
       log::error("failed (exitcode: {}) local_rank: {} (pid: {}) of binary: {}", worker.exitcode, worker.local_rank,
                  worker.pid, entrypoint_);
     }
+  }
+
+  // A worker we were stopping is not a failure because it ended; it is one when
+  // it failed by itself meanwhile: killed by a signal we did not send (a crash),
+  // or a non-zero exit with an error file it wrote (an exception it recorded).
+  bool failed_on_its_own(const Worker& worker) const {
+    if (worker.exitcode < 0) return -worker.exitcode != stop_signal_ && -worker.exitcode != SIGKILL;
+    struct stat st {};
+    return ::stat(worker.error_file.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0;
   }
 
   void drain(Stream& stream) {
@@ -301,6 +311,7 @@ class PContext {
   void stop_survivors(int sig, std::chrono::milliseconds grace) {
     if (workers_.empty()) return;
     stopping_ = true;
+    stop_signal_ = sig;
     if (watched_fd_ >= 0) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, watched_fd_, nullptr);
     for (auto& w : workers_) {
       if (!w->running) continue;
@@ -389,6 +400,7 @@ class PContext {
   int watched_fd_ = -1;
   bool watched_ready_ = false;
   bool stopping_ = false;
+  int stop_signal_ = SIGTERM;
   bool closed_ = false;
   std::optional<RunProcsResult> result_;
 };

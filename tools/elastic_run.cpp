@@ -285,7 +285,7 @@ int main(int argc, char** argv) {
     run();
     return 0;
   } catch (const elastic::ChildFailedError& e) {
-    std::string text = std::string("elastic.ChildFailedError: \n") + e.what() + "\n";
+    std::string text = std::string("elastic.ChildFailedError: ") + e.what() + "\n";
     elastic::multiprocessing::detail::write_all(STDERR_FILENO, text.data(), text.size());
     return 1;
   } catch (const elastic::launcher::SignalException& e) {

@@ -282,8 +282,8 @@ class PContext {
     drain(worker.err);
     if (worker.exitcode != 0 && (!worker.terminated || failed_on_its_own(worker))) {
       failed_.push_back(worker.local_rank);
-      log::error("failed (exitcode: {}) local_rank: {} (pid: {}) of binary: {}", worker.exitcode, worker.local_rank,
-                 worker.pid, entrypoint_);
+      // Told after the survivors were signalled: stopping them comes first.
+      if (stopping_) log_failures();
     }
   }
 
@@ -300,6 +300,14 @@ class PContext {
     if (!stream.pipe) return;
     pump(stream, true);
     close_stream(stream);
+  }
+
+  void log_failures() {
+    for (; logged_failures_ < failed_.size(); ++logged_failures_) {
+      const Worker& w = worker_by_rank(failed_[logged_failures_]);
+      log::error("failed (exitcode: {}) local_rank: {} (pid: {}) of binary: {}", w.exitcode, w.local_rank, w.pid,
+                 entrypoint_);
+    }
   }
 
   void signal_group(Worker& worker, int sig) {
@@ -319,6 +327,7 @@ class PContext {
       log::warning("Sending process {} closing signal {}", w->pid, signal_name(sig));
       signal_group(*w, sig);
     }
+    log_failures();
     const auto deadline = Clock::now() + grace;
     while (running_ > 0) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
@@ -364,6 +373,7 @@ class PContext {
       result.stdouts[w->local_rank] = dest_.stdouts[w->local_rank];
       result.stderrs[w->local_rank] = dest_.stderrs[w->local_rank];
     }
+    log_failures();
     if (!failed_.empty()) {
       for (int local_rank : failed_) {
         const Worker& w = worker_by_rank(local_rank);
@@ -396,6 +406,7 @@ class PContext {
   Watchdog watchdog_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<int> failed_;
+  std::size_t logged_failures_ = 0;
   int running_ = 0;
   int watched_fd_ = -1;
   bool watched_ready_ = false;

@@ -103,12 +103,15 @@ class PContext {
       worker->pidfd = detail::Fd(process.pidfd);
       worker->running = true;
       if (options_.watchdog) watchdog_.add_group(process.pid);
-      add_to_epoll(worker->pidfd.get(), kind_pid, workers_.size());
-      if (worker->out.pipe) add_to_epoll(worker->out.pipe.get(), kind_out, workers_.size());
-      if (worker->err.pipe) add_to_epoll(worker->err.pipe.get(), kind_err, workers_.size());
-      log::debug("started local_rank {} (pid {}): {}", local_rank, process.pid, argv[0]);
+      // Owned before anything else can throw, so close() always finds it.
+      const std::size_t index = workers_.size();
       workers_.push_back(std::move(worker));
       ++running_;
+      Worker& added = *workers_.back();
+      add_to_epoll(added.pidfd.get(), kind_pid, index);
+      if (added.out.pipe) add_to_epoll(added.out.pipe.get(), kind_out, index);
+      if (added.err.pipe) add_to_epoll(added.err.pipe.get(), kind_err, index);
+      log::debug("started local_rank {} (pid {}): {}", local_rank, process.pid, argv[0]);
     }
   }
 

@@ -269,8 +269,8 @@ class PContext {
   void on_exit(Worker& worker) {
     if (!worker.running) return;
     siginfo_t info{};
-    // WNOWAIT: the exited worker stays a zombie until the end, so its pid (and
-    // process group id) cannot be reused while we may still signal the group.
+    // WNOWAIT: the exited worker stays a zombie until its group is killed, so
+    // the group id cannot have been reused when we signal it.
     if (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(worker.pidfd.get()), &info,
                  WEXITED | WNOHANG | WNOWAIT) != 0 ||
         info.si_pid == 0)
@@ -283,6 +283,10 @@ class PContext {
     // children may hold them open, so do not wait for EOF.
     drain(worker.out);
     drain(worker.err);
+    // A worker's group ends with it: whatever it left running is killed now,
+    // and the worker is reaped at once (no zombie stays for the rest of the run).
+    signal_group(worker, SIGKILL);
+    reap(worker);
     if (worker.exitcode != 0 && (!worker.terminated || failed_on_its_own(worker))) {
       failed_.push_back(worker.local_rank);
       // Told after the survivors were signalled: stopping them comes first.
@@ -314,9 +318,18 @@ class PContext {
   }
 
   void signal_group(Worker& worker, int sig) {
-    // The worker is its group's leader and still at least a zombie, so the
-    // group id cannot have been reused.
-    ::kill(-worker.pid, sig);
+    // Only while the worker is unreaped: as a process (or zombie) it pins its
+    // pid, and so its group id, against reuse.
+    if (worker.pidfd) ::kill(-worker.pid, sig);
+  }
+
+  void reap(Worker& worker) {
+    siginfo_t info{};
+    while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(worker.pidfd.get()), &info, WEXITED) != 0 &&
+           errno == EINTR) {
+    }
+    if (options_.watchdog) watchdog_.remove_group(worker.pid);
+    worker.pidfd.reset();
   }
 
   void stop_survivors(int sig, std::chrono::milliseconds grace) {
@@ -362,17 +375,10 @@ class PContext {
   RunProcsResult finish() {
     RunProcsResult result;
     for (auto& w : workers_) {
-      signal_group(*w, SIGKILL);  // grandchildren left behind by an exited worker
+      // Only a worker that ignored even SIGKILL (stuck in the kernel) is left.
+      if (w->pidfd) signal_group(*w, SIGKILL);
       drain(w->out);
       drain(w->err);
-      if (!w->running) {
-        siginfo_t info{};
-        while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(w->pidfd.get()), &info, WEXITED) != 0 &&
-               errno == EINTR) {
-        }
-      }
-      if (options_.watchdog) watchdog_.remove_group(w->pid);
-      w->pidfd.reset();
       result.stdouts[w->local_rank] = dest_.stdouts[w->local_rank];
       result.stderrs[w->local_rank] = dest_.stderrs[w->local_rank];
     }

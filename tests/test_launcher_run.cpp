@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <algorithm>
 #include <regex>
 #include <sys/stat.h>
 
@@ -326,4 +327,53 @@ TEST_CASE("without --log-dir a private temporary directory is used and printed")
   CHECK((st.st_mode & 077) == 0);
   std::error_code ec;
   fs::remove_all(root, ec);
+}
+
+namespace {
+// The summary block, with what differs between runs masked: times, pids, paths, widths.
+std::vector<std::string> summary_shape(const std::string& err) {
+  std::vector<std::string> shape;
+  bool inside = false;
+  for (const auto& line : lines_of(err)) {
+    const bool rule = !line.empty() && line.find_first_not_of('=') == std::string::npos;
+    if (rule) inside = !inside || shape.empty();
+    if (!inside && !rule) continue;
+    std::string masked = line;
+    if (rule) masked = "=";
+    else if (!masked.empty() && masked.find_first_not_of('-') == std::string::npos) masked = "-";
+    masked = std::regex_replace(masked, std::regex(R"(/\S+)"), "PATH");
+    masked = std::regex_replace(masked, std::regex(R"(\d+)"), "N");
+    shape.push_back(masked);
+    if (rule && !inside) break;
+  }
+  return shape;
+}
+}  // namespace
+
+TEST_CASE("the summary has torchrun's layout for the same command line") {
+  const std::string torchrun = "/work/shared/tools/torchrun";
+  if (!file_exists(torchrun)) {
+    WARN("torchrun not found; comparison skipped");
+    return;
+  }
+  TempDir dir;
+  auto options = base_options();
+  options.set_env["OMP_NUM_THREADS"] = "1";
+  const std::vector<std::string> job = {worker, dir.path().string(), "--fail-rank", "1", "--sleep-ms", "30000"};
+  std::vector<std::string> ours = {"--nproc-per-node=2"};
+  ours.insert(ours.end(), job.begin(), job.end());
+  std::vector<std::string> theirs = {torchrun, "--nproc_per_node=2", "--no_python", "--monitor_interval=0.1",
+                                     "--master_port=" + std::to_string(20000 + ::getpid() % 20000)};
+  theirs.insert(theirs.end(), job.begin(), job.end());
+  auto a = elastic_run(ours, options);
+  auto b = run(theirs, options);
+  REQUIRE(a.exitcode == 1);
+  REQUIRE(b.exitcode == 1);
+  auto shape_a = summary_shape(a.err);
+  auto shape_b = summary_shape(b.err);
+  INFO(a.err);
+  INFO(b.err);
+  REQUIRE(shape_a.size() > 8);
+  CHECK(shape_a == shape_b);
+  CHECK(std::find(shape_a.begin(), shape_a.end(), "PATH FAILED") != shape_a.end());
 }

@@ -352,7 +352,7 @@ class PContext {
     }
     if (running_ > 0) {
       for (auto& w : workers_) {
-        if (!w->running) continue;
+        if (!w->running || sig == SIGKILL) continue;
         log::warning("Unable to shutdown process {} via {}, forcefully exiting via SIGKILL", w->pid,
                      signal_name(sig));
         signal_group(*w, SIGKILL);

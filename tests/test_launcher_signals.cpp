@@ -1,8 +1,8 @@
 // Stopping: signals to the launcher, a worker killed mid-run, the launcher
 // itself SIGKILLed. Nothing a job started may outlive it, grandchildren included.
-#include "support/launcher.hpp"
-
 #include <catch2/catch.hpp>
+
+#include "support/launcher.hpp"
 
 using namespace elastic::testing;
 
@@ -18,8 +18,9 @@ RunOptions base_options() {
 // Each worker starts a grandchild in the background, records both pids, and waits.
 std::vector<std::string> family_worker(const TempDir& dir, const std::string& extra = "") {
   return {"/bin/sh", "-c",
-          extra + "sleep 300 & echo $! > \"$0/gc_$RANK\"; echo $$ > \"$0/w_$RANK.tmp\"; "
-                  "mv \"$0/w_$RANK.tmp\" \"$0/w_$RANK\"; wait",
+          extra +
+              "sleep 300 & echo $! > \"$0/gc_$RANK\"; echo $$ > \"$0/w_$RANK.tmp\"; "
+              "mv \"$0/w_$RANK.tmp\" \"$0/w_$RANK\"; wait",
           dir.path().string()};
 }
 

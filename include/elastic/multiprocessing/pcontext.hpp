@@ -4,6 +4,15 @@
 // (SIGTERM to their process groups, SIGKILL after a grace period).
 #pragma once
 
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdint>
 #include <elastic/errors/process_failure.hpp>
 #include <elastic/errors/signals.hpp>
 #include <elastic/log.hpp>
@@ -11,28 +20,18 @@
 #include <elastic/multiprocessing/spawn.hpp>
 #include <elastic/multiprocessing/tee.hpp>
 #include <elastic/multiprocessing/watchdog.hpp>
-
-#include <chrono>
-#include <csignal>
-#include <cstdint>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include <fcntl.h>
-#include <sys/epoll.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 namespace elastic::multiprocessing {
 
 struct RunProcsResult {
-  std::map<int, int> return_values;               // local rank -> exit code (0), when all succeeded
-  std::map<int, ProcessFailure> failures;          // local rank -> failure
-  std::map<int, std::string> stdouts;              // local rank -> stdout.log path ("" if none)
+  std::map<int, int> return_values;        // local rank -> exit code (0), when all succeeded
+  std::map<int, ProcessFailure> failures;  // local rank -> failure
+  std::map<int, std::string> stdouts;      // local rank -> stdout.log path ("" if none)
   std::map<int, std::string> stderrs;
   bool is_failed() const { return !failures.empty(); }
 };
@@ -353,8 +352,7 @@ class PContext {
     if (running_ > 0) {
       for (auto& w : workers_) {
         if (!w->running || sig == SIGKILL) continue;
-        log::warning("Unable to shutdown process {} via {}, forcefully exiting via SIGKILL", w->pid,
-                     signal_name(sig));
+        log::warning("Unable to shutdown process {} via {}, forcefully exiting via SIGKILL", w->pid, signal_name(sig));
         signal_group(*w, SIGKILL);
       }
       // SIGKILL is final, but a process stuck in the kernel can take a while: bounded wait.
@@ -427,8 +425,8 @@ class PContext {
 
 // PyTorch's start_processes: starts the workers and returns their context.
 inline std::unique_ptr<PContext> start_processes(std::string name, std::string entrypoint,
-                                                 std::map<int, std::vector<std::string>> args,
-                                                 std::map<int, Env> envs, LogsSpecs& logs_specs,
+                                                 std::map<int, std::vector<std::string>> args, std::map<int, Env> envs,
+                                                 LogsSpecs& logs_specs,
                                                  std::map<int, std::string> log_line_prefixes = {},
                                                  PContextOptions options = {}) {
   auto context = std::make_unique<PContext>(std::move(name), std::move(entrypoint), std::move(args), std::move(envs),

@@ -147,3 +147,17 @@ TEST_CASE("a worker that ends is reaped at once, and what it left running is kil
   write_file(dir.file("stop"), "");
   CHECK(launcher.wait() == 0);
 }
+
+TEST_CASE("signals-to-handle forwards other signals, such as Slurm SIGUSR1") {
+  TempDir dir;
+  Background launcher({"--nproc-per-node=2", "--signals-to-handle=SIGUSR1,SIGTERM", "/bin/sh", "-c",
+                       "trap 'touch \"$0/usr1_$RANK\"; exit 0' USR1; touch \"$0/w_$RANK\"; "
+                       "while :; do sleep 0.05; done",
+                       dir.path().string()},
+                      dir.file("out"), dir.file("err"), base_options());
+  REQUIRE(wait_until([&] { return file_exists(dir.file("w_0")) && file_exists(dir.file("w_1")); }));
+  launcher.signal(SIGUSR1);
+  CHECK(launcher.wait() == 128 + SIGUSR1);
+  CHECK(file_exists(dir.file("usr1_0")));
+  CHECK(file_exists(dir.file("usr1_1")));
+}

@@ -245,7 +245,9 @@ class PContext {
   void pump(Stream& stream, bool to_end) {
     if (!stream.pipe) return;
     char buffer[65536];
-    for (int round = 0; to_end || round < 4; ++round) {
+    // Bounded even when draining: a writer we could not stop must not hold us.
+    const int rounds = to_end ? 1024 : 4;
+    for (int round = 0; round < rounds; ++round) {
       ssize_t got = ::read(stream.pipe.get(), buffer, sizeof(buffer));
       if (got < 0 && errno == EINTR) continue;
       if (got <= 0) {
@@ -278,13 +280,13 @@ class PContext {
     worker.running = false;
     --running_;
     ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, worker.pidfd.get(), nullptr);
-    // Everything the worker wrote before exiting is in the pipes now; its own
-    // children may hold them open, so do not wait for EOF.
+    // A worker's group ends with it: whatever it left running is killed now
+    // (first, so nothing keeps filling its pipes), and the worker is reaped at
+    // once, so no zombie stays for the rest of the run. Everything the worker
+    // wrote before exiting is in its pipes: drain them without waiting for EOF.
+    signal_group(worker, SIGKILL);
     drain(worker.out);
     drain(worker.err);
-    // A worker's group ends with it: whatever it left running is killed now,
-    // and the worker is reaped at once (no zombie stays for the rest of the run).
-    signal_group(worker, SIGKILL);
     reap(worker);
     if (worker.exitcode != 0 && (!worker.terminated || failed_on_its_own(worker))) {
       failed_.push_back(worker.local_rank);

@@ -355,6 +355,7 @@ std::vector<std::string> summary_shape(const std::string& err) {
     else if (!masked.empty() && masked.find_first_not_of('-') == std::string::npos)
       masked = "-";
     masked = std::regex_replace(masked, std::regex(R"(/\S+)"), "PATH");
+    masked = std::regex_replace(masked, std::regex(R"(0x[0-9a-f]+)"), "ADDR");
     masked = std::regex_replace(masked, std::regex(R"(\d+)"), "N");
     shape.push_back(masked);
     if (rule && !inside) break;

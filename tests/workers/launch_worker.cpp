@@ -17,6 +17,25 @@
 
 extern char** environ;
 
+namespace {
+
+// Descriptors this worker was started with: only 0, 1, 2 if nothing leaked.
+// Listed before main, since record() may open files of its own (the symbolizer's).
+std::string list_open_descriptors() {
+  std::string fds;
+  if (DIR* fd_dir = ::opendir("/proc/self/fd")) {
+    while (dirent* entry = ::readdir(fd_dir)) {
+      if (entry->d_name[0] == '.' || std::atoi(entry->d_name) == ::dirfd(fd_dir)) continue;
+      fds += std::string(fds.empty() ? "" : ",") + entry->d_name;
+    }
+    ::closedir(fd_dir);
+  }
+  return fds;
+}
+const std::string inherited_fds = list_open_descriptors();
+
+}  // namespace
+
 int work(int argc, char** argv) {
   if (argc < 2) throw std::invalid_argument("usage: launch_worker DIR [options]");
   const std::string dir = argv[1];
@@ -28,19 +47,10 @@ int work(int argc, char** argv) {
   }
   const char* rank_text = std::getenv("RANK");
   const std::string rank = rank_text ? rank_text : "unset";
-  // Descriptors this worker was started with: only 0, 1, 2 if nothing leaked.
-  std::string fds;
-  if (DIR* fd_dir = ::opendir("/proc/self/fd")) {
-    while (dirent* entry = ::readdir(fd_dir)) {
-      if (entry->d_name[0] == '.' || std::atoi(entry->d_name) == ::dirfd(fd_dir)) continue;
-      fds += std::string(fds.empty() ? "" : ",") + entry->d_name;
-    }
-    ::closedir(fd_dir);
-  }
   {
     std::ofstream out(dir + "/" + rank + ".tmp");
     for (char** e = environ; *e; ++e) out << *e << '\n';
-    out << "open_fds=" << fds << '\n';
+    out << "open_fds=" << inherited_fds << '\n';
     out << "is_torchelastic_launched=" << (elastic::is_torchelastic_launched() ? "true" : "false") << '\n';
   }
   // Renamed into place so a test never reads a half-written file.

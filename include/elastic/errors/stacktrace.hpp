@@ -21,7 +21,11 @@
 #include <string>
 #include <vector>
 
+#include <algorithm>
+
+#include <dirent.h>
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <link.h>
 #include <unistd.h>
 #include <unwind.h>
@@ -99,6 +103,30 @@ inline ModuleOfAddress find_module(std::uintptr_t address) {
   return module;
 }
 
+// The descriptors open now, sorted. Start-up only: it allocates.
+inline std::vector<int> open_descriptors() {
+  std::vector<int> fds;
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (dir == nullptr) return fds;
+  while (const dirent* entry = ::readdir(dir)) {
+    if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
+    const int fd = std::atoi(entry->d_name);
+    if (fd != ::dirfd(dir)) fds.push_back(fd);
+  }
+  ::closedir(dir);
+  std::sort(fds.begin(), fds.end());
+  return fds;
+}
+
+// Marks close-on-exec every descriptor opened since `before` was taken.
+inline void set_close_on_exec_except(const std::vector<int>& before) {
+  for (int fd : open_descriptors()) {
+    if (std::binary_search(before.begin(), before.end(), fd)) continue;
+    const int flags = ::fcntl(fd, F_GETFD);
+    if (flags >= 0 && !(flags & FD_CLOEXEC)) ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+  }
+}
+
 }  // namespace errors::detail
 
 // Fills `frames` with the calling thread's stack, innermost first; returns how
@@ -155,6 +183,13 @@ inline std::vector<StackFrame> current_stack(std::size_t max_frames = 64) {
 // symbolizer's memory are set up now and never allocate during a crash.
 inline void warm_up_stacktrace() {
   static const bool done = [] {
+    // The symbolizer keeps object files open for use during a crash, without
+    // O_CLOEXEC: those descriptors must not leak into the worker's own children.
+    const std::vector<int> open_before = errors::detail::open_descriptors();
+    struct MarkNewDescriptorsCloseOnExec {
+      const std::vector<int>& before;
+      ~MarkNewDescriptorsCloseOnExec() { errors::detail::set_close_on_exec_except(before); }
+    } mark_new{open_before};
     absl::InitializeSymbolizer(errors::detail::executable_path());
     StackFrame frames[8];
     std::size_t count = capture_stack(frames, 8);

@@ -7,6 +7,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <csignal>
 #include <filesystem>
 #include <string>
@@ -358,6 +359,33 @@ TEST_CASE("signal-safe JSON strings match Python's json.dumps") {
     elastic::errors::detail::append_python_string(expected, sample);
     CHECK(std::string(text.c_str(), text.size()) == expected);
   }
+}
+
+__attribute__((noinline)) std::vector<elastic::StackFrame> stack_seen_from_distinctive_caller() {
+  std::vector<elastic::StackFrame> frames = elastic::current_stack();
+  std::atomic_signal_fence(std::memory_order_seq_cst);  // no tail call: this frame stays
+  return frames;
+}
+
+TEST_CASE("current_stack starts at its caller") {
+  const auto frames = stack_seen_from_distinctive_caller();
+  REQUIRE(frames.size() > 1);
+  const std::string text = elastic::format_stack(frames);
+  INFO(text);
+  CHECK(first_line(text).find("#0 0x") == 0);
+  CHECK(first_line(text).find("stack_seen_from_distinctive_caller") != std::string::npos);
+}
+
+TEST_CASE("std::terminate without an exception is recorded") {
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  RunResult result = run_worker({"terminate"}, file);
+  CHECK(result.exitcode == -SIGABRT);
+  elastic::ProcessFailure failure(0, result.pid, result.exitcode, file);
+  const std::string callstack = callstack_of(failure);
+  INFO(callstack);
+  CHECK(first_line(callstack) == "std::terminate called without an active exception");
+  CHECK(callstack.find("terminate_here_on_purpose") != std::string::npos);
 }
 
 TEST_CASE("a full FixedText truncates instead of overflowing") {

@@ -32,6 +32,10 @@ WORKER_NOINLINE void abort_here_on_purpose() {
   std::abort();
 }
 
+WORKER_NOINLINE void terminate_here_on_purpose() {
+  std::terminate();
+}
+
 WORKER_NOINLINE int divide_by_zero_on_purpose(int numerator) {
   // Both operands volatile: the division must happen at run time and trap.
   volatile int dividend = numerator;
@@ -156,6 +160,7 @@ int worker_main(int argc, char** argv) {
   if (mode == "segv") crash_here_on_purpose();
   else if (mode == "segv_internal") crash_in_internal_function_on_purpose();
   else if (mode == "abort") abort_here_on_purpose();
+  else if (mode == "terminate") terminate_here_on_purpose();
   else if (mode == "fpe") std::printf("%d\n", divide_by_zero_on_purpose(argc));
   else if (mode == "ill") illegal_instruction_on_purpose();
   else if (mode == "trap") trap_here_on_purpose();

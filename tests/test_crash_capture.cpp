@@ -118,10 +118,12 @@ TEST_CASE("PyTorch's ProcessFailure reads the crash records") {
       {"thread_exception", "throw_from_thread_on_purpose"},
   };
   std::string script =
-      "import sys\n"
+      "import json, sys\n"
       "from torch.distributed.elastic.multiprocessing.errors import ProcessFailure\n"
       "args = sys.argv[1:]\n"
       "for i in range(0, len(args), 3):\n"
+      "    text = open(args[i], encoding='utf-8').read()\n"
+      "    assert text == json.dumps(json.loads(text)), 'not the bytes json.dump writes: ' + text\n"
       "    f = ProcessFailure(local_rank=0, pid=1, exitcode=int(args[i + 1]), error_file=args[i])\n"
       "    stack = f.message['extraInfo']['py_callstack']\n"
       "    assert args[i + 2] in stack, stack\n"

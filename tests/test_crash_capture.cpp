@@ -157,6 +157,16 @@ TEST_CASE("an uncaught exception on a std::thread is recorded with its throw sit
   CHECK(first_frame(callstack).find("throw_from_thread_on_purpose") != std::string::npos);
 }
 
+TEST_CASE("a terminate handler installed before initialize still runs after the record") {
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  RunResult result = run_worker({"previous_terminate", "thread_exception"}, file);
+  CHECK(result.exitcode == -SIGABRT);
+  CHECK(result.err.find("previous terminate handler ran") != std::string::npos);
+  elastic::ProcessFailure failure(0, result.pid, result.exitcode, file);
+  CHECK(callstack_of(failure).find("throw_from_thread_on_purpose") != std::string::npos);
+}
+
 TEST_CASE("std::terminate from a noexcept violation is recorded") {
   TempDir dir;
   const std::string file = dir.file("error.json");

@@ -152,6 +152,13 @@ extern "C" void previous_segv_handler(int, siginfo_t* info, void*) {
   ::signal(SIGSEGV, SIG_DFL);
 }
 
+[[noreturn]] void previous_terminate_handler() {
+  static const char text[] = "previous terminate handler ran\n";
+  ssize_t ignored = ::write(STDERR_FILENO, text, sizeof(text) - 1);
+  (void)ignored;
+  std::abort();
+}
+
 }  // namespace crash_worker
 
 int worker_main(int argc, char** argv) {
@@ -180,7 +187,8 @@ int worker_main(int argc, char** argv) {
   return 0;
 }
 
-// "previous_handler MODE": a SIGSEGV handler is installed before record() runs.
+// "previous_handler MODE": a SIGSEGV handler is installed before record() runs;
+// "previous_terminate MODE": a terminate handler is.
 int main(int argc, char** argv) {
   if (argc > 2 && std::strcmp(argv[1], "previous_handler") == 0) {
     struct sigaction previous {};
@@ -188,6 +196,10 @@ int main(int argc, char** argv) {
     previous.sa_flags = SA_SIGINFO;
     sigemptyset(&previous.sa_mask);
     ::sigaction(SIGSEGV, &previous, nullptr);
+    return elastic::errors::detail::run_recorded_main("worker_main", worker_main, argc - 1, argv + 1);
+  }
+  if (argc > 2 && std::strcmp(argv[1], "previous_terminate") == 0) {
+    std::set_terminate(&crash_worker::previous_terminate_handler);
     return elastic::errors::detail::run_recorded_main("worker_main", worker_main, argc - 1, argv + 1);
   }
   return elastic::errors::detail::run_recorded_main("worker_main", worker_main, argc, argv);

@@ -7,6 +7,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <csignal>
 #include <filesystem>
 #include <string>
@@ -117,10 +118,12 @@ TEST_CASE("PyTorch's ProcessFailure reads the crash records") {
       {"thread_exception", "throw_from_thread_on_purpose"},
   };
   std::string script =
-      "import sys\n"
+      "import json, sys\n"
       "from torch.distributed.elastic.multiprocessing.errors import ProcessFailure\n"
       "args = sys.argv[1:]\n"
       "for i in range(0, len(args), 3):\n"
+      "    text = open(args[i], encoding='utf-8').read()\n"
+      "    assert text == json.dumps(json.loads(text)), 'not the bytes json.dump writes: ' + text\n"
       "    f = ProcessFailure(local_rank=0, pid=1, exitcode=int(args[i + 1]), error_file=args[i])\n"
       "    stack = f.message['extraInfo']['py_callstack']\n"
       "    assert args[i + 2] in stack, stack\n"
@@ -152,6 +155,16 @@ TEST_CASE("an uncaught exception on a std::thread is recorded with its throw sit
   CHECK(first_line(callstack) == "crash_worker::DistinctiveError: thrown on a worker thread");
   CHECK(failure.message.at("message") == "crash_worker::DistinctiveError: thrown on a worker thread");
   CHECK(first_frame(callstack).find("throw_from_thread_on_purpose") != std::string::npos);
+}
+
+TEST_CASE("a terminate handler installed before initialize still runs after the record") {
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  RunResult result = run_worker({"previous_terminate", "thread_exception"}, file);
+  CHECK(result.exitcode == -SIGABRT);
+  CHECK(result.err.find("previous terminate handler ran") != std::string::npos);
+  elastic::ProcessFailure failure(0, result.pid, result.exitcode, file);
+  CHECK(callstack_of(failure).find("throw_from_thread_on_purpose") != std::string::npos);
 }
 
 TEST_CASE("std::terminate from a noexcept violation is recorded") {
@@ -358,6 +371,33 @@ TEST_CASE("signal-safe JSON strings match Python's json.dumps") {
     elastic::errors::detail::append_python_string(expected, sample);
     CHECK(std::string(text.c_str(), text.size()) == expected);
   }
+}
+
+__attribute__((noinline)) std::vector<elastic::StackFrame> stack_seen_from_distinctive_caller() {
+  std::vector<elastic::StackFrame> frames = elastic::current_stack();
+  std::atomic_signal_fence(std::memory_order_seq_cst);  // no tail call: this frame stays
+  return frames;
+}
+
+TEST_CASE("current_stack starts at its caller") {
+  const auto frames = stack_seen_from_distinctive_caller();
+  REQUIRE(frames.size() > 1);
+  const std::string text = elastic::format_stack(frames);
+  INFO(text);
+  CHECK(first_line(text).find("#0 0x") == 0);
+  CHECK(first_line(text).find("stack_seen_from_distinctive_caller") != std::string::npos);
+}
+
+TEST_CASE("std::terminate without an exception is recorded") {
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  RunResult result = run_worker({"terminate"}, file);
+  CHECK(result.exitcode == -SIGABRT);
+  elastic::ProcessFailure failure(0, result.pid, result.exitcode, file);
+  const std::string callstack = callstack_of(failure);
+  INFO(callstack);
+  CHECK(first_line(callstack) == "std::terminate called without an active exception");
+  CHECK(callstack.find("terminate_here_on_purpose") != std::string::npos);
 }
 
 TEST_CASE("a full FixedText truncates instead of overflowing") {

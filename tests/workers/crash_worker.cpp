@@ -32,6 +32,10 @@ WORKER_NOINLINE void abort_here_on_purpose() {
   std::abort();
 }
 
+WORKER_NOINLINE void terminate_here_on_purpose() {
+  std::terminate();
+}
+
 WORKER_NOINLINE int divide_by_zero_on_purpose(int numerator) {
   // Both operands volatile: the division must happen at run time and trap.
   volatile int dividend = numerator;
@@ -148,6 +152,13 @@ extern "C" void previous_segv_handler(int, siginfo_t* info, void*) {
   ::signal(SIGSEGV, SIG_DFL);
 }
 
+[[noreturn]] void previous_terminate_handler() {
+  static const char text[] = "previous terminate handler ran\n";
+  ssize_t ignored = ::write(STDERR_FILENO, text, sizeof(text) - 1);
+  (void)ignored;
+  std::abort();
+}
+
 }  // namespace crash_worker
 
 int worker_main(int argc, char** argv) {
@@ -156,6 +167,7 @@ int worker_main(int argc, char** argv) {
   if (mode == "segv") crash_here_on_purpose();
   else if (mode == "segv_internal") crash_in_internal_function_on_purpose();
   else if (mode == "abort") abort_here_on_purpose();
+  else if (mode == "terminate") terminate_here_on_purpose();
   else if (mode == "fpe") std::printf("%d\n", divide_by_zero_on_purpose(argc));
   else if (mode == "ill") illegal_instruction_on_purpose();
   else if (mode == "trap") trap_here_on_purpose();
@@ -175,7 +187,8 @@ int worker_main(int argc, char** argv) {
   return 0;
 }
 
-// "previous_handler MODE": a SIGSEGV handler is installed before record() runs.
+// "previous_handler MODE": a SIGSEGV handler is installed before record() runs;
+// "previous_terminate MODE": a terminate handler is.
 int main(int argc, char** argv) {
   if (argc > 2 && std::strcmp(argv[1], "previous_handler") == 0) {
     struct sigaction previous {};
@@ -183,6 +196,10 @@ int main(int argc, char** argv) {
     previous.sa_flags = SA_SIGINFO;
     sigemptyset(&previous.sa_mask);
     ::sigaction(SIGSEGV, &previous, nullptr);
+    return elastic::errors::detail::run_recorded_main("worker_main", worker_main, argc - 1, argv + 1);
+  }
+  if (argc > 2 && std::strcmp(argv[1], "previous_terminate") == 0) {
+    std::set_terminate(&crash_worker::previous_terminate_handler);
     return elastic::errors::detail::run_recorded_main("worker_main", worker_main, argc - 1, argv + 1);
   }
   return elastic::errors::detail::run_recorded_main("worker_main", worker_main, argc, argv);

@@ -276,8 +276,15 @@ inline void write_signal_report(int signo, const siginfo_t* info, const void* co
     return;
   }
   state.report.clear();
-  append_crash_json(state.report, stack_text.c_str(), headline_size, stack_text.c_str(), stack_text.size(),
-                    wall_clock_seconds(), signal_name_cstr(signo), thread);
+  const std::int64_t now = wall_clock_seconds();
+  append_crash_json(state.report, stack_text.c_str(), headline_size, stack_text.c_str(), stack_text.size(), now,
+                    signal_name_cstr(signo), thread);
+  if (state.report.truncated()) {
+    // Cut JSON would be unreadable; the headline alone still tells what happened.
+    state.report.clear();
+    append_crash_json(state.report, stack_text.c_str(), headline_size, stack_text.c_str(), headline_size, now,
+                      signal_name_cstr(signo), thread);
+  }
   const int error = safe_write_file_atomically(path, state.report.c_str(), state.report.size(),
                                                static_cast<std::uint64_t>(thread), state.scratch);
   if (error != 0) {

@@ -171,11 +171,20 @@ inline std::string format_stack(const std::vector<StackFrame>& frames) {
   return format_stack(frames.data(), frames.size());
 }
 
-// The stack of the caller of this function (this function itself left out).
-inline std::vector<StackFrame> current_stack(std::size_t max_frames = 64) {
-  std::vector<StackFrame> frames(max_frames + 1);
+// The stack of the caller of this function, starting at the caller. Not inlined,
+// so its return address marks where the caller's frames begin whatever the
+// optimizer did to the capture code.
+__attribute__((noinline)) inline std::vector<StackFrame> current_stack(std::size_t max_frames = 64) {
+  const auto caller = reinterpret_cast<std::uintptr_t>(__builtin_return_address(0));
+  std::vector<StackFrame> frames(max_frames + 8);
   frames.resize(capture_stack(frames.data(), frames.size()));
-  if (!frames.empty()) frames.erase(frames.begin());
+  for (std::size_t i = 0; i < frames.size(); ++i) {
+    if (frames[i].pc == caller) {
+      frames.erase(frames.begin(), frames.begin() + static_cast<std::ptrdiff_t>(i));
+      break;
+    }
+  }
+  if (frames.size() > max_frames) frames.resize(max_frames);
   return frames;
 }
 

@@ -180,9 +180,9 @@ class ProcessFailure {
     const std::time_t seconds = static_cast<std::time_t>(timestamp);
     if (::localtime_r(&seconds, &local) == nullptr || local.tm_year + 1900 < 1 || local.tm_year + 1900 > 9999)
       return std::to_string(timestamp);
-    char text[32];
-    std::strftime(text, sizeof(text), "%Y-%m-%d_%H:%M:%S", &local);
-    return text;
+    // Python writes the year with at least four digits ("0385"); strftime's %Y does not.
+    return fmt::format("{:04d}-{:02d}-{:02d}_{:02d}:{:02d}:{:02d}", local.tm_year + 1900, local.tm_mon + 1,
+                       local.tm_mday, local.tm_hour, local.tm_min, local.tm_sec);
   }
 
   static nlohmann::json empty_error_data() { return nlohmann::json{{"message", "<NONE>"}}; }

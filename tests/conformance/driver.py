@@ -198,6 +198,9 @@ def compare(torch_result, ours, check_summary=True):
                 problems.append(f"root cause: PyTorch rank {torch_result['root_rank']}, ours {ours['root_rank']}")
             if torch_result["summary"] != ours["summary"]:
                 problems.append("summary differs:\n" + summary_diff(torch_result["summary"], ours["summary"]))
+            # what() is a C string: the summary up to an embedded NUL, if any.
+            if ours["what"] != ours["summary"].split("\0")[0]:
+                problems.append("what() is not the summary")
     elif "summary" in ours and not problems:
         problems.append("ours gave a summary where PyTorch could not")
     return problems
@@ -238,7 +241,7 @@ def check_unnamed_signal(ctx, torch_result, ours):
     problems = []
     if not torch_raised_somewhere(torch_result):
         problems.append("PyTorch 1.13 no longer raises for this signal: the difference is gone")
-    problems += compare(ctx.torch(process_failure=NewerSignalNames), ours)
+    problems += compare(*ctx.pair(process_failure=NewerSignalNames))
     return problems
 
 
@@ -246,7 +249,8 @@ def check_rank_order(ctx, torch_result, ours):
     problems = []
     if torch_result.get("summary") == ours.get("summary"):
         problems.append("summaries are equal: the difference is gone")
-    problems += compare(ctx.torch(order="rank"), ours)
+    by_rank = dict(ours, failures=sorted(ours["failures"], key=lambda row: row["rank"]))
+    problems += compare(ctx.torch(order="rank"), by_rank)
     return problems
 
 
@@ -364,19 +368,23 @@ DIFFERENCES = {
 # ---------------------------------------------------------------- checking one case
 
 class Context:
-    def __init__(self, case, paths):
+    def __init__(self, tool, case, paths):
+        self.tool = tool
         self.case = case
         self.paths = paths
 
     def torch(self, **options):
         return run_torch(self.case, self.paths, **options)
 
+    def pair(self, **options):
+        return run_pair(self.tool, self.case, self.paths, **options)
 
-def run_pair(tool, case, paths):
+
+def run_pair(tool, case, paths, **torch_options):
     """Both sides; retried while a missing file's "now" fell in different seconds."""
     for _ in range(5):
         ours = run_ours(tool, case, paths)
-        torch_result = run_torch(case, paths)
+        torch_result = run_torch(case, paths, **torch_options)
         now_rows = [(t, o) for t, o in zip(torch_result["failures"], ours["failures"])
                     if t["ok"] and o["ok"] and t["error_file"] == NOT_AVAILABLE]
         if all(t["timestamp"] == o["timestamp"] for t, o in now_rows):
@@ -403,7 +411,7 @@ def check_case(tool, case, workdir):
         if case.expect == "agree":
             problems = compare(torch_result, ours) + refusals_are_clear(ours, paths)
         else:
-            problems = DIFFERENCES[case.expect].check(Context(case, paths), torch_result, ours)
+            problems = DIFFERENCES[case.expect].check(Context(tool, case, paths), torch_result, ours)
         for extra in case.extra_checks:
             problems += extra(case, torch_result, ours)
         return problems
@@ -708,7 +716,7 @@ def self_test(tool, workdir):
             mutate_case(case, paths)
         torch_result = run_torch(case, paths)
         if check:
-            return check(Context(case, paths), torch_result, ours)
+            return check(Context(tool, case, paths), torch_result, ours)
         return compare(torch_result, ours)
 
     def rewrite(rank, old, new_text):

@@ -8,7 +8,7 @@
 //        "failures": [{"rank": 0, "local_rank": 0, "pid": 997, "exitcode": 1,
 //                      "error_file": "/path/error.json"}, ...]}
 // Output: {"fqdn", "failures": [{"rank", "ok", fields... | "error"}],
-//          "root_rank", "summary" (only when every file was read),
+//          "root_rank", "summary" (format_msg()), "what" (only when every file was read),
 //          "described_summary" (always: built with read_or_describe)}
 #include <elastic/errors.hpp>
 
@@ -97,7 +97,9 @@ int main(int argc, char** argv) {
   if (all_read && !read.empty()) {
     elastic::ChildFailedError error(name, std::move(read));
     out["root_rank"] = error.get_first_failure().first;
-    out["summary"] = error.what();
+    out["summary"] = error.format_msg();
+    // what() is a C string: the same text, cut at an embedded NUL if there is one.
+    out["what"] = std::string(error.what());
   }
   if (!described.empty()) out["described_summary"] = elastic::ChildFailedError(name, std::move(described)).format_msg();
   std::cout << dump(out) << '\n';

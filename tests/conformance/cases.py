@@ -175,6 +175,8 @@ def text():
         Case(g, "long-title", [Failure(0, 1, new("m"))], title="t" * 80),
         Case(g, "title-sets-width", [Failure(0, 1, new("m"))], title="t" * 50),
         Case(g, "unicode-title", [Failure(0, 1, new("m"))], title="тренер 训练 🔥"),
+        Case(g, "multiline-title", [Failure(0, 1, new("m"))], title="first line\n" + "second " * 12),
+        Case(g, "error-file-path-newline", [Failure(0, 1, new("m"), filename="err\n" + "p" * 70 + ".json")]),
         Case(g, "template-metacharacters", [Failure(0, 1, nested(
             callstack="${idx} $idx $$ $ {} {0} %s %(x)s \\n ${message}\n"))], title="$title ${name} {}"),
         Case(g, "backslashes-and-quotes", [Failure(0, 1, new('C:\\path\\"quoted"\\ \'single\''))]),

@@ -18,6 +18,8 @@ SYMLINK_LOOP = "!symlink-loop"  # a symlink pointing at itself
 DANGLING = "!dangling"          # a symlink to nothing
 DEV_ZERO = "!dev-zero"          # a symlink to /dev/zero (endless, not a regular file)
 NOT_AVAILABLE_PATH = "!n/a"     # the literal path "<N/A>", as a copy-up may pass
+EMPTY_PATH = "!empty-path"      # the path ""
+SYMLINK_TO_FILE = "!symlink"    # a symlink to a good error file
 
 
 @dataclass
@@ -137,6 +139,13 @@ def formats():
             {"message": "Ошибка: 失敗 🔥", "timestamp": 3}, ensure_ascii=False).encode())]),
         Case(g, "keys-reordered", [Failure(0, 1, b'{"timestamp": 9, "extra": [1, 2.5, null, true], "message": "m"}')]),
         Case(g, "duplicate-keys", [Failure(0, 1, b'{"message": "first", "timestamp": 1, "message": "second"}')]),
+        Case(g, "mast-leading-zeros", [Failure(0, 1, mast(timestamp="010")), Failure(1, 1, mast(timestamp="-0"))]),
+        Case(g, "negative-zero-float", [Failure(0, 1, new(timestamp=-0.0))]),
+        Case(g, "large-float-timestamp", [Failure(0, 1, new(timestamp=1e10))]),
+        Case(g, "nested-with-top-level-timestamp", [Failure(0, 1, dumps(
+            {"message": {"message": "E: x", "extraInfo": {"timestamp": "8"}}, "timestamp": 99}))]),
+        Case(g, "message-message-not-string-with-callstack", [Failure(0, 1, nested(message=12, callstack="E: x\n"))]),
+        Case(g, "new-with-extrainfo", [Failure(0, 1, dumps({"message": "m", "timestamp": 4, "extraInfo": {"x": 1}}))]),
         Case(g, "all-formats-together", [
             Failure(0, 1, nested(callstack=tb, timestamp="20")),
             Failure(1, 1, nested(callstack=tb, timestamp="21", error_code=1)),
@@ -198,6 +207,8 @@ def missing():
         Case(g, "symlink-loop", [Failure(0, 1, SYMLINK_LOOP)]),
         Case(g, "dangling-symlink", [Failure(0, 1, DANGLING)]),
         Case(g, "dev-zero-link", [Failure(0, 1, DEV_ZERO)]),
+        Case(g, "empty-path", [Failure(0, 1, EMPTY_PATH)]),
+        Case(g, "symlink-to-file", [Failure(0, 1, SYMLINK_TO_FILE)]),
         Case(g, "not-available-path", [Failure(0, -15, NOT_AVAILABLE_PATH)]),
         Case(g, "some-missing", [Failure(0, 1, nested(callstack="E: x\n", timestamp="1")),
                                  Failure(1, -9, MISSING), Failure(2, 1, DIRECTORY)]),
@@ -290,6 +301,14 @@ def hostile():
         Case(g, "timestamp-word", [Failure(0, 1, mast(timestamp="yesterday"))]),
         Case(g, "timestamp-null", [Failure(0, 1, new(timestamp=None))]),
         Case(g, "timestamp-list", [Failure(0, 1, new(timestamp=[1]))]),
+        Case(g, "timestamp-bad-underscores", [Failure(0, 1, mast(timestamp="1__0")), Failure(1, 1, mast(timestamp="_1"))]),
+        Case(g, "timestamp-trailing-underscore", [Failure(0, 1, mast(timestamp="1_"))]),
+        Case(g, "timestamp-hex", [Failure(0, 1, mast(timestamp="0x10"))]),
+        Case(g, "timestamp-bool-text", [Failure(0, 1, mast(timestamp="True"))]),
+        Case(g, "raw-control-character-in-string", [Failure(0, 1, b'{"message": "tab\there", "timestamp": 1}')]),
+        Case(g, "raw-newline-in-string", [Failure(0, 1, b'{"message": "line\nbreak", "timestamp": 1}')]),
+        Case(g, "trailing-garbage", [Failure(0, 1, new("m", 1) + b" x")]),
+        Case(g, "two-documents", [Failure(0, 1, new("m", 1) + new("n", 2))]),
         Case(g, "timestamp-nan", [Failure(0, 1, b'{"message": "m", "timestamp": NaN}')]),
         Case(g, "deep-nesting-100000", [Failure(0, 1, deep(100000))]),
         Case(g, "deep-nesting-400", [Failure(0, 1, deep(400))]),
@@ -304,6 +323,8 @@ def hostile():
         Case(g, "timestamp-int64-max", [Failure(0, 1, new(timestamp=2**63 - 1))], expect="hostile-value"),
         Case(g, "timestamp-int64-min", [Failure(0, 1, new(timestamp=-2**63))], expect="hostile-value"),
         Case(g, "timestamp-beyond-int64", [Failure(0, 1, new(timestamp=2**70))], expect="hostile-value"),
+        Case(g, "timestamp-text-beyond-int64", [Failure(0, 1, mast(timestamp="9223372036854775808"))],
+             expect="hostile-value"),
         Case(g, "timestamp-after-year-9999", [Failure(0, 1, new(timestamp=253402300800))], expect="hostile-value"),
         Case(g, "timestamp-year-1", [Failure(0, 1, new(timestamp=-62135596800))], expect="hostile-value"),
         # Python's json and int() accept more than JSON and ASCII digits; we do not.

@@ -93,6 +93,12 @@ def materialize(case, directory):
             os.symlink(os.path.join(folder, "nowhere"), path)
         elif kind == corpus.DEV_ZERO:
             os.symlink("/dev/zero", path)
+        elif kind == corpus.EMPTY_PATH:
+            path = ""
+        elif kind == corpus.SYMLINK_TO_FILE:
+            with open(path + ".target", "wb") as out:
+                out.write(corpus.nested(callstack="RuntimeError: via a link\n"))
+            os.symlink(path + ".target", path)
         elif kind == corpus.NOT_AVAILABLE_PATH:
             path = NOT_AVAILABLE  # relative: nothing by that name in the case directory
         else:

@@ -663,11 +663,30 @@ LAUNCH_CASES = [
 ]
 
 
+def check_launcher_copy(tool, case, ours, parent_file, workdir):
+    """The launcher's copy of the root cause's file: the same JSON plus errorCode, read
+    alike by both readers. No copy when the root cause left no file."""
+    root = next(f for f in case.failures if f.rank == ours["root_rank"])
+    if not os.path.isfile(root.path):
+        return ["the launcher copied a file the root cause never wrote"] if os.path.exists(parent_file) else []
+    if not os.path.isfile(parent_file):
+        return ["the launcher did not copy the root cause's error file up"]
+    with open(root.path, "rb") as fp:
+        expected = json.load(fp)
+    expected["message"]["errorCode"] = root.exitcode
+    with open(parent_file, "rb") as fp:
+        copied = json.load(fp)
+    problems = [] if copied == expected else [f"launcher's copy {short(copied)} != {short(expected)}"]
+    parent_case = Case("launch", "launcher-copy", [Failure(0, 1, path=parent_file)])
+    return problems + [f"reading the launcher's copy: {p}" for p in check_case(tool, parent_case, workdir)]
+
+
 def check_launch(tool, launch, workdir):
     problems = []
     directory = tempfile.mkdtemp(prefix=launch.name + "_", dir=workdir)
-    env = dict(os.environ, ELASTIC_LOG_LEVEL="off", OMP_NUM_THREADS="1")
-    env.pop("TORCHELASTIC_ERROR_FILE", None)
+    # The launcher's own @record copies the root cause's file up to this one.
+    parent_file = os.path.join(directory, "launcher_error.json")
+    env = dict(os.environ, ELASTIC_LOG_LEVEL="off", OMP_NUM_THREADS="1", TORCHELASTIC_ERROR_FILE=parent_file)
     proc = subprocess.run(launch.command(os.path.join(directory, "logs")), cwd=directory, env=env,
                           capture_output=True, timeout=300)
     stderr = proc.stderr.decode(errors="replace")
@@ -701,6 +720,7 @@ def check_launch(tool, launch, workdir):
     if mine != summary:
         problems.append("our summary of the same failures differs from the printed one:\n" +
                         summary_diff(summary, mine))
+    problems += check_launcher_copy(tool, case, ours, parent_file, workdir)
     # The rebuilt map is the launcher's own: PyTorch's ChildFailedError prints the same.
     theirs = run_torch(case, [f.path for f in failures]).get("summary")
     theirs = mask.sub(r"\1*", theirs) if now_ranks and isinstance(theirs, str) else theirs

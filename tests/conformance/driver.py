@@ -38,7 +38,7 @@ from cases import Case, Failure, nested, new, mast, dumps, traceback_of  # noqa:
 
 try:
     import torch  # noqa: E402
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure  # noqa: E402
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure, record  # noqa: E402
 except ImportError as e:
     sys.exit(f"the conformance suite compares with PyTorch: install Debian's python3-torch "
              f"and run with /usr/bin/python3 ({e})")
@@ -567,6 +567,22 @@ def copy_up_sources(directory):
     return sources
 
 
+def torch_copy_up(src, code, dst):
+    """PyTorch's @record meeting a ChildFailedError whose root cause is `src`: it copies
+    `src` up to TORCHELASTIC_ERROR_FILE. In this process, to spare a Python start per copy."""
+    def parent():
+        failure = ProcessFailure(local_rank=0, pid=1234, exitcode=code, error_file=src)
+        raise ChildFailedError("trainer", {0: failure})
+
+    os.environ["TORCHELASTIC_ERROR_FILE"] = dst
+    try:
+        record(parent)()
+    except ChildFailedError:
+        pass
+    finally:
+        del os.environ["TORCHELASTIC_ERROR_FILE"]
+
+
 def check_copy_up(tool, workdir, selected):
     """(name, problems) per source and code."""
     results = []
@@ -581,9 +597,9 @@ def check_copy_up(tool, workdir, selected):
             ours_dst = os.path.join(directory, f"{name}.{code}.ours.json")
             torch_dst = os.path.join(directory, f"{name}.{code}.pytorch.json")
             rc, _, err = run_worker(worker_command("ours", "child_failure", src, str(code)), ours_dst)
-            rc_torch, _, err_torch = run_worker(worker_command("pytorch", "child_failed", src, str(code)), torch_dst)
-            if rc != 1 or rc_torch != 1:
-                problems.append(f"exit codes: ours {rc}, PyTorch {rc_torch}: {err[-500:]} {err_torch[-500:]}")
+            torch_copy_up(src, code, torch_dst)
+            if rc != 1:
+                problems.append(f"record_worker exited with {rc}: {err[-500:]}")
             if not (os.path.isfile(ours_dst) and os.path.isfile(torch_dst)):
                 results.append((item, problems + ["a copy is missing"]))
                 continue

@@ -432,7 +432,7 @@ def check_case(tool, case, workdir):
 
 # ---------------------------------------------------------------- files exchanged by real workers
 
-OPTIONS = types.SimpleNamespace(ours=None, worker=None)
+OPTIONS = types.SimpleNamespace(ours=None, worker=None, elastic_run=None)
 
 
 def worker_command(side, *args):
@@ -638,18 +638,23 @@ SUMMARY_FAILURE = re.compile(
     r"  exitcode  : (-?\d+) \(pid: (\d+)\)\n  error_file: (.*)\n  traceback : ")
 
 
-def printed_summary(stderr, marker):
-    """The summary a launcher printed: from after `marker` to the closing '=' line."""
-    at = stderr.rfind(marker)
-    if at < 0:
+SUMMARY_START = re.compile(r"^(=+)\n.* FAILED\n-+\nFailures:\n", re.M)
+
+
+def printed_summary(output):
+    """The last summary block a launcher printed (from the blank line before its
+    first '=' line to its closing '=' line), whatever came before it on that line."""
+    starts = list(SUMMARY_START.finditer(output))
+    if not starts:
         return None
-    text = stderr[at + len(marker):]
-    lines = text.split("\n")
-    border = lines[1]
-    if not border or set(border) != {"="}:
+    start = starts[-1]
+    border = start[1]
+    end = output.find("\n" + border + "\n", start.end())
+    if end < 0 and output.endswith("\n" + border):
+        end = len(output) - len(border) - 1
+    if end < 0:
         return None
-    end = lines.index(border, 2)
-    return "\n".join(lines[:end + 1])
+    return "\n" + output[start.start():end + 1 + len(border)]
 
 
 class LaunchCase:
@@ -661,13 +666,17 @@ class LaunchCase:
         self.texts, self.exitcode = texts, exitcode
 
     def command(self, log_dir):
-        if self.launcher == "torchrun":
+        worker = worker_command(*self.worker)
+        if self.launcher == "torchrun":  # 1.13 knows only the underscore spellings
             return [PYTHON, TORCHRUN, "--standalone", f"--nproc_per_node={self.nproc}", "--no_python",
-                    f"--log_dir={log_dir}", *worker_command(*self.worker)]
-        # elastic-run joins here once merged.
+                    f"--log_dir={log_dir}", *worker]
+        if self.launcher == "elastic-run":
+            return [OPTIONS.elastic_run, "--standalone", f"--nproc-per-node={self.nproc}", "--no-python",
+                    f"--log-dir={log_dir}", *worker]
         raise ValueError(self.launcher)
 
-    marker = "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: "
+    def available(self):
+        return self.launcher != "elastic-run" or OPTIONS.elastic_run is not None
 
 
 LAUNCH_CASES = [
@@ -675,6 +684,13 @@ LAUNCH_CASES = [
     LaunchCase("torchrun-ours-nested", "torchrun", 2, ("ours", "nested"),
                ["std::runtime_error: optimizer setup failed", "learning rate must be positive"]),
     LaunchCase("torchrun-ours-signal", "torchrun", 1, ("ours", "signal", "11"),
+               ["Signal 11 (SIGSEGV) received by PID"]),
+    # Our launcher running PyTorch's @record workers (run with --elastic-run PATH).
+    LaunchCase("elastic-run-pytorch-raise", "elastic-run", 2, ("pytorch", "raise"),
+               ["RuntimeError: foobar", "Traceback (most recent call last):", 'raise RuntimeError("foobar")']),
+    LaunchCase("elastic-run-pytorch-chained", "elastic-run", 2, ("pytorch", "chained"),
+               ["RuntimeError: optimizer setup failed", "The above exception was the direct cause"]),
+    LaunchCase("elastic-run-pytorch-signal", "elastic-run", 1, ("pytorch", "signal", "11"),
                ["Signal 11 (SIGSEGV) received by PID"]),
 ]
 
@@ -708,7 +724,7 @@ def check_launch(tool, launch, workdir):
     stderr = proc.stderr.decode(errors="replace")
     if proc.returncode != launch.exitcode:
         problems.append(f"launcher exit code {proc.returncode}, expected {launch.exitcode}")
-    summary = printed_summary(stderr, launch.marker)
+    summary = printed_summary(stderr)
     if summary is None:
         return problems + ["no summary printed:\n" + stderr[-3000:]]
     for text in launch.texts:
@@ -815,12 +831,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ours", required=True, help="the summarize tool")
     parser.add_argument("--worker", required=True, help="record_worker")
+    parser.add_argument("--elastic-run", help="our launcher, for the launch cases that use it")
     parser.add_argument("--group", action="append", help="group(s) to run (default: all)")
     parser.add_argument("--case", action="append", help="only cases whose id contains this")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     OPTIONS.ours, OPTIONS.worker = os.path.abspath(args.ours), os.path.abspath(args.worker)
+    OPTIONS.elastic_run = os.path.abspath(args.elastic_run) if args.elastic_run else None
     logging.disable(logging.CRITICAL)  # PyTorch logs every file it cannot parse
     set_timezone("UTC")
 
@@ -832,7 +850,12 @@ def main():
     print(f"PyTorch {torch.__version__} (Python {sys.version.split()[0]}), host {socket_fqdn()}")
     if args.list:
         for name in names:
-            items = [c.id for c in table[name]()] if name in table else [name + "/*"]
+            if name in table:
+                items = [c.id for c in table[name]()]
+            elif name == "launch":
+                items = [f"launch/{lc.name}" for lc in LAUNCH_CASES]
+            else:
+                items = [name + "/*"]
             print("\n".join(items))
         return 0
 
@@ -851,8 +874,12 @@ def main():
             elif name == "copy-up":
                 outcomes = check_copy_up(OPTIONS.ours, workdir, args.case)
             elif name == "launch":
-                outcomes = [(f"launch/{lc.name}", check_launch(OPTIONS.ours, lc, workdir)) for lc in LAUNCH_CASES
-                            if not args.case or any(s in lc.name for s in args.case)]
+                chosen = [lc for lc in LAUNCH_CASES if not args.case or any(s in lc.name for s in args.case)]
+                for lc in chosen:
+                    if not lc.available():
+                        print(f"skip launch/{lc.name} (no --elastic-run)")
+                outcomes = [(f"launch/{lc.name}", check_launch(OPTIONS.ours, lc, workdir))
+                            for lc in chosen if lc.available()]
             else:
                 outcomes = self_test(OPTIONS.ours, workdir)
             for case_id, problems in outcomes:

@@ -684,14 +684,14 @@ LAUNCH_CASES = [
     LaunchCase("torchrun-ours-nested", "torchrun", 2, ("ours", "nested"),
                ["std::runtime_error: optimizer setup failed", "learning rate must be positive"]),
     LaunchCase("torchrun-ours-signal", "torchrun", 1, ("ours", "signal", "11"),
-               ["Signal 11 (SIGSEGV) received by PID"]),
+               ["11 (SIGSEGV)"]),  # "Signal 11 (SIGSEGV) received by PID", or a crash file's headline
     # Our launcher running PyTorch's @record workers (run with --elastic-run PATH).
     LaunchCase("elastic-run-pytorch-raise", "elastic-run", 2, ("pytorch", "raise"),
                ["RuntimeError: foobar", "Traceback (most recent call last):", 'raise RuntimeError("foobar")']),
     LaunchCase("elastic-run-pytorch-chained", "elastic-run", 2, ("pytorch", "chained"),
                ["RuntimeError: optimizer setup failed", "The above exception was the direct cause"]),
     LaunchCase("elastic-run-pytorch-signal", "elastic-run", 1, ("pytorch", "signal", "11"),
-               ["Signal 11 (SIGSEGV) received by PID"]),
+               ["11 (SIGSEGV)"]),  # "Signal 11 (SIGSEGV) received by PID", or a crash file's headline
 ]
 
 
@@ -739,8 +739,9 @@ def check_launch(tool, launch, workdir):
             now_ranks.add(rank)
         failures.append(Failure(rank, exitcode, local_rank=local_rank, pid=pid,
                                 path=path if path != NOT_AVAILABLE else os.path.join(directory, "absent.json")))
-    if len(failures) != launch.nproc:
-        return problems + [f"{len(failures)} failures in the printed summary, expected {launch.nproc}"]
+    # Workers the launcher stopped after the first failure are not failures: 1 to nproc.
+    if not 1 <= len(failures) <= launch.nproc:
+        return problems + [f"{len(failures)} failures in the printed summary, expected 1 to {launch.nproc}"]
     failures.sort(key=lambda f: f.rank)
     case = Case("launch", launch.name, failures, title=title)
     ours = run_ours(tool, case, [f.path for f in failures])

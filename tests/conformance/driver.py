@@ -507,10 +507,15 @@ def written_by_ours():
         ("throw_int", ["int: 42"]),
         ("throw_cstr", ["const char*: plain C string"]),
         ("throw_struct", ["NotAnException"]),
-        # Crash files join here once the workers can write them, e.g. ("signal", "11").
+        # Fatal signals: "Signal N (NAME) received by PID" without crash capture, the
+        # crash record's "Fatal signal N (NAME) ..." with it; either way PyTorch agrees.
+        ("signal 11", ["11 (SIGSEGV)"]),
+        ("signal 6", ["6 (SIGABRT)"]),
+        ("signal 8", ["8 (SIGFPE)"]),
+        ("signal 7", ["7 (SIGBUS)"]),
     ]
     checks = [check_written_like_pytorch]
-    result = [Case(g, mode, [Failure(0, worker=("ours", mode))],
+    result = [Case(g, mode.replace(" ", "-"), [Failure(0, worker=("ours", *mode.split()))],
                    extra_checks=checks + [expect_in_summary(*texts)]) for mode, texts in modes]
     result.append(Case(g, "two-ranks", [Failure(0, worker=("ours", "throw")), Failure(1, worker=("ours", "nested"))],
                        extra_checks=checks + [expect_in_summary("SentinelError: foobar")]))

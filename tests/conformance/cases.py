@@ -336,6 +336,8 @@ def hostile():
         Case(g, "deep-nesting-600", [Failure(0, 1, deep(600))], expect="strict-json"),
         Case(g, "non-ascii-digits-timestamp", [Failure(0, 1, mast(timestamp="\uff11\uff12"))], expect="strict-json"),
         Case(g, "non-ascii-space-timestamp", [Failure(0, 1, mast(timestamp="\u00a012"))], expect="strict-json"),
+        # PyTorch reads a file of any size; we stop at 64 MiB.
+        Case(g, "over-64-mib", [Failure(0, 1, new("x" * (64 << 20), 1))], expect="size-limit"),
         # Python's json refuses a byte order mark; we skip it.
         Case(g, "byte-order-mark", [Failure(0, 1, b"\xef\xbb\xbf" + new("m", 1))], expect="bom"),
     ]

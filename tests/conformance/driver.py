@@ -367,6 +367,9 @@ DIFFERENCES = {
         "Python's json and int() accept more than JSON: NaN/Infinity, lone surrogates, nesting deeper "
         "than 512, non-ASCII digits and spaces in timestamps. We refuse such a file with a clear error.",
         check_strict_json),
+    "size-limit": Difference(
+        "PyTorch reads an error file of any size; we refuse one over 64 MiB (ErrorFileLimits::max_bytes) "
+        "with a clear error, so a runaway writer cannot exhaust the launcher's memory.", check_strict_json),
     "bom": Difference(
         "Python's json refuses a UTF-8 byte order mark; we skip it and read the file.", check_bom),
     "enrich": Difference(
@@ -480,9 +483,14 @@ def check_written_like_pytorch(case, torch_result, ours):
             problems.append(f"rank {f.rank}: not the nested format: {short(data)}")
             continue
         keys = ["message", "extraInfo"] + (["errorCode"] if "errorCode" in body else [])
-        if list(body) != keys or list(body["extraInfo"]) != ["py_callstack", "timestamp"]:
+        # extraInfo is string -> string for downstream consumers: PyTorch's two keys
+        # first, in its order; more (a crash record's) may follow.
+        extra = body.get("extraInfo")
+        if list(body) != keys or not isinstance(extra, dict) or list(extra)[:2] != ["py_callstack", "timestamp"]:
             problems.append(f"rank {f.rank}: keys differ from PyTorch's: {short(data)}")
             continue
+        if not all(isinstance(v, str) for v in extra.values()):
+            problems.append(f"rank {f.rank}: extraInfo values are not all strings: {short(extra)}")
         stamp = body["extraInfo"]["timestamp"]
         if not (isinstance(stamp, str) and stamp.isdigit() and
                 f.written_between[0] <= int(stamp) <= f.written_between[1]):

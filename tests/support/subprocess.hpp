@@ -39,6 +39,18 @@ struct RunOptions {
   std::string stdin_data;
   std::chrono::milliseconds timeout{60000};
   std::string cwd;
+
+  RunOptions() = default;
+  RunOptions(std::map<std::string, std::string> set, std::vector<std::string> unset = {})
+      : set_env(std::move(set)), unset_env(std::move(unset)) {}
+  RunOptions& in(std::string directory) {
+    cwd = std::move(directory);
+    return *this;
+  }
+  RunOptions& with_timeout(std::chrono::milliseconds limit) {
+    timeout = limit;
+    return *this;
+  }
 };
 
 inline std::vector<std::string> make_environment(const RunOptions& options) {

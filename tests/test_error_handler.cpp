@@ -1,0 +1,119 @@
+// ErrorHandler: the cases of PyTorch's error_handler_test.py.
+#include <catch2/catch.hpp>
+#include <elastic/errors.hpp>
+
+#include "support/subprocess.hpp"
+
+#include <filesystem>
+
+using elastic::ErrorHandler;
+using elastic::testing::read_file;
+using elastic::testing::run;
+using elastic::testing::RunOptions;
+using elastic::testing::ScopedEnv;
+using elastic::testing::TempDir;
+using elastic::testing::write_file;
+
+TEST_CASE("test_initialize: initialize is safe to call, repeatedly", "[error_handler]") {
+  ErrorHandler handler;
+  handler.initialize();
+  handler.initialize();
+  SUCCEED("initialize returned");
+}
+
+TEST_CASE("test_initialize_error: a failing initialize is warned about, not fatal", "[error_handler]") {
+  struct FailingInit : ErrorHandler {
+    void initialize() override { throw std::runtime_error("no fault handler here"); }
+  };
+  auto recorded = elastic::record([] { return 11; }, std::make_shared<FailingInit>());
+  CHECK(recorded() == 11);
+}
+
+TEST_CASE("test_record_exception: the nested format with callstack and timestamp", "[error_handler]") {
+  TempDir dir;
+  ScopedEnv env("TORCHELASTIC_ERROR_FILE", dir.file("error.json"));
+  ErrorHandler handler;
+  const auto before = std::time(nullptr);
+  try {
+    throw std::runtime_error("foobar");
+  } catch (...) {
+    handler.record_exception(std::current_exception());
+  }
+  auto data = nlohmann::json::parse(read_file(dir.file("error.json")));
+  CHECK(data["message"]["message"] == "std::runtime_error: foobar");
+  CHECK(data["message"]["extraInfo"]["py_callstack"].get<std::string>().rfind("std::runtime_error: foobar", 0) == 0);
+  const auto stamp = std::stoll(data["message"]["extraInfo"]["timestamp"].get<std::string>());
+  CHECK(stamp >= before);
+  CHECK(stamp <= std::time(nullptr));
+  // The reference overload writes the same message.
+  handler.record_exception(std::logic_error("by reference"));
+  data = nlohmann::json::parse(read_file(dir.file("error.json")));
+  CHECK(data["message"]["message"] == "std::logic_error: by reference");
+}
+
+TEST_CASE("test_record_exception_no_error_file: nothing is written, nothing thrown", "[error_handler]") {
+  TempDir dir;
+  ScopedEnv env("TORCHELASTIC_ERROR_FILE", std::nullopt);
+  ErrorHandler handler;
+  CHECK_FALSE(handler.error_file_path().has_value());
+  handler.record_exception(std::make_exception_ptr(std::runtime_error("x")));
+  ScopedEnv empty("TORCHELASTIC_ERROR_FILE", "");
+  CHECK_FALSE(handler.error_file_path().has_value());
+  handler.record_exception(std::make_exception_ptr(std::runtime_error("x")));
+  CHECK(std::filesystem::is_empty(dir.path()));
+}
+
+TEST_CASE("test_dump_error_file: a byte-identical copy with code 0", "[error_handler]") {
+  TempDir dir;
+  // Deliberately not in our own serialization (other spacing, key order, escapes).
+  const std::string original = "{\"message\":{\"extraInfo\":{\"timestamp\":\"1\",\"py_callstack\":\"x\\u00e9\"},"
+                               "\"message\":\"e\"}}\n";
+  write_file(dir.file("child.json"), original);
+  ScopedEnv env("TORCHELASTIC_ERROR_FILE", dir.file("parent/error.json"));
+  ErrorHandler handler;
+  handler.dump_error_file(dir.file("child.json"));
+  CHECK(read_file(dir.file("parent/error.json")) == original);
+  // With an error code the key order of the child is kept and errorCode is appended.
+  handler.dump_error_file(dir.file("child.json"), 9);
+  CHECK(read_file(dir.file("parent/error.json")) ==
+        R"({"message": {"extraInfo": {"timestamp": "1", "py_callstack": "x\u00e9"}, "message": "e", "errorCode": 9}})");
+  // A string message has no place for errorCode: copied unchanged.
+  write_file(dir.file("new.json"), R"({"message": "m", "timestamp": 3})");
+  handler.dump_error_file(dir.file("new.json"), 9);
+  CHECK(read_file(dir.file("parent/error.json")) == R"({"message": "m", "timestamp": 3})");
+}
+
+TEST_CASE("test_dump_error_file_overwrite_existing: the old file is logged, then replaced", "[error_handler]") {
+  TempDir dir;
+  write_file(dir.file("child.json"), R"({"message": {"message": "new", "extraInfo": {"timestamp": "2"}}})");
+  write_file(dir.file("parent.json"), R"({"message": "stale record", "timestamp": 1})");
+  auto child = run({ELASTIC_TEST_RECORD_WORKER, "child_failure", dir.file("child.json"), "0"},
+                   RunOptions{{{"TORCHELASTIC_ERROR_FILE", dir.file("parent.json")}}});
+  CHECK(child.exitcode == 1);
+  CHECK_THAT(child.err, Catch::Contains("already exists and will be overwritten"));
+  CHECK_THAT(child.err, Catch::Contains("stale record"));
+  CHECK(read_file(dir.file("parent.json")) == read_file(dir.file("child.json")));
+}
+
+TEST_CASE("dump_error_file never throws on a bad child file", "[error_handler]") {
+  TempDir dir;
+  ScopedEnv env("TORCHELASTIC_ERROR_FILE", dir.file("parent.json"));
+  ErrorHandler handler;
+  write_file(dir.file("bad.json"), "{not json");
+  CHECK_NOTHROW(handler.dump_error_file(dir.file("bad.json"), 1));
+  CHECK_NOTHROW(handler.dump_error_file(dir.file("missing.json"), 1));
+  CHECK_NOTHROW(handler.dump_error_file(dir.path().string(), 1));
+  CHECK_FALSE(std::filesystem::exists(dir.file("parent.json")));
+}
+
+TEST_CASE("log level: ELASTIC_LOG_LEVEL=debug shows the handler's debug lines", "[error_handler]") {
+  TempDir dir;
+  write_file(dir.file("child.json"), R"({"message": {"message": "m", "extraInfo": {"timestamp": "2"}}})");
+  auto quiet = run({ELASTIC_TEST_RECORD_WORKER, "child_failure", dir.file("child.json"), "1"},
+                   RunOptions{{{"TORCHELASTIC_ERROR_FILE", dir.file("p1.json")}}});
+  auto loud = run({ELASTIC_TEST_RECORD_WORKER, "child_failure", dir.file("child.json"), "1"},
+                  RunOptions{{{"TORCHELASTIC_ERROR_FILE", dir.file("p2.json")}, {"ELASTIC_LOG_LEVEL", "debug"}}});
+  CHECK_THAT(quiet.err, !Catch::Contains("[elastic] DEBUG"));
+  CHECK_THAT(loud.err, Catch::Contains("[elastic] DEBUG: child error file"));
+  CHECK_THAT(loud.err, Catch::Contains("[elastic] INFO: dumped error file to parent's"));
+}

@@ -821,6 +821,15 @@ def self_test(tool, workdir):
     flagged("signal-name", perturbed(mutate_ours=lambda o: o["failures"][1].update(signal_name="SIGTERM")))
     flagged("isoformat", perturbed(mutate_ours=lambda o: o["failures"][0].update(timestamp_isoformat="x")))
     flagged("refused-a-good-file", perturbed(mutate_ours=lambda o: o["failures"][0].update(ok=False, error="e")))
+    # The launch checks read the summary out of a launcher's output.
+    block = "\n" + "=" * 12 + "\nx FAILED\n" + "-" * 12 + "\nFailures:\n  <NO_OTHER_FAILURES>\n" + "-" * 12 + \
+        "\nRoot Cause (first observed failure):\n[0]:\n  traceback : ====\n" + "=" * 12
+    for name, output in [("end", "noise\nChildFailedError: " + block + "\n"),
+                         ("middle", "ChildFailedError: " + block + "\nmore output\n"),
+                         ("no-newline", "elastic.ChildFailedError: " + block)]:
+        found = printed_summary(output)
+        results.append((f"self-test/printed-summary-{name}", [] if found == block else [f"got {found!r}"]))
+    results.append(("self-test/printed-summary-none", [] if printed_summary("no summary\n") is None else ["found one"]))
     # A documented difference applied where there is none must fail too.
     for name, check in [("unnamed-signal", check_unnamed_signal), ("rank-order", check_rank_order),
                         ("hostile-value", check_hostile_value), ("strict-json", check_strict_json),

@@ -840,6 +840,15 @@ def self_test(tool, workdir):
 
 # ---------------------------------------------------------------- main
 
+def guarded(check, *args):
+    """A check's problems; an error of the driver itself fails that case alone, with its traceback."""
+    try:
+        return check(*args)
+    except Exception:
+        import traceback
+        return ["the check itself failed:\n" + traceback.format_exc()]
+
+
 def groups():
     table = dict(corpus.GROUPS)
     table["written-by-ours"] = written_by_ours
@@ -893,7 +902,7 @@ def main():
                         continue
                     if any(f.worker for f in case.failures):
                         case.prepare = prepare_workers
-                    outcomes.append((case.id, check_case(OPTIONS.ours, case, workdir)))
+                    outcomes.append((case.id, guarded(check_case, OPTIONS.ours, case, workdir)))
             elif name == "copy-up":
                 outcomes = check_copy_up(OPTIONS.ours, workdir, args.case)
             elif name == "launch":
@@ -901,7 +910,7 @@ def main():
                 for lc in chosen:
                     if not lc.available():
                         print(f"skip launch/{lc.name} (no --elastic-run)")
-                outcomes = [(f"launch/{lc.name}", check_launch(OPTIONS.ours, lc, workdir))
+                outcomes = [(f"launch/{lc.name}", guarded(check_launch, OPTIONS.ours, lc, workdir))
                             for lc in chosen if lc.available()]
             else:
                 outcomes = self_test(OPTIONS.ours, workdir)

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <ctime>
+#include <time.h>
 #include <limits>
 #include <optional>
 #include <stdexcept>
@@ -122,7 +123,13 @@ inline std::optional<std::int64_t> to_python_int(const nlohmann::json& value) {
   }
 }
 
-inline std::int64_t now_seconds() { return static_cast<std::int64_t>(std::time(nullptr)); }
+// Python's int(time.time()): CLOCK_REALTIME. time(2) reads a coarse clock that lags
+// it by up to a tick, so across a second boundary it would say the second before.
+inline std::int64_t now_seconds() {
+  timespec now{};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  return static_cast<std::int64_t>(now.tv_sec);
+}
 
 }  // namespace errors::detail
 

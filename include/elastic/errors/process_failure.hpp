@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <ctime>
+#include <time.h>
 #include <limits>
 #include <optional>
 #include <stdexcept>
@@ -122,7 +123,13 @@ inline std::optional<std::int64_t> to_python_int(const nlohmann::json& value) {
   }
 }
 
-inline std::int64_t now_seconds() { return static_cast<std::int64_t>(std::time(nullptr)); }
+// Python's int(time.time()): CLOCK_REALTIME. time(2) reads a coarse clock that lags
+// it by up to a tick, so across a second boundary it would say the second before.
+inline std::int64_t now_seconds() {
+  timespec now{};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  return static_cast<std::int64_t>(now.tv_sec);
+}
 
 }  // namespace errors::detail
 
@@ -180,9 +187,9 @@ class ProcessFailure {
     const std::time_t seconds = static_cast<std::time_t>(timestamp);
     if (::localtime_r(&seconds, &local) == nullptr || local.tm_year + 1900 < 1 || local.tm_year + 1900 > 9999)
       return std::to_string(timestamp);
-    char text[32];
-    std::strftime(text, sizeof(text), "%Y-%m-%d_%H:%M:%S", &local);
-    return text;
+    // Python writes the year with at least four digits ("0385"); strftime's %Y does not.
+    return fmt::format("{:04d}-{:02d}-{:02d}_{:02d}:{:02d}:{:02d}", local.tm_year + 1900, local.tm_mon + 1,
+                       local.tm_mday, local.tm_hour, local.tm_min, local.tm_sec);
   }
 
   static nlohmann::json empty_error_data() { return nlohmann::json{{"message", "<NONE>"}}; }

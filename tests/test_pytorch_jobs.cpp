@@ -58,6 +58,7 @@ int free_port() {
 RunOptions job_options(std::map<std::string, std::string> extra = {}, std::vector<std::string> unset = {}) {
   std::map<std::string, std::string> env = {{"PYTHON_EXEC", system_python()}, {"OMP_NUM_THREADS", "1"}};
   for (auto& [name, value] : extra) env[name] = value;
+  for (const auto& name : unset) env.erase(name);
   for (char** e = environ; *e != nullptr; ++e) {
     std::string entry(*e);
     if (entry.rfind("PET_", 0) == 0 || entry.rfind("TORCHELASTIC_", 0) == 0)

@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -37,6 +38,7 @@ def env_int(name):
 def join_and_reduce(args, rank, world_size, attempt):
     """Joins the group and all_reduces a one-hot vector of its rank: every
     element of the sum must be exactly 1."""
+    started = time.monotonic()
     dist.init_process_group(
         backend="gloo",
         init_method=args.init_method,
@@ -44,6 +46,7 @@ def join_and_reduce(args, rank, world_size, attempt):
         world_size=world_size,
         timeout=datetime.timedelta(seconds=args.timeout),
     )
+    seconds = time.monotonic() - started
     if dist.get_rank() != rank or dist.get_world_size() != world_size:
         raise RuntimeError(f"group says rank {dist.get_rank()}/{dist.get_world_size()}, env says {rank}/{world_size}")
 
@@ -58,7 +61,7 @@ def join_and_reduce(args, rank, world_size, attempt):
     joined = store.add("joined", 0)
     if joined != world_size:
         raise RuntimeError(f"store counted {joined} joins for {world_size} ranks: stale state from an earlier attempt")
-    return t.tolist()
+    return t.tolist(), seconds
 
 
 @record
@@ -84,7 +87,8 @@ def main(argv=None):
     seen["is_torchelastic_launched"] = dist.is_torchelastic_launched()
 
     if not args.no_group:
-        seen["all_reduce"] = join_and_reduce(args, rank, world_size, attempt)
+        # The init time is reported for measurements only; no test asserts on it.
+        seen["all_reduce"], seen["init_seconds"] = join_and_reduce(args, rank, world_size, attempt)
         print(f"rank {rank}/{world_size} attempt {attempt}: all_reduce ok", flush=True)
         if rank == args.fail_rank and attempt == args.fail_attempt:
             raise RuntimeError(f"rank {rank} fails on attempt {attempt} after joining the group")

@@ -60,12 +60,15 @@ inline std::string getenv_or(const char* name, const std::string& fallback) {
   return value != nullptr ? std::string(value) : fallback;
 }
 
-// Python string.Template's ${name} and $name forms, for the names given.
-inline std::string substitute(const std::string& text, const std::map<std::string, std::string>& values) {
+// Python string.Template's ${name} and $name forms, for the names given; other
+// text is kept. `dollar_escape`: "$$" becomes "$" (Template's escape). Worker
+// arguments are substituted without it, so a shell worker's "$$" stays intact.
+inline std::string substitute(const std::string& text, const std::map<std::string, std::string>& values,
+                              bool dollar_escape = true) {
   std::string out;
   for (std::size_t i = 0; i < text.size();) {
     if (text[i] == '$' && i + 1 < text.size()) {
-      if (text[i + 1] == '$') {
+      if (text[i + 1] == '$' && dollar_escape) {
         out += '$';
         i += 2;
         continue;
@@ -257,7 +260,7 @@ inline std::map<int, int> launch(const LaunchConfig& config, const std::string& 
           {{"rank", std::to_string(rank)}, {"local_rank", std::to_string(local_rank)}, {"role_name", config.role}});
       std::vector<std::string> a;
       for (const auto& arg : args)
-        a.push_back(detail::substitute(arg, {{"local_rank", std::to_string(local_rank)}}));
+        a.push_back(detail::substitute(arg, {{"local_rank", std::to_string(local_rank)}}, false));
       worker_args[local_rank] = std::move(a);
     }
     multiprocessing::PContext context(name, entrypoint, std::move(worker_args), std::move(envs), *logs_specs,

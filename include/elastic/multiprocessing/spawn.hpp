@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <linux/close_range.h>
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -103,6 +104,9 @@ inline int child_main(void* arg) {
   if (plan->stdin_fd >= 0 && ::dup2(plan->stdin_fd, STDIN_FILENO) < 0) { plan->error = errno; plan->failed_step = 3; ::_exit(127); }
   if (plan->stdout_fd >= 0 && ::dup2(plan->stdout_fd, STDOUT_FILENO) < 0) { plan->error = errno; plan->failed_step = 3; ::_exit(127); }
   if (plan->stderr_fd >= 0 && ::dup2(plan->stderr_fd, STDERR_FILENO) < 0) { plan->error = errno; plan->failed_step = 3; ::_exit(127); }
+  // Only 0, 1 and 2 reach the worker, whatever the parent inherited without
+  // close-on-exec (as Python's subprocess does with close_fds).
+  ::syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC);
   // The parent blocks the signals it reads through signalfd and ignores SIGPIPE;
   // the worker starts with an empty mask and default SIGPIPE/SIGXFSZ, as
   // Python's subprocess gives. Caught signals are reset by execve itself.

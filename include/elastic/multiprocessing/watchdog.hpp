@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -87,6 +88,7 @@ class Watchdog {
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
     ::setpgid(0, 0);
+    ::prctl(PR_SET_NAME, "elastic-watchdog", 0, 0, 0);
     // Hold nothing of the parent's open: not its stdout (a reader waiting for EOF
     // would wait for us), not its workers' pipes.
     int null_fd = ::open("/dev/null", O_RDWR);

@@ -119,7 +119,8 @@ Command make_command(const Args& a, const std::string& script, const std::vector
     throw UsageError("Don't use both the '--no-python' flag and the '--module' flag at the same time.");
   Command command;
   const bool is_python = a.module || a.run_path || (script.size() > 3 && script.compare(script.size() - 3, 3, ".py") == 0);
-  if (!a.no_python && is_python) {
+  // As in torchrun, --run-path takes precedence over --no-python.
+  if (a.run_path || (!a.no_python && is_python)) {
     const char* python = std::getenv("PYTHON_EXEC");
     command.entrypoint = python != nullptr && *python ? python : "python3";
     command.args.push_back("-u");

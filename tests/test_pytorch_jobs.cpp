@@ -183,6 +183,12 @@ TEST_CASE("test_launch_run_path", "[pytorch][jobs]") {
                         "--out-dir", out.path().string()});
   check_group_formed(out, result, 2);
 
+  // torchrun's rule: --run-path wins over --no-python.
+  TempDir with_no_python;
+  auto both = launch({"--run-path", "--no-python", "--nproc-per-node=1", master_port, script, "--out-dir",
+                      with_no_python.path().string()});
+  check_group_formed(with_no_python, both, 1);
+
   TempDir not_run;
   auto without = launch({"--nnodes=1", "--nproc-per-node=1", master_port, script, "--out-dir", not_run.path().string()});
   CHECK(without.exitcode != 0);

@@ -2,7 +2,9 @@
 // in the background (to signal it), and look at the processes it left.
 #pragma once
 
-#include "support/subprocess.hpp"
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <csignal>
@@ -15,9 +17,7 @@
 #include <thread>
 #include <vector>
 
-#include <fcntl.h>
-#include <sys/wait.h>
-#include <unistd.h>
+#include "support/subprocess.hpp"
 
 namespace elastic::testing {
 
@@ -28,7 +28,8 @@ inline RunResult elastic_run(std::vector<std::string> args, RunOptions options =
 }
 
 // Polls `ready` every 10 ms until true or `timeout` passes.
-inline bool wait_until(const std::function<bool()>& ready, std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
+inline bool wait_until(const std::function<bool()>& ready,
+                       std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
     if (ready()) return true;

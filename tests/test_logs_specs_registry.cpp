@@ -1,12 +1,11 @@
 // The registry of named logs specs behind --logs-specs: "default" is there, a
 // program adds its own, and a launch writes where the chosen one says.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <elastic/launcher.hpp>
 #include <elastic/multiprocessing/logs_specs_registry.hpp>
 
 #include "support/subprocess.hpp"
-
-#include <algorithm>
 
 using namespace elastic::multiprocessing;
 using elastic::testing::read_file;

@@ -6,22 +6,21 @@
 // every launcher run has a deadline, so a job that cannot form fails the test
 // instead of hanging it. Ports are picked free at test time so tests can run
 // in parallel.
-#include <catch2/catch.hpp>
-#include <nlohmann/json.hpp>
-
-#include "support/subprocess.hpp"
-
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <filesystem>
 #include <future>
+#include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
 #include <string>
 #include <vector>
+
+#include "support/subprocess.hpp"
 
 using elastic::testing::read_file;
 using elastic::testing::run;
@@ -75,7 +74,9 @@ RunResult launch(const std::vector<std::string>& args, const RunOptions& options
   argv.insert(argv.end(), args.begin(), args.end());
   RunResult result = run(argv, options);
   UNSCOPED_INFO("elastic-run exit code " << result.exitcode << (result.timed_out ? " (timed out)" : "")
-                                         << "\n--- stdout\n" << result.out << "\n--- stderr\n" << result.err);
+                                         << "\n--- stdout\n"
+                                         << result.out << "\n--- stderr\n"
+                                         << result.err);
   return result;
 }
 
@@ -131,13 +132,9 @@ void check_init_method(const std::string& init_method_of_port) {
 
 }  // namespace
 
-TEST_CASE("test_init_method_env_with_torchelastic", "[pytorch][jobs]") {
-  check_init_method("env://");
-}
+TEST_CASE("test_init_method_env_with_torchelastic", "[pytorch][jobs]") { check_init_method("env://"); }
 
-TEST_CASE("test_init_method_tcp_with_torchelastic", "[pytorch][jobs]") {
-  check_init_method("tcp://localhost:PORT");
-}
+TEST_CASE("test_init_method_tcp_with_torchelastic", "[pytorch][jobs]") { check_init_method("tcp://localhost:PORT"); }
 
 TEST_CASE("test_launch_user_script_python", "[pytorch][jobs]") {
   TempDir out;
@@ -162,8 +159,8 @@ TEST_CASE("test_launch_user_script_python_caffe2_bc", "[pytorch][jobs]") {
   TempDir out;
   const int port = free_port();
   auto result = launch({"--nnodes=1", "--nproc_per_node=2", "--monitor_interval=1", "--start_method=spawn",
-                        "--master_addr=localhost", "--master_port=" + std::to_string(port), "--node_rank=0",
-                        job_worker, "--out-dir", out.path().string()});
+                        "--master_addr=localhost", "--master_port=" + std::to_string(port), "--node_rank=0", job_worker,
+                        "--out-dir", out.path().string()});
   check_group_formed(out, result, 2);
   for (int rank = 0; rank < 2; ++rank) {
     CHECK(seen_by(out, rank)["LOCAL_RANK"] == std::to_string(rank));
@@ -190,15 +187,16 @@ TEST_CASE("test_launch_run_path", "[pytorch][jobs]") {
   check_group_formed(with_no_python, both, 1);
 
   TempDir not_run;
-  auto without = launch({"--nnodes=1", "--nproc-per-node=1", master_port, script, "--out-dir", not_run.path().string()});
+  auto without =
+      launch({"--nnodes=1", "--nproc-per-node=1", master_port, script, "--out-dir", not_run.path().string()});
   CHECK(without.exitcode != 0);
   CHECK(files_in(not_run.path()).empty());
 }
 
 TEST_CASE("test_launch_standalone", "[pytorch][jobs]") {
   TempDir out;
-  auto result = launch({"--nproc-per-node=2", "--standalone", "--monitor-interval=1", "--start-method=spawn", job_worker,
-                        "--out-dir", out.path().string()});
+  auto result = launch({"--nproc-per-node=2", "--standalone", "--monitor-interval=1", "--start-method=spawn",
+                        job_worker, "--out-dir", out.path().string()});
   check_group_formed(out, result, 2);
   auto seen0 = seen_by(out, 0), seen1 = seen_by(out, 1);
   CHECK(seen0["MASTER_ADDR"] == "localhost");
@@ -225,9 +223,7 @@ std::string launched_by_elastic_run(const std::vector<std::string>& extra_option
 
 }  // namespace
 
-TEST_CASE("test_is_torchelastic_launched", "[pytorch][jobs]") {
-  CHECK(launched_by_elastic_run({}) == "True");
-}
+TEST_CASE("test_is_torchelastic_launched", "[pytorch][jobs]") { CHECK(launched_by_elastic_run({}) == "True"); }
 
 TEST_CASE("test_is_not_torchelastic_launched", "[pytorch][jobs]") {
   TempDir out;
@@ -251,11 +247,11 @@ TEST_CASE("test_logs_logs_spec_entrypoint_must_be_defined", "[pytorch][jobs]") {
 TEST_CASE("test_capture_logs_using_default_logs_specs", "[pytorch][jobs]") {
   TempDir out, logs;
   const std::string run_id = "capture-" + std::to_string(::getpid());
-  auto result = launch({"--nnodes=1", "--nproc-per-node=2", "--rdzv-id=" + run_id, "--redirects=3", "--tee=3",
-                        "--monitor-interval=1", "--start-method=spawn", "--log-dir", logs.path().string(),
-                        "--master-port=" + std::to_string(free_port()), "--no-python", jobs_dir + "/create_files.sh",
-                        out.path().string()},
-                       job_options({{"TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "[rank${rank}]: "}}));
+  auto result = launch(
+      {"--nnodes=1", "--nproc-per-node=2", "--rdzv-id=" + run_id, "--redirects=3", "--tee=3", "--monitor-interval=1",
+       "--start-method=spawn", "--log-dir", logs.path().string(), "--master-port=" + std::to_string(free_port()),
+       "--no-python", jobs_dir + "/create_files.sh", out.path().string()},
+      job_options({{"TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "[rank${rank}]: "}}));
   REQUIRE(result.exitcode == 0);
   CHECK(files_in(out.path()) == rank_names(2));
   for (int rank = 0; rank < 2; ++rank) {
@@ -347,7 +343,8 @@ TEST_CASE("Python entry points: -m, PYTHON_EXEC, else python3 on PATH", "[pytorc
   TempDir bin;
   // Interpreters that say which one ran: the worker records ELASTIC_TEST_INTERPRETER.
   for (const std::string name : {"exec-python", "python3"}) {
-    write_file(bin.file(name), "#!/bin/sh\nELASTIC_TEST_INTERPRETER=" + name + " exec " + system_python() + " \"$@\"\n");
+    write_file(bin.file(name),
+               "#!/bin/sh\nELASTIC_TEST_INTERPRETER=" + name + " exec " + system_python() + " \"$@\"\n");
     fs::permissions(bin.file(name), fs::perms::owner_all);
   }
   const std::string path = bin.path().string() + ":" + (std::getenv("PATH") ? std::getenv("PATH") : "/usr/bin:/bin");
@@ -355,9 +352,10 @@ TEST_CASE("Python entry points: -m, PYTHON_EXEC, else python3 on PATH", "[pytorc
   SECTION("-m module, run by PYTHON_EXEC; --start-method is accepted and changes nothing") {
     for (const std::string method : {"fork", "forkserver"}) {
       TempDir out;
-      auto result = launch({"--nproc-per-node=2", "--master-port=" + std::to_string(free_port()),
-                            "--start-method=" + method, "-m", "job_worker", "--out-dir", out.path().string()},
-                           job_options({{"PYTHON_EXEC", bin.file("exec-python")}, {"PYTHONPATH", jobs_dir}, {"PATH", path}}));
+      auto result =
+          launch({"--nproc-per-node=2", "--master-port=" + std::to_string(free_port()), "--start-method=" + method,
+                  "-m", "job_worker", "--out-dir", out.path().string()},
+                 job_options({{"PYTHON_EXEC", bin.file("exec-python")}, {"PYTHONPATH", jobs_dir}, {"PATH", path}}));
       check_group_formed(out, result, 2);
       CHECK(seen_by(out, 0)["ELASTIC_TEST_INTERPRETER"] == "exec-python");
     }
@@ -378,7 +376,8 @@ TEST_CASE("Python entry points: -m, PYTHON_EXEC, else python3 on PATH", "[pytorc
 
 TEST_CASE("the README's DDP example trains under elastic-run", "[pytorch][jobs][example]") {
   // The command of docs/pytorch-jobs.md, with the interpreter rule applied.
-  auto result = launch({"--standalone", "--nproc-per-node=2", std::string(ELASTIC_SOURCE_DIR) + "/examples/pytorch/train_ddp.py"});
+  auto result = launch(
+      {"--standalone", "--nproc-per-node=2", std::string(ELASTIC_SOURCE_DIR) + "/examples/pytorch/train_ddp.py"});
   REQUIRE(result.exitcode == 0);
   CHECK_THAT(result.out, Catch::Contains("step 4 loss "));
   CHECK_THAT(result.out, Catch::Contains("rank 0/2 (attempt 0): done, replicas in sync"));

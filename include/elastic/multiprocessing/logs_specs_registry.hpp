@@ -9,7 +9,6 @@
 #pragma once
 
 #include <elastic/multiprocessing/logs_specs.hpp>
-
 #include <functional>
 #include <map>
 #include <memory>
@@ -23,8 +22,9 @@
 namespace elastic::multiprocessing {
 
 // The arguments torchrun gives a logs specs class: log_dir, redirects, tee, local_ranks_filter.
-using LogsSpecsFactory = std::function<std::shared_ptr<LogsSpecs>(
-    std::optional<std::string> log_dir, StdSpec redirects, StdSpec tee, std::optional<std::set<int>> local_ranks_filter)>;
+using LogsSpecsFactory =
+    std::function<std::shared_ptr<LogsSpecs>(std::optional<std::string> log_dir, StdSpec redirects, StdSpec tee,
+                                             std::optional<std::set<int>> local_ranks_filter)>;
 
 // No logs specs of that name is registered.
 class UnknownLogsSpecsError : public std::invalid_argument {
@@ -53,10 +53,12 @@ struct LogsSpecsRegistry {
 // translation unit), filled with "default" on first use.
 inline LogsSpecsRegistry& logs_specs_registry() {
   static LogsSpecsRegistry registry{{},
-                                    {{"default", [](std::optional<std::string> log_dir, StdSpec redirects, StdSpec tee,
-                                                    std::optional<std::set<int>> filter) -> std::shared_ptr<LogsSpecs> {
-                                        return std::make_shared<DefaultLogsSpecs>(std::move(log_dir), std::move(redirects),
-                                                                                  std::move(tee), std::move(filter));
+                                    {{"default",
+                                      [](std::optional<std::string> log_dir, StdSpec redirects, StdSpec tee,
+                                         std::optional<std::set<int>> filter) -> std::shared_ptr<LogsSpecs> {
+                                        return std::make_shared<DefaultLogsSpecs>(std::move(log_dir),
+                                                                                  std::move(redirects), std::move(tee),
+                                                                                  std::move(filter));
                                       }}}};
   return registry;
 }
@@ -83,7 +85,8 @@ inline std::vector<std::string> logs_specs_names() {
 }
 
 // A new LogsSpecs of the kind registered as `name`; throws UnknownLogsSpecsError.
-inline std::shared_ptr<LogsSpecs> make_logs_specs(const std::string& name, std::optional<std::string> log_dir = std::nullopt,
+inline std::shared_ptr<LogsSpecs> make_logs_specs(const std::string& name,
+                                                  std::optional<std::string> log_dir = std::nullopt,
                                                   StdSpec redirects = Std::NONE, StdSpec tee = Std::NONE,
                                                   std::optional<std::set<int>> local_ranks_filter = std::nullopt) {
   LogsSpecsFactory factory;

@@ -311,6 +311,20 @@ TEST_CASE("a restarted group forms again on the same port, without stale state",
   }
 }
 
+TEST_CASE("a new rank 0 hosts its store on a port the old one's connections linger on", "[pytorch][jobs]") {
+  // What a restart on MASTER_PORT relies on: PyTorch's store listener binds a
+  // port that a plain listener is refused while the killed host's connections
+  // are in FIN_WAIT/TIME_WAIT (it sets SO_REUSEADDR).
+  auto result = run({system_python(), jobs_dir + "/store_port_reuse.py", std::to_string(free_port())},
+                    RunOptions().with_timeout(std::chrono::seconds(100)));
+  INFO(result.out << result.err);
+  REQUIRE(result.exitcode == 0);
+  auto seen = nlohmann::json::parse(result.out);
+  CHECK(seen["lingering"].get<int>() > 0);
+  CHECK(seen["plain_bind_refused"] == true);
+  CHECK(seen["second_store_ok"] == true);
+}
+
 TEST_CASE("without restarts left, the failed PyTorch rank is the root cause", "[pytorch][jobs]") {
   TempDir out, logs;
   auto result = launch({"--nproc-per-node=2", "--master-port=" + std::to_string(free_port()), "--log-dir",

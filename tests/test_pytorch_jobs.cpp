@@ -353,39 +353,44 @@ TEST_CASE("a missing peer makes the job fail at the workers' timeout, not hang",
   }
 }
 
-TEST_CASE("Python entry points: -m, PYTHON_EXEC, else python3 on PATH", "[pytorch][jobs]") {
-  TempDir bin;
-  // Interpreters that say which one ran: the worker records ELASTIC_TEST_INTERPRETER.
+namespace {
+
+// Interpreters that say which one ran (the worker records ELASTIC_TEST_INTERPRETER):
+// <dir>/exec-python and <dir>/python3; returns a PATH with <dir> first.
+std::string fake_interpreters(const TempDir& bin) {
   for (const std::string name : {"exec-python", "python3"}) {
     write_file(bin.file(name),
                "#!/bin/sh\nELASTIC_TEST_INTERPRETER=" + name + " exec " + system_python() + " \"$@\"\n");
     fs::permissions(bin.file(name), fs::perms::owner_all);
   }
-  const std::string path = bin.path().string() + ":" + (std::getenv("PATH") ? std::getenv("PATH") : "/usr/bin:/bin");
+  return bin.path().string() + ":" + (std::getenv("PATH") ? std::getenv("PATH") : "/usr/bin:/bin");
+}
 
-  SECTION("-m module, run by PYTHON_EXEC; --start-method is accepted and changes nothing") {
-    for (const std::string method : {"fork", "forkserver"}) {
-      TempDir out;
-      auto result =
-          launch({"--nproc-per-node=2", "--master-port=" + std::to_string(free_port()), "--start-method=" + method,
-                  "-m", "job_worker", "--out-dir", out.path().string()},
-                 job_options({{"PYTHON_EXEC", bin.file("exec-python")}, {"PYTHONPATH", jobs_dir}, {"PATH", path}}));
-      check_group_formed(out, result, 2);
-      CHECK(seen_by(out, 0)["ELASTIC_TEST_INTERPRETER"] == "exec-python");
-    }
-  }
-  SECTION("a .py entry without PYTHON_EXEC runs under python3 from PATH") {
-    TempDir out;
-    auto result = launch({"--nproc-per-node=1", "--master-port=" + std::to_string(free_port()), job_worker, "--out-dir",
-                          out.path().string()},
-                         job_options({{"PATH", path}}, {"PYTHON_EXEC"}));
-    check_group_formed(out, result, 1);
-    CHECK(seen_by(out, 0)["ELASTIC_TEST_INTERPRETER"] == "python3");
-  }
-  SECTION("an unknown start method is a usage error") {
-    auto result = launch({"--start-method=thread", job_worker});
-    CHECK(result.exitcode == 2);
-  }
+}  // namespace
+
+TEST_CASE("-m module runs under PYTHON_EXEC; --start-method is accepted and changes nothing", "[pytorch][jobs]") {
+  TempDir bin, out;
+  const std::string path = fake_interpreters(bin);
+  auto result =
+      launch({"--nproc-per-node=2", "--master-port=" + std::to_string(free_port()), "--start-method=fork", "-m",
+              "job_worker", "--out-dir", out.path().string()},
+             job_options({{"PYTHON_EXEC", bin.file("exec-python")}, {"PYTHONPATH", jobs_dir}, {"PATH", path}}));
+  check_group_formed(out, result, 2);
+  CHECK(seen_by(out, 0)["ELASTIC_TEST_INTERPRETER"] == "exec-python");
+  CHECK(seen_by(out, 1)["ELASTIC_TEST_INTERPRETER"] == "exec-python");
+
+  auto unknown = launch({"--start-method=thread", job_worker});
+  CHECK(unknown.exitcode == 2);
+}
+
+TEST_CASE("a .py entry without PYTHON_EXEC runs under python3 from PATH", "[pytorch][jobs]") {
+  TempDir bin, out;
+  const std::string path = fake_interpreters(bin);
+  auto result = launch({"--nproc-per-node=1", "--master-port=" + std::to_string(free_port()),
+                        "--start-method=forkserver", job_worker, "--out-dir", out.path().string()},
+                       job_options({{"PATH", path}}, {"PYTHON_EXEC"}));
+  check_group_formed(out, result, 1);
+  CHECK(seen_by(out, 0)["ELASTIC_TEST_INTERPRETER"] == "python3");
 }
 
 TEST_CASE("the README's DDP example trains under elastic-run", "[pytorch][jobs][example]") {

@@ -368,7 +368,7 @@ std::string fake_interpreters(const TempDir& bin) {
 
 }  // namespace
 
-TEST_CASE("-m module runs under PYTHON_EXEC; --start-method is accepted and changes nothing", "[pytorch][jobs]") {
+TEST_CASE("a module run with -m uses PYTHON_EXEC and --start-method changes nothing", "[pytorch][jobs]") {
   TempDir bin, out;
   const std::string path = fake_interpreters(bin);
   auto result =

@@ -379,7 +379,7 @@ TEST_CASE("the summary has torchrun's layout for the same command line") {
                                      "--master_port=" + std::to_string(20000 + ::getpid() % 20000)};
   theirs.insert(theirs.end(), job.begin(), job.end());
   auto a = elastic_run(ours, options);
-  auto b = run(theirs, options);
+  auto b = run(theirs, with_scratch_tmpdir(options));
   REQUIRE(a.exitcode == 1);
   REQUIRE(b.exitcode == 1);
   auto shape_a = summary_shape(a.err);

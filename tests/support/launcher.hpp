@@ -21,7 +21,20 @@
 
 namespace elastic::testing {
 
+// Log directories made without --log-dir (never removed, as with torchrun) go
+// under this, removed when the test program ends.
+inline const TempDir& scratch_tmpdir() {
+  static TempDir dir;
+  return dir;
+}
+
+inline RunOptions with_scratch_tmpdir(RunOptions options) {
+  if (!options.set_env.count("TMPDIR")) options.set_env["TMPDIR"] = scratch_tmpdir().path().string();
+  return options;
+}
+
 inline RunResult elastic_run(std::vector<std::string> args, RunOptions options = {}) {
+  options = with_scratch_tmpdir(std::move(options));
   args.insert(args.begin(), ELASTIC_RUN_BINARY);
   if (options.timeout == std::chrono::milliseconds(60000)) options.timeout = std::chrono::seconds(120);
   return run(args, options);
@@ -73,7 +86,7 @@ class Background {
              const RunOptions& options = {})
       : out_file_(out_file), err_file_(err_file) {
     args.insert(args.begin(), ELASTIC_RUN_BINARY);
-    std::vector<std::string> env_strings = make_environment(options);
+    std::vector<std::string> env_strings = make_environment(with_scratch_tmpdir(options));
     std::vector<char*> env, argv;
     for (auto& s : env_strings) env.push_back(s.data());
     env.push_back(nullptr);

@@ -63,6 +63,10 @@ RunOptions job_options(std::map<std::string, std::string> extra = {}, std::vecto
     if (entry.rfind("PET_", 0) == 0 || entry.rfind("TORCHELASTIC_", 0) == 0)
       unset.push_back(entry.substr(0, entry.find('=')));
   }
+  // Log directories made without --log-dir are never removed (as with torchrun):
+  // keep them in a scratch TMPDIR that goes away with the test program.
+  static TempDir scratch;
+  if (!env.count("TMPDIR")) env["TMPDIR"] = scratch.path().string();
   RunOptions options(env, unset);
   // Below the test's own CTest limit, far above a healthy run.
   options.with_timeout(std::chrono::seconds(100));

@@ -38,14 +38,14 @@ def main():
 
     torch.manual_seed(0)  # the same initial weights everywhere (DDP also broadcasts them)
     model = DistributedDataParallel(torch.nn.Linear(4, 1))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     target = torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
 
     generator = torch.Generator().manual_seed(rank)  # each rank its own data
     for step in range(args.steps):
         if rank == args.fail_rank and step == 3:
             raise RuntimeError(f"rank {rank}: bad batch at step {step}")
-        x = torch.randn(16, 4, generator=generator)
+        x = torch.randn(64, 4, generator=generator)
         loss = torch.nn.functional.mse_loss(model(x), x @ target)
         optimizer.zero_grad()
         loss.backward()

@@ -46,7 +46,7 @@ struct Args {
   std::string log_line_prefix_template;
   bool virtual_local_rank = false;
   std::string signals_to_handle = "SIGTERM,SIGINT,SIGHUP,SIGQUIT";
-  std::string logs_specs;
+  std::string logs_specs = "default";
   double term_timeout = 30;
 };
 
@@ -118,7 +118,8 @@ Command make_command(const Args& a, const std::string& script, const std::vector
   Command command;
   const bool is_python =
       a.module || a.run_path || (script.size() > 3 && script.compare(script.size() - 3, 3, ".py") == 0);
-  if (!a.no_python && is_python) {
+  // As in torchrun, --run-path takes precedence over --no-python.
+  if (a.run_path || (!a.no_python && is_python)) {
     const char* python = std::getenv("PYTHON_EXEC");
     command.entrypoint = python != nullptr && *python ? python : "python3";
     command.args.push_back("-u");
@@ -135,7 +136,6 @@ Command make_command(const Args& a, const std::string& script, const std::vector
 elastic::launcher::LaunchConfig make_config(Args& a) {
   using namespace elastic;
   launcher::LaunchConfig config;
-  if (!a.logs_specs.empty()) throw launcher::NotSupportedError("--logs-specs " + a.logs_specs);
   if (a.start_method != "spawn" && a.start_method != "fork" && a.start_method != "forkserver")
     throw UsageError("--start-method must be spawn, fork or forkserver");
   std::tie(config.min_nodes, config.max_nodes) = launcher::parse_min_max_nnodes(a.nnodes);
@@ -193,7 +193,11 @@ elastic::launcher::LaunchConfig make_config(Args& a) {
     tee = multiprocessing::Std::ALL;
   std::optional<std::string> log_dir;
   if (!a.log_dir.empty()) log_dir = a.log_dir;
-  config.logs_specs = std::make_shared<multiprocessing::DefaultLogsSpecs>(log_dir, redirects, tee, filter);
+  try {
+    config.logs_specs = multiprocessing::make_logs_specs(a.logs_specs, log_dir, redirects, tee, filter);
+  } catch (const multiprocessing::UnknownLogsSpecsError& e) {
+    throw UsageError(std::string("--logs-specs: ") + e.what());
+  }
   config.own_process_tree = true;
   return config;
 }
@@ -238,7 +242,7 @@ int main(int argc, char** argv) {
       ->envname("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE");
   flag(app, "virtual-local-rank", a.virtual_local_rank, "Every worker sees LOCAL_RANK=0 and its own device");
   option(app, "signals-to-handle", a.signals_to_handle, "Signals forwarded to the workers");
-  option(app, "logs-specs", a.logs_specs, "Custom logs specs (not supported yet)");
+  option(app, "logs-specs", a.logs_specs, "Name of a registered logs specs (built in: default)");
   option(app, "term-timeout", a.term_timeout, "Seconds between SIGTERM and SIGKILL when stopping workers");
 
   try {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <elastic/multiprocessing/logs_specs.hpp>
+#include <elastic/multiprocessing/logs_specs_registry.hpp>
 #include <elastic/multiprocessing/pcontext.hpp>
 #include <elastic/multiprocessing/spawn.hpp>
 #include <elastic/multiprocessing/std.hpp>

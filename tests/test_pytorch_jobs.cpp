@@ -1,0 +1,408 @@
+// Real PyTorch jobs under elastic-run: Debian's python3-torch workers join a gloo
+// process group, all_reduce, fail, restart and span two launchers, exactly as
+// they would under torchrun. Nothing is mocked: the launcher and PyTorch run.
+//
+// Every worker bounds its waits (--timeout, passed to init_process_group), and
+// every launcher run has a deadline, so a job that cannot form fails the test
+// instead of hanging it. Ports are picked free at test time so tests can run
+// in parallel.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <future>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "support/subprocess.hpp"
+
+using elastic::testing::read_file;
+using elastic::testing::run;
+using elastic::testing::RunOptions;
+using elastic::testing::RunResult;
+using elastic::testing::system_python;
+using elastic::testing::TempDir;
+using elastic::testing::write_file;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string elastic_run = ELASTIC_PYTORCH_JOBS_LAUNCHER;
+const std::string jobs_dir = std::string(ELASTIC_TEST_PYTHON_DIR) + "/jobs";
+const std::string job_worker = jobs_dir + "/job_worker.py";
+
+// A port nobody listens on now: bind port 0, read it, close.
+int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// The environment of a launch: Debian's interpreter (python3 on PATH may be
+// another Python without torch), and nothing from the caller that would
+// change the launcher's options.
+RunOptions job_options(std::map<std::string, std::string> extra = {}, std::vector<std::string> unset = {}) {
+  std::map<std::string, std::string> env = {{"PYTHON_EXEC", system_python()}, {"OMP_NUM_THREADS", "1"}};
+  for (auto& [name, value] : extra) env[name] = value;
+  for (const auto& name : unset) env.erase(name);
+  for (char** e = environ; *e != nullptr; ++e) {
+    std::string entry(*e);
+    if (entry.rfind("PET_", 0) == 0 || entry.rfind("TORCHELASTIC_", 0) == 0)
+      unset.push_back(entry.substr(0, entry.find('=')));
+  }
+  // Log directories made without --log-dir are never removed (as with torchrun):
+  // keep them in a scratch TMPDIR that goes away with the test program.
+  static TempDir scratch;
+  if (!env.count("TMPDIR")) env["TMPDIR"] = scratch.path().string();
+  RunOptions options(env, unset);
+  // Below the test's own CTest limit, far above a healthy run.
+  options.with_timeout(std::chrono::seconds(100));
+  return options;
+}
+
+RunResult launch(const std::vector<std::string>& args, const RunOptions& options = job_options()) {
+  std::vector<std::string> argv = {elastic_run};
+  argv.insert(argv.end(), args.begin(), args.end());
+  RunResult result = run(argv, options);
+  UNSCOPED_INFO("elastic-run exit code " << result.exitcode << (result.timed_out ? " (timed out)" : "")
+                                         << "\n--- stdout\n"
+                                         << result.out << "\n--- stderr\n"
+                                         << result.err);
+  return result;
+}
+
+// What rank `rank` wrote to --out-dir.
+nlohmann::json seen_by(const TempDir& dir, int rank) {
+  const std::string path = dir.file(std::to_string(rank));
+  INFO("no report from rank " << rank);
+  REQUIRE(fs::exists(path));
+  return nlohmann::json::parse(read_file(path));
+}
+
+std::set<std::string> files_in(const fs::path& dir) {
+  std::set<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir)) names.insert(entry.path().filename().string());
+  return names;
+}
+
+std::set<std::string> rank_names(int world_size) {
+  std::set<std::string> names;
+  for (int rank = 0; rank < world_size; ++rank) names.insert(std::to_string(rank));
+  return names;
+}
+
+// Every rank joined one group of `world_size` and its all_reduce summed to all ones.
+void check_group_formed(const TempDir& out, const RunResult& result, int world_size) {
+  REQUIRE_FALSE(result.timed_out);
+  REQUIRE(result.exitcode == 0);
+  REQUIRE(files_in(out.path()) == rank_names(world_size));
+  const std::vector<int> ones(static_cast<std::size_t>(world_size), 1);
+  for (int rank = 0; rank < world_size; ++rank) {
+    auto seen = seen_by(out, rank);
+    CHECK(seen["RANK"] == std::to_string(rank));
+    CHECK(seen["WORLD_SIZE"] == std::to_string(world_size));
+    CHECK(seen["all_reduce"].get<std::vector<int>>() == ones);
+    CHECK(seen["TORCHELASTIC_USE_AGENT_STORE"] == "False");
+    CHECK(seen["is_torchelastic_launched"] == true);
+  }
+}
+
+void check_init_method(const std::string& init_method_of_port) {
+  TempDir out;
+  const int port = free_port();
+  const std::string init_method = std::regex_replace(init_method_of_port, std::regex("PORT"), std::to_string(port));
+  auto result = launch({"--run-path", "--nnodes=1", "--nproc-per-node=4", "--master-addr=localhost",
+                        "--master-port=" + std::to_string(port), "--monitor-interval=1", job_worker,
+                        "--init-method=" + init_method, "--out-dir", out.path().string()});
+  check_group_formed(out, result, 4);
+  for (int rank = 0; rank < 4; ++rank) {
+    CHECK(seen_by(out, rank)["MASTER_PORT"] == std::to_string(port));
+    CHECK_THAT(result.out, Catch::Contains("rank " + std::to_string(rank) + "/4 attempt 0: all_reduce ok"));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("test_init_method_env_with_torchelastic", "[pytorch][jobs]") { check_init_method("env://"); }
+
+TEST_CASE("test_init_method_tcp_with_torchelastic", "[pytorch][jobs]") { check_init_method("tcp://localhost:PORT"); }
+
+TEST_CASE("test_launch_user_script_python", "[pytorch][jobs]") {
+  TempDir out;
+  const int port = free_port();
+  const std::string run_id = "job-" + std::to_string(::getpid());
+  auto result = launch({"--nnodes=1", "--nproc-per-node=2", "--rdzv-backend=static",
+                        "--rdzv-endpoint=localhost:" + std::to_string(port), "--rdzv-id=" + run_id,
+                        "--monitor-interval=1", "--start-method=spawn", job_worker, "--out-dir", out.path().string()});
+  check_group_formed(out, result, 2);
+  for (int rank = 0; rank < 2; ++rank) {
+    auto seen = seen_by(out, rank);
+    CHECK(seen["TORCHELASTIC_RUN_ID"] == run_id);
+    CHECK(seen["MASTER_ADDR"] == "localhost");
+    CHECK(seen["MASTER_PORT"] == std::to_string(port));
+    CHECK(seen["executable"] == system_python());
+  }
+}
+
+TEST_CASE("test_launch_user_script_python_caffe2_bc", "[pytorch][jobs]") {
+  // The static master-address options of the older launch utilities, in the
+  // underscore spellings torchrun 1.13 knows.
+  TempDir out;
+  const int port = free_port();
+  auto result = launch({"--nnodes=1", "--nproc_per_node=2", "--monitor_interval=1", "--start_method=spawn",
+                        "--master_addr=localhost", "--master_port=" + std::to_string(port), "--node_rank=0", job_worker,
+                        "--out-dir", out.path().string()});
+  check_group_formed(out, result, 2);
+  for (int rank = 0; rank < 2; ++rank) {
+    CHECK(seen_by(out, rank)["LOCAL_RANK"] == std::to_string(rank));
+    CHECK(seen_by(out, rank)["TORCHELASTIC_RUN_ID"] == "none");
+  }
+}
+
+TEST_CASE("test_launch_run_path", "[pytorch][jobs]") {
+  // A script without the .py suffix: only --run-path makes it run under the
+  // interpreter instead of being executed as a program.
+  TempDir out, scripts;
+  const std::string script = scripts.file("train");
+  fs::copy_file(job_worker, script);
+  fs::permissions(script, fs::perms::owner_read | fs::perms::owner_write);
+  const std::string master_port = "--master-port=" + std::to_string(free_port());
+  auto result = launch({"--run-path", "--nnodes=1", "--nproc-per-node=2", master_port, "--monitor-interval=1", script,
+                        "--out-dir", out.path().string()});
+  check_group_formed(out, result, 2);
+
+  // torchrun's rule: --run-path wins over --no-python.
+  TempDir with_no_python;
+  auto both = launch({"--run-path", "--no-python", "--nproc-per-node=1", master_port, script, "--out-dir",
+                      with_no_python.path().string()});
+  check_group_formed(with_no_python, both, 1);
+
+  TempDir not_run;
+  auto without =
+      launch({"--nnodes=1", "--nproc-per-node=1", master_port, script, "--out-dir", not_run.path().string()});
+  CHECK(without.exitcode != 0);
+  CHECK(files_in(not_run.path()).empty());
+}
+
+TEST_CASE("test_launch_standalone", "[pytorch][jobs]") {
+  TempDir out;
+  auto result = launch({"--nproc-per-node=2", "--standalone", "--monitor-interval=1", "--start-method=spawn",
+                        job_worker, "--out-dir", out.path().string()});
+  check_group_formed(out, result, 2);
+  auto seen0 = seen_by(out, 0), seen1 = seen_by(out, 1);
+  CHECK(seen0["MASTER_ADDR"] == "localhost");
+  CHECK(seen0["MASTER_PORT"] == seen1["MASTER_PORT"]);
+  // A fresh UUID per job, the same for all its workers.
+  const std::string run_id = seen0["TORCHELASTIC_RUN_ID"];
+  CHECK(std::regex_match(run_id, std::regex("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")));
+  CHECK(seen1["TORCHELASTIC_RUN_ID"] == run_id);
+}
+
+namespace {
+
+std::string launched_by_elastic_run(const std::vector<std::string>& extra_options, RunResult* result_out = nullptr) {
+  TempDir out;
+  const std::string file = out.file("launched");
+  std::vector<std::string> args = {"--nnodes=1", "--nproc-per-node=1", "--monitor-interval=1",
+                                   "--master-port=" + std::to_string(free_port())};
+  args.insert(args.end(), extra_options.begin(), extra_options.end());
+  args.insert(args.end(), {job_worker, "--launched-file", file});
+  auto result = launch(args);
+  if (result_out != nullptr) *result_out = result;
+  return fs::exists(file) ? read_file(file) : "<not written>";
+}
+
+}  // namespace
+
+TEST_CASE("test_is_torchelastic_launched", "[pytorch][jobs]") { CHECK(launched_by_elastic_run({}) == "True"); }
+
+TEST_CASE("test_is_not_torchelastic_launched", "[pytorch][jobs]") {
+  TempDir out;
+  auto result = run({system_python(), job_worker, "--launched-file", out.file("launched")},
+                    RunOptions({}, {"TORCHELASTIC_RUN_ID"}));
+  REQUIRE(result.exitcode == 0);
+  CHECK(read_file(out.file("launched")) == "False");
+}
+
+TEST_CASE("test_is_torchelastic_launched_with_logs_spec_defined", "[pytorch][jobs]") {
+  CHECK(launched_by_elastic_run({"--logs-specs=default"}) == "True");
+}
+
+TEST_CASE("test_logs_logs_spec_entrypoint_must_be_defined", "[pytorch][jobs]") {
+  RunResult result;
+  CHECK(launched_by_elastic_run({"--logs-specs=DOESNOT_EXIST"}, &result) == "<not written>");
+  CHECK(result.exitcode == 2);
+  CHECK_THAT(result.err, Catch::Contains("DOESNOT_EXIST"));
+}
+
+TEST_CASE("test_capture_logs_using_default_logs_specs", "[pytorch][jobs]") {
+  TempDir out, logs;
+  const std::string run_id = "capture-" + std::to_string(::getpid());
+  auto result = launch(
+      {"--nnodes=1", "--nproc-per-node=2", "--rdzv-id=" + run_id, "--redirects=3", "--tee=3", "--monitor-interval=1",
+       "--start-method=spawn", "--log-dir", logs.path().string(), "--master-port=" + std::to_string(free_port()),
+       "--no-python", jobs_dir + "/create_files.sh", out.path().string()},
+      job_options({{"TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "[rank${rank}]: "}}));
+  REQUIRE(result.exitcode == 0);
+  CHECK(files_in(out.path()) == rank_names(2));
+  for (int rank = 0; rank < 2; ++rank) {
+    const std::string r = std::to_string(rank);
+    CHECK_THAT(result.out, Catch::Contains("[rank" + r + "]: creating " + out.file(r) + "\n"));
+    CHECK_THAT(result.err, Catch::Contains("[rank" + r + "]: rank " + r + " done\n"));
+  }
+  // The files under the default layout hold the raw lines, without the prefix.
+  std::vector<fs::path> run_dirs;
+  for (const auto& entry : fs::directory_iterator(logs.path())) run_dirs.push_back(entry.path());
+  REQUIRE(run_dirs.size() == 1);
+  CHECK(run_dirs[0].filename().string().rfind(run_id + "_", 0) == 0);
+  CHECK(read_file((run_dirs[0] / "attempt_0" / "1" / "stdout.log").string()) == "creating " + out.file("1") + "\n");
+}
+
+TEST_CASE("two launchers on one host form one job of 4 ranks", "[pytorch][jobs]") {
+  TempDir out;
+  const std::string port = std::to_string(free_port());
+  auto node = [&](int node_rank) {
+    return std::async(std::launch::async, [&, node_rank] {
+      return run({elastic_run, "--nnodes=2", "--node-rank=" + std::to_string(node_rank), "--nproc-per-node=2",
+                  "--master-addr=127.0.0.1", "--master-port=" + port, job_worker, "--out-dir", out.path().string()},
+                 job_options());
+    });
+  };
+  auto node0 = node(0), node1 = node(1);
+  RunResult first = node0.get(), second = node1.get();
+  INFO("node 0:\n" << first.out << first.err << "\nnode 1:\n" << second.out << second.err);
+  REQUIRE(second.exitcode == 0);
+  check_group_formed(out, first, 4);
+  for (int rank = 0; rank < 4; ++rank) {
+    auto seen = seen_by(out, rank);
+    CHECK(seen["GROUP_RANK"] == std::to_string(rank / 2));
+    CHECK(seen["LOCAL_RANK"] == std::to_string(rank % 2));
+    CHECK(seen["LOCAL_WORLD_SIZE"] == "2");
+  }
+  CHECK_THAT(first.out, Catch::Contains("rank 1/4 attempt 0: all_reduce ok"));
+  CHECK_THAT(second.out, Catch::Contains("rank 2/4 attempt 0: all_reduce ok"));
+}
+
+TEST_CASE("a restarted group forms again on the same port, without stale state", "[pytorch][jobs]") {
+  // Rank 1 fails after joining the group on attempt 0. On attempt 1 the new
+  // rank 0 hosts a new store on MASTER_PORT (its listener reuses the address
+  // while attempt 0's connections are in TIME_WAIT); each worker checks that the
+  // store counts exactly this attempt's joins.
+  TempDir out;
+  const std::string port = std::to_string(free_port());
+  auto result = launch({"--nproc-per-node=2", "--max-restarts=1", "--master-addr=127.0.0.1", "--master-port=" + port,
+                        job_worker, "--fail-rank=1", "--out-dir", out.path().string()});
+  check_group_formed(out, result, 2);
+  CHECK_THAT(result.out, Catch::Contains("rank 1/2 attempt 0: all_reduce ok"));
+  CHECK_THAT(result.err, Catch::Contains("rank 1 fails on attempt 0 after joining the group"));
+  for (int rank = 0; rank < 2; ++rank) {
+    auto seen = seen_by(out, rank);
+    CHECK(seen["TORCHELASTIC_RESTART_COUNT"] == "1");
+    CHECK(seen["MASTER_PORT"] == port);
+  }
+}
+
+TEST_CASE("a new rank 0 hosts its store on a port the old one's connections linger on", "[pytorch][jobs]") {
+  // What a restart on MASTER_PORT relies on: PyTorch's store listener binds a
+  // port that a plain listener is refused while the killed host's connections
+  // are in FIN_WAIT/TIME_WAIT (it sets SO_REUSEADDR).
+  auto result = run({system_python(), jobs_dir + "/store_port_reuse.py", std::to_string(free_port())},
+                    RunOptions().with_timeout(std::chrono::seconds(100)));
+  INFO(result.out << result.err);
+  REQUIRE(result.exitcode == 0);
+  auto seen = nlohmann::json::parse(result.out);
+  CHECK(seen["lingering"].get<int>() > 0);
+  CHECK(seen["plain_bind_refused"] == true);
+  CHECK(seen["second_store_ok"] == true);
+}
+
+TEST_CASE("without restarts left, the failed PyTorch rank is the root cause", "[pytorch][jobs]") {
+  TempDir out, logs;
+  auto result = launch({"--nproc-per-node=2", "--master-port=" + std::to_string(free_port()), "--log-dir",
+                        logs.path().string(), job_worker, "--fail-rank=1", "--out-dir", out.path().string()});
+  CHECK(result.exitcode == 1);
+  CHECK(files_in(out.path()).empty());
+  CHECK_THAT(result.err, Catch::Contains("Root Cause (first observed failure):"));
+  CHECK_THAT(result.err, Catch::Contains("rank      : 1 (local_rank: 1)"));
+  // The traceback comes from PyTorch's own @record, through the error file.
+  CHECK_THAT(result.err, Catch::Contains("RuntimeError: rank 1 fails on attempt 0 after joining the group"));
+  CHECK_THAT(result.err, Catch::Contains("/attempt_0/1/error.json"));
+}
+
+TEST_CASE("a missing peer makes the job fail at the workers' timeout, not hang", "[pytorch][jobs]") {
+  // Node 1 of 2 never starts: rank 0 hosts the store and waits for 4 workers.
+  // Then node 0 never starts: nobody hosts the store.
+  const std::string port = std::to_string(free_port());
+  for (int node_rank : {0, 1}) {
+    INFO("only node " << node_rank << " runs");
+    auto result = launch({"--nnodes=2", "--node-rank=" + std::to_string(node_rank), "--nproc-per-node=2",
+                          "--master-addr=127.0.0.1", "--master-port=" + port, job_worker, "--timeout=3"});
+    REQUIRE_FALSE(result.timed_out);
+    CHECK(result.exitcode == 1);
+    CHECK_THAT(result.err, Catch::Contains("Root Cause (first observed failure):"));
+    CHECK_THAT(result.err, Catch::Matches("[\\s\\S]*(socket timeout|timed out)[\\s\\S]*", Catch::CaseSensitive::No));
+  }
+}
+
+namespace {
+
+// Interpreters that say which one ran (the worker records ELASTIC_TEST_INTERPRETER):
+// <dir>/exec-python and <dir>/python3; returns a PATH with <dir> first.
+std::string fake_interpreters(const TempDir& bin) {
+  for (const std::string name : {"exec-python", "python3"}) {
+    write_file(bin.file(name),
+               "#!/bin/sh\nELASTIC_TEST_INTERPRETER=" + name + " exec " + system_python() + " \"$@\"\n");
+    fs::permissions(bin.file(name), fs::perms::owner_all);
+  }
+  return bin.path().string() + ":" + (std::getenv("PATH") ? std::getenv("PATH") : "/usr/bin:/bin");
+}
+
+}  // namespace
+
+TEST_CASE("a module run with -m uses PYTHON_EXEC and --start-method changes nothing", "[pytorch][jobs]") {
+  TempDir bin, out;
+  const std::string path = fake_interpreters(bin);
+  auto result =
+      launch({"--nproc-per-node=2", "--master-port=" + std::to_string(free_port()), "--start-method=fork", "-m",
+              "job_worker", "--out-dir", out.path().string()},
+             job_options({{"PYTHON_EXEC", bin.file("exec-python")}, {"PYTHONPATH", jobs_dir}, {"PATH", path}}));
+  check_group_formed(out, result, 2);
+  CHECK(seen_by(out, 0)["ELASTIC_TEST_INTERPRETER"] == "exec-python");
+  CHECK(seen_by(out, 1)["ELASTIC_TEST_INTERPRETER"] == "exec-python");
+
+  auto unknown = launch({"--start-method=thread", job_worker});
+  CHECK(unknown.exitcode == 2);
+}
+
+TEST_CASE("a .py entry without PYTHON_EXEC runs under python3 from PATH", "[pytorch][jobs]") {
+  TempDir bin, out;
+  const std::string path = fake_interpreters(bin);
+  auto result = launch({"--nproc-per-node=1", "--master-port=" + std::to_string(free_port()),
+                        "--start-method=forkserver", job_worker, "--out-dir", out.path().string()},
+                       job_options({{"PATH", path}}, {"PYTHON_EXEC"}));
+  check_group_formed(out, result, 1);
+  CHECK(seen_by(out, 0)["ELASTIC_TEST_INTERPRETER"] == "python3");
+}
+
+TEST_CASE("the README's DDP example trains under elastic-run", "[pytorch][jobs][example]") {
+  // The command of docs/pytorch-jobs.md, with the interpreter rule applied.
+  auto result = launch(
+      {"--standalone", "--nproc-per-node=2", std::string(ELASTIC_SOURCE_DIR) + "/examples/pytorch/train_ddp.py"});
+  REQUIRE(result.exitcode == 0);
+  CHECK_THAT(result.out, Catch::Contains("step 4 loss "));
+  CHECK_THAT(result.out, Catch::Contains("rank 0/2 (attempt 0): done, replicas in sync"));
+  CHECK_THAT(result.out, Catch::Contains("rank 1/2 (attempt 0): done, replicas in sync"));
+}

@@ -291,7 +291,8 @@ int main(int argc, char** argv) {
     run();
     return 0;
   } catch (const elastic::ChildFailedError& e) {
-    std::string text = std::string("elastic.ChildFailedError: ") + e.what() + "\n";
+    // format_msg(), not what(): a C string would end the summary at a NUL in a message.
+    std::string text = "elastic.ChildFailedError: " + e.format_msg() + "\n";
     elastic::multiprocessing::detail::write_all(STDERR_FILENO, text.data(), text.size());
     return 1;
   } catch (const elastic::launcher::SignalException& e) {

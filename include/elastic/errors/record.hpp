@@ -137,7 +137,7 @@ int run_recorded_main(const char* entrypoint, F fn, int argc, char** argv) {
   } catch (const SystemExit& exit) {
     return exit.code;
   } catch (const ChildFailedError& error) {
-    log::detail::write_line(log::Level::error, fmt::format("{} failed: {}", entrypoint, error.what()));
+    log::detail::write_line(log::Level::error, fmt::format("{} failed: {}", entrypoint, error.format_msg()));
     return 1;
   } catch (...) {
     report_escaped(entrypoint);

@@ -306,25 +306,24 @@ TEST_CASE("a parent's summary of a crashed child shows where it died") {
 }
 
 TEST_CASE("torchrun's summary of a crashed worker shows where it died") {
-  std::vector<std::string> candidates;
-  if (const char* configured = std::getenv("ELASTIC_TORCHRUN")) candidates.push_back(configured);
-  candidates.push_back(std::string(ELASTIC_SOURCE_DIR) + "/../shared/tools/torchrun");
-  candidates.push_back(std::string(ELASTIC_SOURCE_DIR) + "/shared/tools/torchrun");
-  std::string torchrun;
-  for (const auto& candidate : candidates)
-    if (torchrun.empty() && std::filesystem::exists(candidate)) torchrun = candidate;
-  INFO("torchrun looked for at " << candidates.back() << " and beside the source tree");
-  REQUIRE_FALSE(torchrun.empty());
+  // Debian's torchrun with its Python 3.11 start-up fix (shared with the conformance
+  // suite); ELASTIC_TORCHRUN names another torchrun to use instead.
+  std::vector<std::string> torchrun = {elastic::testing::system_python(),
+                                       std::string(ELASTIC_SOURCE_DIR) + "/tests/conformance/torchrun.py"};
+  if (const char* configured = std::getenv("ELASTIC_TORCHRUN")) torchrun = {configured};
 
   TempDir dir;
   RunOptions options;
   options.unset_env = {"TORCHELASTIC_ERROR_FILE", "ELASTIC_CRASH_SIGNALS", "ELASTIC_THROW_TRACES"};
   options.timeout = std::chrono::milliseconds(100000);
   // --standalone: a free port of its own, so concurrent runs never collide on 29500.
-  RunResult result = elastic::testing::run({torchrun, "--standalone", "--nproc_per_node=1", "--no_python",
-                                            "--max_restarts=0",
-                                            "--log_dir=" + dir.path().string(), crash_worker, "segv"},
-                                           options);
+  std::vector<std::string> argv = torchrun;
+  for (std::string arg : {"--standalone", "--nproc_per_node=1", "--no_python", "--max_restarts=0"})
+    argv.push_back(arg);
+  argv.push_back("--log_dir=" + dir.path().string());
+  argv.push_back(crash_worker);
+  argv.push_back("segv");
+  RunResult result = elastic::testing::run(argv, options);
   INFO(result.out << result.err);
   REQUIRE_FALSE(result.timed_out);
   CHECK(result.exitcode == 1);

@@ -3,7 +3,7 @@
 # prints, per run, the milliseconds from that exit to the launcher's own exit
 # (survivors stopped and reaped, summary printed).
 #   scripts/reaction_time.sh [RUNS]                       # elastic-run from build/
-#   LAUNCHER="/work/shared/tools/torchrun --monitor_interval=0.1" scripts/reaction_time.sh 5
+#   LAUNCHER="/usr/bin/python3 tests/conformance/torchrun.py --monitor_interval=0.1" scripts/reaction_time.sh 5
 set -eu
 runs=${1:-10}
 root=$(cd "$(dirname "$0")/.." && pwd)

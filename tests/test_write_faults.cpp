@@ -261,7 +261,7 @@ TEST_CASE("a symlink planted at the error-file path is replaced, not followed", 
   CHECK_FALSE(fs::exists(dangling_target));
 }
 
-TEST_CASE("an existing directory keeps its mode; a file is never group or world readable", "[write_faults]") {
+TEST_CASE("an existing directory keeps its mode, a file is never group or world readable", "[write_faults]") {
   TempDir dir;
   fs::create_directory(dir.file("shared"));
   fs::permissions(dir.file("shared"), fs::perms::all);

@@ -60,7 +60,10 @@ std::invoke_result_t<F&, Args...> invoke_recorded(F& fn, ErrorHandler& handler, 
       throw;  // nothing to return in its place
     }
   } catch (const ChildFailedError& error) {
-    auto [rank, failure] = error.get_first_failure();
+    // Not a structured binding: C++17 lambdas may not capture those (clang rejects it).
+    const auto first = error.get_first_failure();
+    const int rank = first.first;
+    const ProcessFailure& failure = first.second;
     if (failure.error_file != not_available) {
       guarded("dump_error_file", [&] { handler.dump_error_file(failure.error_file, failure.exitcode); });
     } else {

@@ -7,6 +7,7 @@ packages=(
   g++ cmake ninja-build pkg-config
   nlohmann-json3-dev libfmt-dev catch2 libcli11-dev
   python3 python3-torch
+  util-linux
   "$@"
 )
 

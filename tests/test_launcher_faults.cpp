@@ -330,3 +330,12 @@ TEST_CASE("log directories are private and made without following planted symlin
   }
   CHECK(files >= 5);  // stdout.log and stderr.log of each rank, error.json of the one that failed first
 }
+
+TEST_CASE("numbers out of range on the command line are usage errors") {
+  for (const std::string value : {"1e300", "-5", "nan", "inf"}) {
+    INFO(value);
+    auto r = elastic_run({"--nproc-per-node=1", "--term-timeout=" + value, "/bin/true"}, base_options());
+    CHECK(r.exitcode == 2);
+    CHECK_THAT(r.err, Catch::Contains("--term-timeout"));
+  }
+}

@@ -9,4 +9,4 @@ cmake -S . -B "$build_dir" -G Ninja -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_EXPO
   -DELASTIC_BUILD_TESTS=ON -DELASTIC_BUILD_EXAMPLES=ON ${CMAKE_ARGS:-} >/dev/null
 # Only the sources of this repository (not the package checks' generated projects).
 mapfile -t files < <(git ls-files '*.cpp' | grep -v '^tests/package/')
-run-clang-tidy-14 -quiet -p "$build_dir" -j "$(nproc)" "${files[@]/#/$PWD/}"
+run-clang-tidy-14 -quiet -p "$build_dir" -j "${TIDY_JOBS:-$(nproc)}" "${files[@]/#/$PWD/}"

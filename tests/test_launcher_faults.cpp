@@ -119,11 +119,12 @@ TEST_CASE("the launcher's own error file: an unusable root-cause file is reporte
 TEST_CASE("a stale error file from an earlier attempt is never reported for a later one") {
   TempDir dir;
   // Attempt 0: rank 1 records "attempt 0 failed" and fails. Attempt 1: it fails without a file.
-  auto r = elastic_run({"--nproc-per-node=2", "--max-restarts=1", "/bin/sh", "-c",
-                        "if [ \"$RANK\" = 1 ]; then "
-                        "  if [ \"$TORCHELASTIC_RESTART_COUNT\" = 0 ]; then "
-                        "    printf '{\"message\": \"attempt 0 failed\", \"timestamp\": 1}' > \"$TORCHELASTIC_ERROR_FILE\"; "
-                        "  fi; exit 5; fi"},
+  const std::string script =
+      "if [ \"$RANK\" = 1 ]; then "
+      "  if [ \"$TORCHELASTIC_RESTART_COUNT\" = 0 ]; then "
+      "    printf '{\"message\": \"attempt 0 failed\", \"timestamp\": 1}' > \"$TORCHELASTIC_ERROR_FILE\"; "
+      "  fi; exit 5; fi";
+  auto r = elastic_run({"--nproc-per-node=2", "--max-restarts=1", "/bin/sh", "-c", script},
                        base_options());
   INFO(r.err);
   CHECK(r.exitcode == 1);
@@ -134,12 +135,13 @@ TEST_CASE("a stale error file from an earlier attempt is never reported for a la
 
 TEST_CASE("workers flooding their output, or closing it, do not stop the summary") {
   // 4 workers x 16 MiB on stdout and stderr, teed to the console, then rank 2 fails.
-  auto flood = elastic_run({"--nproc-per-node=4", "--tee=3", "/bin/sh", "-c",
-                            "head -c 16777216 /dev/zero | tr '\\0' 'x'; head -c 16777216 /dev/zero >&2; "
-                            "if [ \"$RANK\" = 2 ]; then exit 9; fi"},
+  const std::string script =
+      "head -c 16777216 /dev/zero | tr '\\0' 'x'; head -c 16777216 /dev/zero >&2; "
+      "if [ \"$RANK\" = 2 ]; then exit 9; fi";
+  auto flood = elastic_run({"--nproc-per-node=4", "--tee=3", "/bin/sh", "-c", script},
                            base_options().with_timeout(std::chrono::seconds(300)));
   CHECK(flood.exitcode == 1);
-  CHECK(flood.out.size() >= 4u * 16777216u);
+  CHECK(flood.out.size() >= std::size_t{4} * 16777216);
   CHECK_THAT(flood.err, Catch::Contains("exitcode  : 9"));
   CHECK_THAT(flood.err, Catch::Contains("rank      : 2 (local_rank: 2)"));
 
@@ -239,10 +241,10 @@ TEST_CASE("signals while starting: the launcher ends and leaves no worker behind
 TEST_CASE("signals while stopping: a second signal during the grace period ends it cleanly") {
   TempDir dir;
   // Rank 0 fails at once; rank 1 ignores SIGTERM, so the launcher waits out its grace period.
-  Background launcher({"--nproc-per-node=2", "--term-timeout=3", "/bin/sh", "-c",
-                       "if [ \"$RANK\" = 0 ]; then sleep 0.3; exit 2; fi; trap '' TERM; "
-                       "echo $$ > \"$0/w_$RANK\"; while :; do sleep 1; done",
-                       dir.path().string()},
+  const std::string script =
+      "if [ \"$RANK\" = 0 ]; then sleep 0.3; exit 2; fi; trap '' TERM; "
+      "echo $$ > \"$0/w_$RANK\"; while :; do sleep 1; done";
+  Background launcher({"--nproc-per-node=2", "--term-timeout=3", "/bin/sh", "-c", script, dir.path().string()},
                       dir.file("out"), dir.file("err"), base_options());
   REQUIRE(wait_until([&] { return file_exists(dir.file("w_1")); }));
   // Rank 1 is stopping once the launcher has logged that it sent SIGTERM.
@@ -282,11 +284,11 @@ TEST_CASE("environment values with newlines and '=' reach the workers intact") {
   const std::string value = "line one\nline=two\n\nKEY=VALUE\n=\n";
   options.set_env["ELASTIC_TEST_TRICKY"] = value;
   options.set_env["ELASTIC_TEST_EQUALS"] = "a=b=c==";
-  auto r = elastic_run({"--nproc-per-node=2", "/bin/sh", "-c",
-                        "printf '%s' \"$ELASTIC_TEST_TRICKY\" > \"$0/tricky_$RANK\"; "
-                        "printf '%s' \"$ELASTIC_TEST_EQUALS\" > \"$0/equals_$RANK\"; "
-                        "printf '%s' \"${KEY-unset}\" > \"$0/key_$RANK\"",
-                        dir.path().string()},
+  const std::string script =
+      "printf '%s' \"$ELASTIC_TEST_TRICKY\" > \"$0/tricky_$RANK\"; "
+      "printf '%s' \"$ELASTIC_TEST_EQUALS\" > \"$0/equals_$RANK\"; "
+      "printf '%s' \"${KEY-unset}\" > \"$0/key_$RANK\"";
+  auto r = elastic_run({"--nproc-per-node=2", "/bin/sh", "-c", script, dir.path().string()},
                        options);
   CHECK(r.exitcode == 0);
   for (const char* rank : {"0", "1"}) {

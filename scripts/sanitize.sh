@@ -14,13 +14,19 @@ scripts/install-deps.sh clang-14 libclang-rt-14-dev
 case "$mode" in
   asan)
     flags=address,undefined
+    exclude=
     export ASAN_OPTIONS="exitcode=66:detect_leaks=1:handle_segv=0:handle_sigbus=0:handle_abort=0:handle_sigfpe=0:handle_sigill=0:detect_stack_use_after_return=1:strict_string_checks=1"
     export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=66"
     export LSAN_OPTIONS="exitcode=66"
     ;;
   tsan)
     flags=thread
-    export TSAN_OPTIONS="exitcode=66:halt_on_error=1:second_deadlock_stack=1"
+    export TSAN_OPTIONS="exitcode=66:halt_on_error=1:second_deadlock_stack=1:handle_segv=0:handle_sigbus=0:handle_abort=0:handle_sigfpe=0:handle_sigill=0"
+    # Not the tests that start workers through the launcher: its spawn uses
+    # clone(CLONE_VM | CLONE_VFORK), which ThreadSanitizer cannot follow (its
+    # runtime stops with "CHECK failed" in ForkAfter). ASan + UBSan runs them.
+    exclude='|^test_launcher_|^test_multiprocessing:'
+
     ;;
   *) echo "unknown mode $mode" >&2; exit 2 ;;
 esac
@@ -34,4 +40,4 @@ cd "$build_dir"
 # randomization of recent kernels; running without randomization avoids that.
 run=()
 if [[ "$mode" == tsan ]] && setarch "$(uname -m)" -R true 2>/dev/null; then run=(setarch "$(uname -m)" -R); fi
-"${run[@]}" ctest --output-on-failure -j"$(nproc)" -E '^package:' ${CTEST_ARGS:-}
+"${run[@]}" ctest --output-on-failure -j"$(nproc)" -E "^package:$exclude" ${CTEST_ARGS:-}

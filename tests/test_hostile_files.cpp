@@ -369,7 +369,7 @@ TEST_CASE("the summary lists every rank, an unusable file with its path and reas
   TempDir dir;
   write_file(dir.file("good.json"), R"({"message": "real failure", "timestamp": 100})");
   write_file(dir.file("truncated.json"), R"({"message": {"message": "x", "extra)");
-  write_file(dir.file("binary.json"), std::string("\x7f" "ELF\x02\x01\x01\0\0\xff", 11));
+  write_file(dir.file("binary.json"), std::string("\x7f" "ELF\x02\x01\x01\0\0\xff", 10));
   write_file(dir.file("deep.json"), std::string(100000, '['));
   std::filesystem::create_directory(dir.file("dir.json"));
   auto reader = run({ELASTIC_TEST_FAILURE_READER, "-6", dir.file("good.json"), dir.file("truncated.json"),

@@ -1,12 +1,10 @@
 // elastic-run's command line: spellings, PET_* defaults, nproc values, usage
 // errors (exit 2, nothing started), and how the entry is run.
-#include "support/launcher.hpp"
-
-#include <elastic/launcher.hpp>
-
 #include <catch2/catch.hpp>
-
+#include <elastic/launcher.hpp>
 #include <filesystem>
+
+#include "support/launcher.hpp"
 
 using namespace elastic::testing;
 namespace fs = std::filesystem;
@@ -88,7 +86,8 @@ TEST_CASE("min:max nnodes parse, and elastic node counts are not supported yet")
   auto r = elastic_run(concat({"--nnodes=1:2"}, touch_worker(dir)), quiet());
   CHECK(r.exitcode == 2);
   CHECK(r.err.find("not supported yet") != std::string::npos);
-  auto c10d = elastic_run(concat({"--rdzv-backend=c10d", "--rdzv-endpoint=localhost:29400"}, touch_worker(dir)), quiet());
+  auto c10d =
+      elastic_run(concat({"--rdzv-backend=c10d", "--rdzv-endpoint=localhost:29400"}, touch_worker(dir)), quiet());
   CHECK(c10d.exitcode == 2);
   CHECK(c10d.err.find("rendezvous backend 'c10d': not supported yet") != std::string::npos);
   CHECK(files_in(dir) == 0);
@@ -164,7 +163,8 @@ TEST_CASE("PET_* variables are defaults, the command line wins") {
 
 TEST_CASE("a .py entry runs under python3, PYTHON_EXEC overrides, -m runs a module") {
   TempDir dir;
-  write_file(dir.file("script.py"), "import os, sys\nopen(sys.argv[1] + '/py_' + os.environ['RANK'], 'w').write(' '.join(sys.argv[2:]))\n");
+  write_file(dir.file("script.py"),
+             "import os, sys\nopen(sys.argv[1] + '/py_' + os.environ['RANK'], 'w').write(' '.join(sys.argv[2:]))\n");
   auto r = elastic_run({"--nproc-per-node=2", dir.file("script.py"), dir.path().string(), "a", "b"}, quiet());
   REQUIRE(r.exitcode == 0);
   CHECK(read_file(dir.file("py_0")) == "a b");
@@ -185,7 +185,8 @@ TEST_CASE("a .py entry runs under python3, PYTHON_EXEC overrides, -m runs a modu
     CHECK(file_exists(dir.file("sh_0")));
   }
   SECTION("-m") {
-    write_file(dir.file("pkg_mod.py"), "import os, sys\nopen(sys.argv[1] + '/mod_' + os.environ['RANK'], 'w').write('m')\n");
+    write_file(dir.file("pkg_mod.py"),
+               "import os, sys\nopen(sys.argv[1] + '/mod_' + os.environ['RANK'], 'w').write('m')\n");
     auto options = quiet();
     options.set_env["PYTHONPATH"] = dir.path().string();
     auto m = elastic_run({"-m", "pkg_mod", dir.path().string()}, options);

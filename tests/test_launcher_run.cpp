@@ -1,13 +1,14 @@
 // Real runs of elastic-run: worker environment, logs and tee, failures and their
 // summary, restarts, many workers.
-#include "support/launcher.hpp"
-
-#include <catch2/catch.hpp>
-#include <nlohmann/json.hpp>
-
-#include <filesystem>
-#include <regex>
 #include <sys/stat.h>
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <regex>
+
+#include "support/launcher.hpp"
 
 using namespace elastic::testing;
 namespace fs = std::filesystem;
@@ -18,9 +19,16 @@ const std::string worker = ELASTIC_TEST_LAUNCH_WORKER;
 
 RunOptions base_options() {
   RunOptions options;
-  options.unset_env = {"PET_NPROC_PER_NODE", "PET_NNODES", "PET_NO_PYTHON", "PET_MODULE", "OMP_NUM_THREADS",
-                       "TORCHELASTIC_RUN_ID", "TORCHELASTIC_ERROR_FILE", "CUDA_VISIBLE_DEVICES",
-                       "NCCL_ASYNC_ERROR_HANDLING", "TORCH_NCCL_ASYNC_ERROR_HANDLING",
+  options.unset_env = {"PET_NPROC_PER_NODE",
+                       "PET_NNODES",
+                       "PET_NO_PYTHON",
+                       "PET_MODULE",
+                       "OMP_NUM_THREADS",
+                       "TORCHELASTIC_RUN_ID",
+                       "TORCHELASTIC_ERROR_FILE",
+                       "CUDA_VISIBLE_DEVICES",
+                       "NCCL_ASYNC_ERROR_HANDLING",
+                       "TORCH_NCCL_ASYNC_ERROR_HANDLING",
                        "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"};
   return options;
 }
@@ -44,8 +52,8 @@ fs::path only_subdir(const fs::path& dir) {
 
 TEST_CASE("user script: a shell worker per rank") {
   TempDir dir;
-  auto r = elastic_run({"--nproc-per-node=4", "/bin/sh", "-c", "touch \"$0/$RANK\"", dir.path().string()},
-                       base_options());
+  auto r =
+      elastic_run({"--nproc-per-node=4", "/bin/sh", "-c", "touch \"$0/$RANK\"", dir.path().string()}, base_options());
   REQUIRE(r.exitcode == 0);
   for (int rank = 0; rank < 4; ++rank) CHECK(file_exists(dir.file(std::to_string(rank))));
 }
@@ -94,8 +102,8 @@ TEST_CASE("env vars: the user's OMP_NUM_THREADS and NCCL setting are kept, no wa
   auto options = base_options();
   options.set_env["OMP_NUM_THREADS"] = "4";
   options.set_env["NCCL_ASYNC_ERROR_HANDLING"] = "0";
-  auto r = elastic_run({"--nproc_per_node=2", "--role", "trainer", "--rdzv_id", "job7", "--max_restarts", "3",
-                        worker, dir.path().string()},
+  auto r = elastic_run({"--nproc_per_node=2", "--role", "trainer", "--rdzv_id", "job7", "--max_restarts", "3", worker,
+                        dir.path().string()},
                        options);
   REQUIRE(r.exitcode == 0);
   CHECK(r.err.find("OMP_NUM_THREADS") == std::string::npos);
@@ -136,7 +144,8 @@ TEST_CASE("standalone: localhost, a free port, a new run id") {
   CHECK(env0["MASTER_ADDR"] == "localhost");
   CHECK(env0["MASTER_PORT"] != "29500");
   CHECK(std::stoi(env0["MASTER_PORT"]) > 0);
-  CHECK(std::regex_match(env0["TORCHELASTIC_RUN_ID"], std::regex("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")));
+  CHECK(std::regex_match(env0["TORCHELASTIC_RUN_ID"],
+                         std::regex("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")));
   CHECK(env0["TORCHELASTIC_RUN_ID"] == env1["TORCHELASTIC_RUN_ID"]);
   CHECK(env0["MASTER_PORT"] == env1["MASTER_PORT"]);
 }
@@ -185,9 +194,10 @@ TEST_CASE("capture logs: tee with the prefix template, redirects to files only")
     CHECK((st.st_mode & 077) == 0);
   }
   SECTION("prefix template from the flag and from the environment") {
-    auto r = elastic_run({"--nproc-per-node=2", "--tee=1", "--log-line-prefix-template=<${role_name}|${rank}|${local_rank}> ",
-                          "--log-dir", dir.file("logs"), "/bin/sh", "-c", script},
-                         base_options());
+    auto r = elastic_run(
+        {"--nproc-per-node=2", "--tee=1", "--log-line-prefix-template=<${role_name}|${rank}|${local_rank}> ",
+         "--log-dir", dir.file("logs"), "/bin/sh", "-c", script},
+        base_options());
     REQUIRE(r.exitcode == 0);
     CHECK(r.out.find("<default|1|1> out-1\n") != std::string::npos);
     CHECK(r.err.find("[default") == std::string::npos);  // stderr not teed
@@ -197,16 +207,18 @@ TEST_CASE("capture logs: tee with the prefix template, redirects to files only")
     CHECK(e.out.find("R0: out-0\n") != std::string::npos);
   }
   SECTION("redirects only: nothing on the console") {
-    auto r = elastic_run({"--nproc-per-node=2", "--redirects=3", "--log-dir", dir.file("logs"), "/bin/sh", "-c", script},
-                         base_options());
+    auto r =
+        elastic_run({"--nproc-per-node=2", "--redirects=3", "--log-dir", dir.file("logs"), "/bin/sh", "-c", script},
+                    base_options());
     REQUIRE(r.exitcode == 0);
     CHECK(r.out.find("out-") == std::string::npos);
     fs::path attempt = only_subdir(dir.file("logs")) / "attempt_0";
     CHECK(read_file((attempt / "1" / "stdout.log").string()) == "out-1\nlast-1");
   }
   SECTION("per-rank map and --local-ranks-filter") {
-    auto r = elastic_run({"--nproc-per-node=3", "--tee=0:1,1:1", "--log-dir", dir.file("logs"), "/bin/sh", "-c", script},
-                         base_options());
+    auto r =
+        elastic_run({"--nproc-per-node=3", "--tee=0:1,1:1", "--log-dir", dir.file("logs"), "/bin/sh", "-c", script},
+                    base_options());
     REQUIRE(r.exitcode == 0);
     CHECK(r.out.find("[default0]:out-0") != std::string::npos);
     CHECK(r.out.find("[default1]:out-1") != std::string::npos);
@@ -326,4 +338,55 @@ TEST_CASE("without --log-dir a private temporary directory is used and printed")
   CHECK((st.st_mode & 077) == 0);
   std::error_code ec;
   fs::remove_all(root, ec);
+}
+
+namespace {
+// The summary block, with what differs between runs masked: times, pids, paths, widths.
+std::vector<std::string> summary_shape(const std::string& err) {
+  std::vector<std::string> shape;
+  bool inside = false;
+  for (const auto& line : lines_of(err)) {
+    const bool rule = !line.empty() && line.find_first_not_of('=') == std::string::npos;
+    if (rule) inside = !inside || shape.empty();
+    if (!inside && !rule) continue;
+    std::string masked = line;
+    if (rule)
+      masked = "=";
+    else if (!masked.empty() && masked.find_first_not_of('-') == std::string::npos)
+      masked = "-";
+    masked = std::regex_replace(masked, std::regex(R"(/\S+)"), "PATH");
+    masked = std::regex_replace(masked, std::regex(R"(\d+)"), "N");
+    shape.push_back(masked);
+    if (rule && !inside) break;
+  }
+  return shape;
+}
+}  // namespace
+
+TEST_CASE("the summary has torchrun's layout for the same command line") {
+  const std::string torchrun = "/work/shared/tools/torchrun";
+  if (!file_exists(torchrun)) {
+    WARN("torchrun not found; comparison skipped");
+    return;
+  }
+  TempDir dir;
+  auto options = base_options();
+  options.set_env["OMP_NUM_THREADS"] = "1";
+  const std::vector<std::string> job = {worker, dir.path().string(), "--fail-rank", "1", "--sleep-ms", "30000"};
+  std::vector<std::string> ours = {"--nproc-per-node=2"};
+  ours.insert(ours.end(), job.begin(), job.end());
+  std::vector<std::string> theirs = {torchrun, "--nproc_per_node=2", "--no_python", "--monitor_interval=0.1",
+                                     "--master_port=" + std::to_string(20000 + ::getpid() % 20000)};
+  theirs.insert(theirs.end(), job.begin(), job.end());
+  auto a = elastic_run(ours, options);
+  auto b = run(theirs, with_scratch_tmpdir(options));
+  REQUIRE(a.exitcode == 1);
+  REQUIRE(b.exitcode == 1);
+  auto shape_a = summary_shape(a.err);
+  auto shape_b = summary_shape(b.err);
+  INFO(a.err);
+  INFO(b.err);
+  REQUIRE(shape_a.size() > 8);
+  CHECK(shape_a == shape_b);
+  CHECK(std::find(shape_a.begin(), shape_a.end(), "PATH FAILED") != shape_a.end());
 }

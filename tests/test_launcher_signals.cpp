@@ -1,8 +1,8 @@
 // Stopping: signals to the launcher, a worker killed mid-run, the launcher
 // itself SIGKILLed. Nothing a job started may outlive it, grandchildren included.
-#include "support/launcher.hpp"
-
 #include <catch2/catch.hpp>
+
+#include "support/launcher.hpp"
 
 using namespace elastic::testing;
 
@@ -18,8 +18,9 @@ RunOptions base_options() {
 // Each worker starts a grandchild in the background, records both pids, and waits.
 std::vector<std::string> family_worker(const TempDir& dir, const std::string& extra = "") {
   return {"/bin/sh", "-c",
-          extra + "sleep 300 & echo $! > \"$0/gc_$RANK\"; echo $$ > \"$0/w_$RANK.tmp\"; "
-                  "mv \"$0/w_$RANK.tmp\" \"$0/w_$RANK\"; wait",
+          extra +
+              "sleep 300 & echo $! > \"$0/gc_$RANK\"; echo $$ > \"$0/w_$RANK.tmp\"; "
+              "mv \"$0/w_$RANK.tmp\" \"$0/w_$RANK\"; wait",
           dir.path().string()};
 }
 
@@ -125,4 +126,38 @@ TEST_CASE("a failed run leaves no process behind, detached grandchildren include
   std::vector<pid_t> pids;
   for (const char* name : {"escaped_0", "escaped_1", "gc_0", "gc_1"}) pids.push_back(read_pid(dir.file(name)));
   CHECK(wait_until([&] { return none_alive(pids); }, std::chrono::seconds(10)));
+}
+
+TEST_CASE("a worker that ends is reaped at once, and what it left running is killed") {
+  TempDir dir;
+  // Rank 0 leaves a background child and exits 0; rank 1 runs until told to stop.
+  Background launcher({"--nproc-per-node=2", "/bin/sh", "-c",
+                       "if [ $RANK = 0 ]; then sleep 300 & echo $! > \"$0/gc\"; echo $$ > \"$0/w0.tmp\"; "
+                       "mv \"$0/w0.tmp\" \"$0/w0\"; exit 0; fi; "
+                       "while [ ! -e \"$0/stop\" ]; do sleep 0.05; done",
+                       dir.path().string()},
+                      dir.file("out"), dir.file("err"), base_options());
+  REQUIRE(wait_until([&] { return file_exists(dir.file("w0")); }));
+  const pid_t worker0 = read_pid(dir.file("w0"));
+  const pid_t grandchild = read_pid(dir.file("gc"));
+  // Gone entirely: not even a zombie entry in /proc.
+  CHECK(wait_until([&] { return !file_exists("/proc/" + std::to_string(worker0)); }, std::chrono::seconds(10)));
+  CHECK(wait_until([&] { return !alive(grandchild); }, std::chrono::seconds(10)));
+  CHECK(alive(launcher.pid()));
+  write_file(dir.file("stop"), "");
+  CHECK(launcher.wait() == 0);
+}
+
+TEST_CASE("signals-to-handle forwards other signals, such as Slurm SIGUSR1") {
+  TempDir dir;
+  Background launcher({"--nproc-per-node=2", "--signals-to-handle=SIGUSR1,SIGTERM", "/bin/sh", "-c",
+                       "trap 'touch \"$0/usr1_$RANK\"; exit 0' USR1; touch \"$0/w_$RANK\"; "
+                       "while :; do sleep 0.05; done",
+                       dir.path().string()},
+                      dir.file("out"), dir.file("err"), base_options());
+  REQUIRE(wait_until([&] { return file_exists(dir.file("w_0")) && file_exists(dir.file("w_1")); }));
+  launcher.signal(SIGUSR1);
+  CHECK(launcher.wait() == 128 + SIGUSR1);
+  CHECK(file_exists(dir.file("usr1_0")));
+  CHECK(file_exists(dir.file("usr1_1")));
 }

@@ -1,12 +1,10 @@
 // The multiprocessing API itself: Std parsing, logs specs, start_processes,
 // wait, close, tee lines.
-#include "support/launcher.hpp"
-
-#include <elastic/multiprocessing.hpp>
-
 #include <catch2/catch.hpp>
-
+#include <elastic/multiprocessing.hpp>
 #include <filesystem>
+
+#include "support/launcher.hpp"
 
 using namespace elastic::testing;
 namespace mp = elastic::multiprocessing;
@@ -51,9 +49,9 @@ TEST_CASE("Std parses a value or a per-rank map") {
 TEST_CASE("start_processes: all succeed, logs where the logs spec says") {
   TempDir dir;
   mp::DefaultLogsSpecs specs(dir.file("logs"), mp::Std::ALL);
-  auto context = mp::start_processes("test", "/bin/sh", same_args(2, {"-c", "echo out$LOCAL_RANK; echo err >&2"}),
-                                     envs_for(2, {{"TORCHELASTIC_RUN_ID", "job"}, {"TORCHELASTIC_RESTART_COUNT", "0"}}),
-                                     specs);
+  auto context =
+      mp::start_processes("test", "/bin/sh", same_args(2, {"-c", "echo out$LOCAL_RANK; echo err >&2"}),
+                          envs_for(2, {{"TORCHELASTIC_RUN_ID", "job"}, {"TORCHELASTIC_RESTART_COUNT", "0"}}), specs);
   auto result = context->wait();
   REQUIRE(result);
   CHECK(!result->is_failed());
@@ -110,8 +108,8 @@ TEST_CASE("a custom LogsSpecs decides where the logs go") {
       return dest;
     }
   } specs(dir.path().string());
-  auto context = mp::start_processes("test", "/bin/sh", same_args(2, {"-c", "echo $TORCHELASTIC_ERROR_FILE"}),
-                                     envs_for(2), specs);
+  auto context =
+      mp::start_processes("test", "/bin/sh", same_args(2, {"-c", "echo $TORCHELASTIC_ERROR_FILE"}), envs_for(2), specs);
   auto result = context->wait();
   REQUIRE(result);
   CHECK(read_file(dir.file("out-1.txt")) == dir.file("err-1.json") + "\n");

@@ -2,7 +2,9 @@
 // in the background (to signal it), and look at the processes it left.
 #pragma once
 
-#include "support/subprocess.hpp"
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <csignal>
@@ -15,20 +17,32 @@
 #include <thread>
 #include <vector>
 
-#include <fcntl.h>
-#include <sys/wait.h>
-#include <unistd.h>
+#include "support/subprocess.hpp"
 
 namespace elastic::testing {
 
+// Log directories made without --log-dir (never removed, as with torchrun) go
+// under this, removed when the test program ends.
+inline const TempDir& scratch_tmpdir() {
+  static TempDir dir;
+  return dir;
+}
+
+inline RunOptions with_scratch_tmpdir(RunOptions options) {
+  if (!options.set_env.count("TMPDIR")) options.set_env["TMPDIR"] = scratch_tmpdir().path().string();
+  return options;
+}
+
 inline RunResult elastic_run(std::vector<std::string> args, RunOptions options = {}) {
+  options = with_scratch_tmpdir(std::move(options));
   args.insert(args.begin(), ELASTIC_RUN_BINARY);
   if (options.timeout == std::chrono::milliseconds(60000)) options.timeout = std::chrono::seconds(120);
   return run(args, options);
 }
 
 // Polls `ready` every 10 ms until true or `timeout` passes.
-inline bool wait_until(const std::function<bool()>& ready, std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
+inline bool wait_until(const std::function<bool()>& ready,
+                       std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
     if (ready()) return true;
@@ -72,7 +86,7 @@ class Background {
              const RunOptions& options = {})
       : out_file_(out_file), err_file_(err_file) {
     args.insert(args.begin(), ELASTIC_RUN_BINARY);
-    std::vector<std::string> env_strings = make_environment(options);
+    std::vector<std::string> env_strings = make_environment(with_scratch_tmpdir(options));
     std::vector<char*> env, argv;
     for (auto& s : env_strings) env.push_back(s.data());
     env.push_back(nullptr);

@@ -3,18 +3,17 @@
 //
 //   launch_worker DIR [--fail-rank N] [--sleep-ms MS] [--print-lines N]
 // The rank named by --fail-rank throws at once; the others then sleep.
-#include <elastic/errors.hpp>
+#include <dirent.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <elastic/errors.hpp>
 #include <fstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
-
-#include <dirent.h>
 
 extern char** environ;
 

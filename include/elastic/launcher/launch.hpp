@@ -4,16 +4,20 @@
 // ChildFailedError with every failed rank when the job fails.
 #pragma once
 
+#include <dirent.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
 #include <elastic/errors/child_failed_error.hpp>
 #include <elastic/errors/signals.hpp>
 #include <elastic/launcher/config.hpp>
 #include <elastic/log.hpp>
 #include <elastic/multiprocessing.hpp>
-
-#include <cerrno>
-#include <csignal>
-#include <cstdlib>
-#include <dirent.h>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -21,11 +25,6 @@
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <sys/prctl.h>
-#include <sys/signalfd.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 extern char** environ;
 
@@ -163,13 +162,11 @@ class SignalReader {
 
 // Checks what this launcher can do; throws UsageError / NotSupportedError.
 inline void validate(const LaunchConfig& config) {
-  if (config.min_nodes <= 0 || config.min_nodes > config.max_nodes)
-    throw UsageError("need 0 < min_nodes <= max_nodes");
+  if (config.min_nodes <= 0 || config.min_nodes > config.max_nodes) throw UsageError("need 0 < min_nodes <= max_nodes");
   if (config.min_nodes != config.max_nodes)
     throw NotSupportedError("elastic node counts (--nnodes=" + std::to_string(config.min_nodes) + ":" +
                             std::to_string(config.max_nodes) + ")");
-  if (config.rdzv_backend != "static")
-    throw NotSupportedError("rendezvous backend '" + config.rdzv_backend + "'");
+  if (config.rdzv_backend != "static") throw NotSupportedError("rendezvous backend '" + config.rdzv_backend + "'");
   if (config.nproc_per_node <= 0) throw UsageError("nproc_per_node must be positive");
   if (config.node_rank < 0 || config.node_rank >= config.max_nodes)
     throw UsageError("node_rank " + std::to_string(config.node_rank) + " is not in [0, " +

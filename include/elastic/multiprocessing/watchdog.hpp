@@ -5,20 +5,19 @@
 // PR_SET_PDEATHSIG alone only reaches the workers themselves, not their children.
 #pragma once
 
-#include <elastic/multiprocessing/spawn.hpp>
-
-#include <cerrno>
-#include <csignal>
-#include <cstdint>
-#include <stdexcept>
-#include <system_error>
-#include <vector>
-
 #include <fcntl.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdint>
+#include <elastic/multiprocessing/spawn.hpp>
+#include <stdexcept>
+#include <system_error>
+#include <vector>
 
 namespace elastic::multiprocessing {
 

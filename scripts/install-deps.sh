@@ -8,6 +8,7 @@ packages=(
   nlohmann-json3-dev libfmt-dev catch2 libcli11-dev
   python3 python3-torch
   util-linux
+  clang-14 libclang-rt-14-dev clang-tidy-14 valgrind
   "$@"
 )
 

@@ -161,6 +161,9 @@ elastic::launcher::LaunchConfig make_config(Args& a) {
   config.start_method = a.start_method;
   config.role = a.role;
   config.virtual_local_rank = a.virtual_local_rank;
+  // Converting NaN, infinity or a huge value to an integer is undefined: refuse them.
+  if (!(a.term_timeout >= 0 && a.term_timeout <= 1e9))
+    throw UsageError("--term-timeout must be a number of seconds between 0 and 1e9");
   config.term_timeout = std::chrono::milliseconds(static_cast<long long>(a.term_timeout * 1000));
   if (!a.log_line_prefix_template.empty()) config.log_line_prefix_template = a.log_line_prefix_template;
   config.signals_to_handle.clear();

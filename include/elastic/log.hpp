@@ -4,6 +4,8 @@
 // unless set_level() was called.
 #pragma once
 
+#include <elastic/detail/suppress_signal.hpp>
+
 #include <fmt/format.h>
 
 #include <atomic>
@@ -46,7 +48,9 @@ inline const char* level_name(Level level) {
 }
 
 // One write(2) per message so lines from concurrent processes never interleave.
+// A closed stderr pipe gives EPIPE here, not a SIGPIPE that would kill the process.
 inline void write_line(Level level, std::string_view text) {
+  elastic::detail::SuppressSignal no_sigpipe(SIGPIPE);
   std::string line = fmt::format("[elastic] {}: {}\n", level_name(level), text);
   const char* data = line.data();
   std::size_t left = line.size();

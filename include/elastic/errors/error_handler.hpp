@@ -63,11 +63,16 @@ class ErrorHandler {
       log::warning("cannot copy child error file {}: {}", child_file, read.reason);
       return;
     }
+    if (std::string problem = errors::detail::json_limits_problem(read.data); !problem.empty()) {
+      log::warning("cannot copy child error file {}: {}", child_file, problem);
+      return;
+    }
     nlohmann::ordered_json data;
     try {
       data = nlohmann::ordered_json::parse(read.data);
     } catch (const nlohmann::json::exception& e) {
-      log::warning("cannot copy child error file {}: not valid JSON ({})", child_file, e.what());
+      log::warning("cannot copy child error file {}: not valid JSON ({})", child_file,
+                   errors::detail::printable_reason(e.what()));
       return;
     }
     std::string contents = std::move(read.data);

@@ -18,6 +18,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace elastic {
 
@@ -28,6 +29,7 @@ inline constexpr const char* no_traceback_message =
     "To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html";
 
 // An error file that exists but cannot be used. what() names the file and the reason.
+// The reason is printable ASCII of bounded length (see ErrorFileLimits).
 class ErrorFileError : public std::runtime_error {
  public:
   ErrorFileError(std::string path, std::string reason)
@@ -42,18 +44,29 @@ class ErrorFileError : public std::runtime_error {
   std::string reason_;
 };
 
-// Limits on what a reader accepts; an error file is a few KiB in practice.
+// Limits on what a reader accepts; an error file is a few KiB in practice. They
+// bound the memory and time one hostile file can cost a parent: the bytes read,
+// the nesting (serializing and copying JSON recurse), and the number of values
+// (each parsed value costs tens of bytes, more than the text that spelled it).
 struct ErrorFileLimits {
-  static constexpr std::size_t max_bytes = 64u << 20;  // 64 MiB
-  static constexpr std::size_t max_depth = 512;        // nesting of arrays/objects
+  static constexpr std::size_t max_bytes = 64u << 20;    // 64 MiB
+  static constexpr std::size_t max_depth = 512;          // nesting of arrays/objects
+  static constexpr std::size_t max_values = 1u << 20;    // arrays, objects and members
+  static constexpr std::size_t max_reason_bytes = 1024;  // of ErrorFileError::reason()
 };
 
 namespace errors::detail {
 
-// Deepest array/object nesting in `text`, scanning outside strings; stops
-// counting past `limit`. Checked before parsing so hostile depth costs nothing.
-inline std::size_t json_depth(const std::string& text, std::size_t limit) {
-  std::size_t depth = 0, deepest = 0;
+// The shape of a JSON text, counted outside strings by one linear scan that
+// stops at the first limit passed, so hostile depth or size costs no parsing.
+struct JsonShape {
+  std::size_t depth = 0;   // deepest nesting of arrays/objects
+  std::size_t values = 0;  // '[', '{' and ',' seen: an upper bound on values less one
+};
+
+inline JsonShape json_shape(std::string_view text, std::size_t depth_limit, std::size_t values_limit) {
+  JsonShape shape;
+  std::size_t depth = 0;
   bool in_string = false, escaped = false;
   for (char c : text) {
     if (in_string) {
@@ -62,12 +75,48 @@ inline std::size_t json_depth(const std::string& text, std::size_t limit) {
       else if (c == '"') in_string = false;
       continue;
     }
-    if (c == '"') in_string = true;
-    else if (c == '[' || c == '{') {
-      if (++depth > deepest && (deepest = depth) > limit) return deepest;
-    } else if ((c == ']' || c == '}') && depth > 0) --depth;
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > shape.depth && (shape.depth = depth) > depth_limit) break;
+      if (++shape.values > values_limit) break;
+    } else if (c == ',') {
+      if (++shape.values > values_limit) break;
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
   }
-  return deepest;
+  return shape;
+}
+
+// Deepest array/object nesting in `text`, counting stopped past `limit`.
+inline std::size_t json_depth(std::string_view text, std::size_t limit) {
+  return json_shape(text, limit, std::numeric_limits<std::size_t>::max()).depth;
+}
+
+// Why `text` is over ErrorFileLimits, or an empty string.
+inline std::string json_limits_problem(std::string_view text) {
+  const JsonShape shape = json_shape(text, ErrorFileLimits::max_depth, ErrorFileLimits::max_values);
+  if (shape.depth > ErrorFileLimits::max_depth)
+    return fmt::format("JSON nested deeper than {} levels", ErrorFileLimits::max_depth);
+  if (shape.values > ErrorFileLimits::max_values)
+    return fmt::format("JSON has more than {} values", ErrorFileLimits::max_values);
+  return {};
+}
+
+// A reason fit to print and to put in JSON: printable ASCII, other bytes as \xHH
+// (a parser's message quotes the file's raw bytes), cut at `limit` bytes.
+inline std::string printable_reason(std::string_view text, std::size_t limit = ErrorFileLimits::max_reason_bytes) {
+  std::string out;
+  for (unsigned char c : text) {
+    if (out.size() >= limit) {
+      out += "...";
+      break;
+    }
+    if (c >= 0x20 && c < 0x7f) out += static_cast<char>(c);
+    else out += fmt::format("\\x{:02x}", c);
+  }
+  return out;
 }
 
 // Python's int() of a str: surrounding whitespace, an optional sign, decimal
@@ -195,7 +244,8 @@ class ProcessFailure {
   static nlohmann::json empty_error_data() { return nlohmann::json{{"message", "<NONE>"}}; }
 
  private:
-  [[noreturn]] void fail(const std::string& reason) const {
+  [[noreturn]] void fail(const std::string& raw_reason) const {
+    const std::string reason = errors::detail::printable_reason(raw_reason);
     log::error("Failed to parse reply file: {}: {}", error_file, reason);
     throw ErrorFileError(error_file, reason);
   }
@@ -213,8 +263,7 @@ class ProcessFailure {
   }
 
   void load(const std::string& text) {
-    if (errors::detail::json_depth(text, ErrorFileLimits::max_depth) > ErrorFileLimits::max_depth)
-      fail(fmt::format("JSON nested deeper than {} levels", ErrorFileLimits::max_depth));
+    if (std::string problem = errors::detail::json_limits_problem(text); !problem.empty()) fail(problem);
     nlohmann::json data;
     try {
       data = nlohmann::json::parse(text);

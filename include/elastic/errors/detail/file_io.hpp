@@ -3,6 +3,8 @@
 // sees the whole file or none of it.
 #pragma once
 
+#include <elastic/detail/suppress_signal.hpp>
+
 #include <fmt/format.h>
 
 #include <atomic>
@@ -14,6 +16,7 @@
 #include <system_error>
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -103,6 +106,7 @@ inline bool write_all(int fd, const char* data, std::size_t size) {
   while (size > 0) {
     ssize_t n = ::write(fd, data, size);
     if (n < 0 && errno == EINTR) continue;
+    if (n == 0) errno = ENOSPC;  // a write that makes no progress would loop forever
     if (n <= 0) return false;
     data += n;
     size -= static_cast<std::size_t>(n);
@@ -110,22 +114,47 @@ inline bool write_all(int fd, const char* data, std::size_t size) {
   return true;
 }
 
+// Creates `dir` and its missing parents, each new one with mode 0700 (an error
+// file may hold data its owner alone should read). Existing ones are kept as they are.
+inline std::string make_directories(const std::string& dir) {
+  struct stat st {};
+  if (dir.empty() || ::stat(dir.c_str(), &st) == 0) {
+    if (dir.empty() || S_ISDIR(st.st_mode)) return {};
+    return fmt::format("cannot create directory {}: {}", dir, std::strerror(ENOTDIR));
+  }
+  // Every prefix ending before a '/', then the whole path.
+  for (std::size_t end = dir.find('/', 1);; end = dir.find('/', end + 1)) {
+    const std::string prefix = dir.substr(0, end);
+    if (!prefix.empty() && prefix.back() != '/' && ::mkdir(prefix.c_str(), 0700) != 0 && errno != EEXIST) {
+      return fmt::format("cannot create directory {}: {}", prefix, std::strerror(errno));
+    }
+    if (end == std::string::npos) break;
+  }
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    return fmt::format("cannot create directory {}: {}", dir, std::strerror(errno != 0 ? errno : ENOTDIR));
+  return {};
+}
+
 // Writes `data` to `path` atomically, creating missing parent directories.
 // Returns an empty string on success, else why it failed (the path is named).
+// The file gets mode 0600. The temporary is opened with O_EXCL|O_NOFOLLOW and the
+// final step is rename(2), which replaces a symlink at `path` instead of following it.
 inline std::string write_file_atomically(const std::string& path, std::string_view data) {
   namespace fs = std::filesystem;
   if (path.empty()) return "empty error file path";
   const fs::path target(path);
+  if (!target.has_filename()) return fmt::format("{} names a directory, not a file", path);
   const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
-  std::error_code ec;
-  fs::create_directories(parent, ec);
-  if (ec) return fmt::format("cannot create directory {}: {}", parent.string(), ec.message());
+  if (std::string problem = make_directories(parent.string()); !problem.empty()) return problem;
 
+  // The temporary's name must fit NAME_MAX even when the target's name nearly fills it.
   static std::atomic<unsigned> counter{0};
-  const std::string temp = (parent / fmt::format(".{}.tmp.{}.{}", target.filename().string(), ::getpid(),
-                                                 counter.fetch_add(1)))
-                               .string();
-  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+  const std::string name = target.filename().string().substr(0, 200);
+  const std::string temp =
+      (parent / fmt::format(".{}.tmp.{}.{}", name, ::getpid(), counter.fetch_add(1))).string();
+  // Past RLIMIT_FSIZE the write fails with EFBIG rather than SIGXFSZ killing the worker.
+  elastic::detail::SuppressSignal no_sigxfsz(SIGXFSZ);
+  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) return fmt::format("cannot create {}: {}", temp, std::strerror(errno));
   bool written = write_all(fd, data.data(), data.size());
   int write_errno = errno;

@@ -53,6 +53,7 @@ TEST_CASE("usage errors exit 2 with a message and start nothing") {
   std::vector<Case> cases = {
       {{"--nproc-per-node=foo"}, "Unsupported nproc_per_node value: foo"},
       {{"--nproc_per_node=0"}, "Unsupported nproc_per_node value: 0"},
+      {{"--nproc-per-node=999999999"}, "nproc_per_node=999999999 is over the limit of 4096"},
       {{"--no-python", "--module"}, "Don't use both the '--no-python' flag and the '--module' flag"},
       {{"--nnodes=2:20:30"}, "nnodes=2:20:30 is not in \"MIN:MAX\" format"},
       {{"--bogus-option"}, "bogus"},

@@ -125,11 +125,18 @@ inline int cpu_count() {
   return n > 0 ? static_cast<int>(n) : 1;
 }
 
+// Workers per node that elastic-run accepts. Far above any machine's core count,
+// low enough that a typo cannot make the launcher prepare millions of workers.
+inline constexpr int max_local_world_size = 4096;
+
 // int, "auto" (GPUs if any, else CPUs), "cpu", "gpu" (error without one), "xpu".
 inline int determine_local_world_size(const std::string& nproc_per_node) {
   if (all_digits(nproc_per_node)) {
     int n = std::stoi(nproc_per_node);
     if (n <= 0) throw UsageError("Unsupported nproc_per_node value: " + nproc_per_node);
+    if (n > max_local_world_size)
+      throw UsageError("nproc_per_node=" + nproc_per_node + " is over the limit of " +
+                       std::to_string(max_local_world_size) + " workers per node");
     return n;
   }
   if (nproc_per_node == "cpu") return cpu_count();

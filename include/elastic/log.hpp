@@ -6,6 +6,7 @@
 
 #include <elastic/detail/suppress_signal.hpp>
 
+#include <elastic/detail/write_all.hpp>
 #include <fmt/format.h>
 
 #include <atomic>
@@ -52,15 +53,8 @@ inline const char* level_name(Level level) {
 inline void write_line(Level level, std::string_view text) {
   elastic::detail::SuppressSignal no_sigpipe(SIGPIPE);
   std::string line = fmt::format("[elastic] {}: {}\n", level_name(level), text);
-  const char* data = line.data();
-  std::size_t left = line.size();
-  while (left > 0) {
-    ssize_t n = ::write(STDERR_FILENO, data, left);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;  // stderr is gone: nothing else to tell
-    data += n;
-    left -= static_cast<std::size_t>(n);
-  }
+  // A failure here means stderr is gone: there is no one else to tell.
+  (void)elastic::detail::write_all(STDERR_FILENO, line.data(), line.size());
 }
 }  // namespace detail
 

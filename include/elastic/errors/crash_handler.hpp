@@ -225,7 +225,7 @@ inline std::int64_t wall_clock_seconds() {
   return static_cast<std::int64_t>(now.tv_sec);
 }
 
-inline void write_stderr(const char* text, std::size_t size) { safe_write_all(STDERR_FILENO, text, size); }
+inline void write_stderr(const char* text, std::size_t size) { write_all(STDERR_FILENO, text, size); }
 inline void write_stderr(const char* text) { write_stderr(text, safe_strlen(text)); }
 
 // The nested-format document, key order as PyTorch writes it:

@@ -87,7 +87,8 @@ class ErrorHandler {
         contents = errors::detail::python_json_dumps(data);
       }
     }
-    log::debug("child error file ({}) contents:\n{}", child_file, data.dump(2));
+    if (log::enabled(log::Level::debug))  // the dump is costly: skip it when unseen
+      log::debug("child error file ({}) contents:\n{}", child_file, data.dump(2));
 
     auto destination = error_file_path();
     if (!destination) {

@@ -297,7 +297,8 @@ class ProcessFailure {
     } else {
       fail("\"message\" is neither a string nor an object");
     }
-    log::debug("User process failed with error data: {}", data.dump(2));
+    if (log::enabled(log::Level::debug))  // the dump is costly: skip it when unseen
+      log::debug("User process failed with error data: {}", data.dump(2));
     message = msg;
     timestamp = *stamp;
     error_file_data = std::move(data);

@@ -4,6 +4,8 @@
 // last line without a newline is completed at the end.
 #pragma once
 
+#include <elastic/detail/write_all.hpp>
+
 #include <unistd.h>
 
 #include <cerrno>
@@ -13,17 +15,7 @@
 namespace elastic::multiprocessing {
 
 namespace detail {
-// Writes everything, retrying short writes. False when the fd is unusable.
-inline bool write_all(int fd, const char* data, std::size_t size) {
-  while (size > 0) {
-    ssize_t n = ::write(fd, data, size);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    data += n;
-    size -= static_cast<std::size_t>(n);
-  }
-  return true;
-}
+using ::elastic::detail::write_all;
 }  // namespace detail
 
 class LinePrefixer {

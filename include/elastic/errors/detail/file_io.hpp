@@ -4,6 +4,7 @@
 #pragma once
 
 #include <elastic/detail/suppress_signal.hpp>
+#include <elastic/detail/write_all.hpp>
 
 #include <fmt/format.h>
 
@@ -102,17 +103,7 @@ inline ReadResult read_regular_file(const std::string& path, std::size_t max_byt
   return result;
 }
 
-inline bool write_all(int fd, const char* data, std::size_t size) {
-  while (size > 0) {
-    ssize_t n = ::write(fd, data, size);
-    if (n < 0 && errno == EINTR) continue;
-    if (n == 0) errno = ENOSPC;  // a write that makes no progress would loop forever
-    if (n <= 0) return false;
-    data += n;
-    size -= static_cast<std::size_t>(n);
-  }
-  return true;
-}
+using ::elastic::detail::write_all;
 
 // Creates `dir` and its missing parents, each new one with mode 0700 (an error
 // file may hold data its owner alone should read). Existing ones are kept as they are.

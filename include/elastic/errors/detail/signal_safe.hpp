@@ -3,6 +3,8 @@
 // allocates, locks or touches stdio; only async-signal-safe system calls are used.
 #pragma once
 
+#include <elastic/detail/write_all.hpp>
+
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -172,16 +174,7 @@ class StaticText : public FixedText {
   char storage_[Capacity];
 };
 
-inline bool safe_write_all(int fd, const char* data, std::size_t size) {
-  while (size > 0) {
-    ssize_t n = ::write(fd, data, size);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    data += n;
-    size -= static_cast<std::size_t>(n);
-  }
-  return true;
-}
+using ::elastic::detail::write_all;
 
 // mkdir -p of the directories above `path`, in place on a copy in `scratch`.
 inline void safe_create_parent_directories(const char* path, FixedText& scratch) {
@@ -221,7 +214,7 @@ inline int safe_write_file_atomically(const char* path, const char* data, std::s
     fd = ::open(temp, flags, 0644);
   }
   if (fd < 0) return errno;
-  const bool written = safe_write_all(fd, data, size);
+  const bool written = write_all(fd, data, size);
   int error = written ? 0 : errno;
   if (::close(fd) != 0 && error == 0) error = errno;
   if (error == 0 && ::rename(temp, path) != 0) error = errno;

@@ -1,0 +1,423 @@
+"""Runs every benchmark figure against its reference in one go and writes the
+table (markdown) to stdout and to bench/results.md. Called by bench/run.sh,
+which installs what is missing and builds in Release first.
+
+usage: run.py --build-dir DIR [--quick] [--only launch,failure,tee,record,crash,read,memory] [--out FILE]
+
+Each ratio is taken within this run: the commands of a figure are measured in
+alternating rounds (hyperfine for short whole-process timings, proc_stats or
+/usr/bin/time for CPU and memory, Google Benchmark for in-process timings), so
+a change in machine load during the run hits ours and the reference alike.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------- statistics
+
+def quantile(values, q):
+    values = sorted(values)
+    if len(values) == 1:
+        return values[0]
+    pos = (len(values) - 1) * q
+    low = int(pos)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (pos - low)
+
+
+def summary(values):
+    return {
+        "median": statistics.median(values),
+        "p25": quantile(values, 0.25),
+        "p75": quantile(values, 0.75),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def fmt_time(seconds):
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    if seconds >= 1e-6:
+        return f"{seconds * 1e6:.1f} µs"
+    return f"{seconds * 1e9:.1f} ns"
+
+
+def fmt_spread(values, unit=fmt_time):
+    s = summary(values)
+    return f"{unit(s['median'])} (IQR {unit(s['p25'])}–{unit(s['p75'])}, n={s['n']})"
+
+
+# ---------------------------------------------------------------- running things
+
+def log(text):
+    print(text, file=sys.stderr, flush=True)
+
+
+def hyperfine(commands, runs, rounds, warmup=1, shell=False, ignore_failure=False, prepare=None):
+    """Times `commands` ({name: command line}) with hyperfine in `rounds`
+    alternating rounds of `runs` runs each; returns {name: [seconds...]}."""
+    times = {name: [] for name in commands}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_index in range(rounds):
+            export = os.path.join(tmp, f"round{round_index}.json")
+            args = ["hyperfine", "--style", "none", "--runs", str(runs), "--warmup", str(warmup), "--export-json", export]
+            if not shell:
+                args.append("-N")
+            if ignore_failure:
+                args.append("-i")
+            if prepare:
+                args += ["--prepare", prepare]
+            names = list(commands)
+            # Alternate the order between rounds as well, so neither side always goes first.
+            if round_index % 2:
+                names.reverse()
+            for name in names:
+                args += ["--command-name", name, commands[name]]
+            subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+            with open(export) as fp:
+                for result in json.load(fp)["results"]:
+                    times[result["command"]].extend(result["times"])
+    return times
+
+
+def gnu_time_maxrss(command, runs):
+    """Peak RSS (KiB) of `command` (a list) per run, with /usr/bin/time."""
+    values = []
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "time.txt")
+        for _ in range(runs):
+            subprocess.run(["/usr/bin/time", "-f", "%M", "-o", out] + command,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            with open(out) as fp:
+                values.append(int(fp.read().split()[-1]))
+    return values
+
+
+class Table:
+    def __init__(self):
+        self.rows = []  # (figure, ours, reference, ratio, target, met)
+        self.details = []
+        self.notes = []
+
+    def add(self, figure, ours, reference, ratio, target, met):
+        row = (figure, ours, reference, ratio, target, {True: "yes", False: "**no**", None: "—"}[met])
+        self.rows.append(row)
+        log("  " + " | ".join(row))
+
+    def markdown(self):
+        lines = ["| figure | ours | reference | ratio | target | met |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the figures
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.build = os.path.abspath(args.build_dir)
+        self.bin = os.path.join(self.build, "bench")
+        self.launcher = os.path.join(self.build, "tools", "elastic-run")
+        self.torchrun = os.environ.get("TORCHRUN", os.path.join(os.path.dirname(ROOT), "shared", "tools", "torchrun"))
+        self.python = os.environ.get("TORCH_PYTHON", "/usr/bin/python3")
+        self.quick = args.quick
+        self.table = Table()
+        self.tmp = tempfile.mkdtemp(prefix="elastic-bench-")
+        # torchrun leaves a log directory under $TMPDIR on every run: keep them in ours.
+        os.environ["TMPDIR"] = self.tmp
+
+    def tool(self, name):
+        return os.path.join(self.bin, name)
+
+    def reps(self, full, quick):
+        return quick if self.quick else full
+
+    def have_launcher(self):
+        return os.access(self.launcher, os.X_OK)
+
+    def have_torchrun(self):
+        return os.access(self.torchrun, os.X_OK)
+
+    def missing(self, figure, what):
+        self.table.add(figure, "not measured", "", "", "", None)
+        self.table.notes.append(f"{figure}: not measured: {what}.")
+
+    def elastic_run(self, nproc, *rest):
+        return [self.launcher, "--nproc-per-node", str(nproc), "--no-python", *rest]
+
+    def torchrun_cmd(self, nproc, *rest):
+        return [self.torchrun, "--nproc_per_node", str(nproc), "--no_python", "--monitor_interval", "0.1", *rest]
+
+    # 1. launch and reap N workers of /bin/true
+    def launch(self):
+        log("launch: elastic-run vs posix_spawn floor vs torchrun, N workers of /bin/true")
+        if not self.have_launcher():
+            return self.missing("launch", f"{self.launcher} not built")
+        for n in (1, 4, 16, 64):
+            fast = hyperfine({
+                "floor": shlex.join([self.tool("spawn_floor"), str(n), "/bin/true"]),
+                "ours": shlex.join(self.elastic_run(n, "/bin/true")),
+            }, runs=self.reps(20, 5), rounds=self.reps(10, 2), warmup=3)
+            ratio_floor = statistics.median(fast["ours"]) / statistics.median(fast["floor"])
+            self.table.details.append(f"launch N={n}: ours {fmt_spread(fast['ours'])}; floor {fmt_spread(fast['floor'])}")
+            target = "≤ 1.5x floor at N=64" if n == 64 else "—"
+            self.table.add(f"launch N={n}, vs floor", fmt_time(statistics.median(fast["ours"])),
+                           f"floor {fmt_time(statistics.median(fast['floor']))}", f"{ratio_floor:.2f}x", target,
+                           ratio_floor <= 1.5 if n == 64 else None)
+            if not self.have_torchrun():
+                continue
+            slow = hyperfine({
+                "ours": shlex.join(self.elastic_run(n, "/bin/true")),
+                "torchrun": shlex.join(self.torchrun_cmd(n, "/bin/true")),
+            }, runs=self.reps(3, 1), rounds=self.reps(3, 1), warmup=1)
+            ours, ref = statistics.median(slow["ours"]), statistics.median(slow["torchrun"])
+            self.table.details.append(f"launch N={n}: torchrun {fmt_spread(slow['torchrun'])}; ours in the same rounds {fmt_spread(slow['ours'])}")
+            self.table.add(f"launch N={n}, vs torchrun", fmt_time(ours), f"torchrun {fmt_time(ref)}",
+                           f"{ref / ours:.0f}x faster", "≥ 20x faster", ref / ours >= 20)
+        if not self.have_torchrun():
+            self.table.notes.append(f"launch vs torchrun: not measured: {self.torchrun} not found (set TORCHRUN).")
+
+    # 2. failure reaction: rank 2 exits 3 at once, the others sleep
+    def failure(self):
+        log("failure: 4 workers, rank 2 exits 3 at once: start to launcher exit")
+        if not self.have_launcher():
+            return self.missing("failure reaction", f"{self.launcher} not built")
+        worker = self.tool("failing_worker")
+        commands = {"ours": shlex.join(self.elastic_run(4, worker))}
+        if self.have_torchrun():
+            commands["torchrun"] = shlex.join(self.torchrun_cmd(4, worker))
+        times = hyperfine(commands, runs=self.reps(5, 2), rounds=self.reps(4, 1), warmup=1, ignore_failure=True)
+        ours = statistics.median(times["ours"])
+        self.table.details.append(f"failure reaction: ours {fmt_spread(times['ours'])}")
+        if "torchrun" in times:
+            ref = statistics.median(times["torchrun"])
+            self.table.details.append(f"failure reaction: torchrun (--monitor_interval 0.1) {fmt_spread(times['torchrun'])}")
+            self.table.add("failure reaction (start to exit)", fmt_time(ours), f"torchrun {fmt_time(ref)}",
+                           f"{ref / ours:.0f}x faster", "< 50 ms", ours < 0.050)
+        else:
+            self.table.add("failure reaction (start to exit)", fmt_time(ours), "", "", "< 50 ms", ours < 0.050)
+        # Both must have reported the failure with exit code 1, or the timing means nothing.
+        for name, command in commands.items():
+            rc = subprocess.run(shlex.split(command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+            if rc != 1:
+                self.table.notes.append(f"failure reaction: {name} exited {rc}, not 1.")
+
+    # 3. tee: one worker writing 10 million 100-byte lines
+    def tee(self):
+        log("tee: one worker writes 10M lines of 100 bytes, -t 3, prefix template")
+        if not self.have_launcher():
+            return self.missing("tee", f"{self.launcher} not built")
+        lines = self.reps(10_000_000, 2_000_000)
+        width = 100
+        payload = lines * width
+        prefix = "[default0]:"
+        log_dir = os.path.join(self.tmp, "tee-logs")
+        ours_cmd = self.elastic_run(1, "-t", "3", "--log-dir", log_dir, "--log-line-prefix-template",
+                                    "[${role_name}${local_rank}]:", self.tool("line_writer"), str(lines), str(width))
+        ref_cmd = self.torchrun_cmd(1, "-t", "3", "--log_dir", log_dir, self.tool("line_writer"), str(lines), str(width))
+        runs = {"ours": (ours_cmd, self.reps(5, 2))}
+        if self.have_torchrun():
+            runs["torchrun"] = (ref_cmd, self.reps(3, 1))
+        results = {name: [] for name in runs}
+        for round_index in range(max(r for _, r in runs.values())):
+            for name, (command, count) in runs.items():
+                if round_index >= count:
+                    continue
+                shutil.rmtree(log_dir, ignore_errors=True)
+                stats_file = os.path.join(self.tmp, "stats.json")
+                pipeline = (shlex.join([self.tool("proc_stats"), stats_file] + command) + " 2>/dev/null | "
+                            + shlex.join([self.tool("line_check"), prefix, str(lines), str(width)]))
+                check = subprocess.run(pipeline, shell=True, capture_output=True, text=True)
+                with open(stats_file) as fp:
+                    stats = json.load(fp)
+                stats["check"] = json.loads(check.stdout)
+                results[name].append(stats)
+        shutil.rmtree(log_dir, ignore_errors=True)
+        for name, stats in results.items():
+            walls = [s["wall_s"] for s in stats]
+            cpu = [s["self_user_s"] + s["self_sys_s"] for s in stats]
+            checks = [s["check"] for s in stats]
+            all_ok = all(c["ok"] for c in checks)
+            self.table.details.append(
+                f"tee {name}: wall {fmt_spread(walls)}; launcher CPU {fmt_spread(cpu)}; "
+                f"{payload / statistics.median(walls) / 1e6:.0f} MB/s, {lines / statistics.median(walls) / 1e6:.2f} M lines/s; "
+                f"every line once, whole, in order: {'yes' if all_ok else 'NO: ' + json.dumps(checks)}")
+            results[name] = (statistics.median(walls), statistics.median(cpu), all_ok)
+        wall, cpu, ok = results["ours"]
+        mbps = payload / wall / 1e6
+        ours_text = f"{mbps:.0f} MB/s, {lines / wall / 1e6:.2f} M lines/s, launcher CPU {cpu:.2f} s"
+        if not ok:
+            ours_text += " (LINES LOST OR BROKEN)"
+        if "torchrun" in results:
+            rwall, rcpu, rok = results["torchrun"]
+            ref_text = f"torchrun {payload / rwall / 1e6:.0f} MB/s, {lines / rwall / 1e6:.2f} M lines/s, CPU {rcpu:.2f} s"
+            self.table.add("tee 1 GB, -t 3 (whole run)", ours_text, ref_text, f"{rwall / wall:.1f}x faster",
+                           "≥ 500 MB/s and ≥ 5x", ok and mbps >= 500 and rwall / wall >= 5)
+        else:
+            self.table.add("tee 1 GB, -t 3 (whole run)", ours_text, "", "", "≥ 500 MB/s", ok and mbps >= 500)
+
+    # 4. record on the happy path
+    def record(self):
+        log("record: hello-world with and without elastic::record")
+        times = hyperfine({"plain": self.tool("hello_plain"), "record": self.tool("hello_record")},
+                          runs=self.reps(100, 20), rounds=self.reps(10, 2), warmup=20)
+        plain, rec = statistics.median(times["plain"]), statistics.median(times["record"])
+        self.table.details.append(f"record whole-process: plain {fmt_spread(times['plain'])}; recorded {fmt_spread(times['record'])}")
+        self.table.add("record, whole process (hello world)", fmt_time(rec), f"without record {fmt_time(plain)}",
+                       f"{rec / plain:.3f}x", "< 1.05x", rec / plain < 1.05)
+        bench = self.google_benchmark(self.tool("record_bench"), self.reps(10, 3))
+        direct = bench["BM_direct_call"]
+        for name, label in (("BM_record_call", "record(fn)(args)"), ("BM_record_main", "ELASTIC_RECORD_MAIN path")):
+            ns = bench[name]
+            self.table.details.append(f"record in-process {label}: {fmt_spread(ns, unit=lambda v: f'{v:.1f} ns')}")
+            self.table.add(f"record in-process, {label}", f"{statistics.median(ns):.1f} ns",
+                           f"direct call {statistics.median(direct):.1f} ns",
+                           f"+{statistics.median(ns) - statistics.median(direct):.1f} ns", "—", None)
+
+    def google_benchmark(self, binary, repetitions, env=None, extra=()):
+        """{benchmark name: [real time of each repetition, in the benchmark's unit]}"""
+        out = os.path.join(self.tmp, "gbench.json")
+        subprocess.run([binary, f"--benchmark_repetitions={repetitions}", "--benchmark_out_format=json",
+                        f"--benchmark_out={out}", *extra], check=True, stdout=subprocess.DEVNULL,
+                       env=dict(os.environ, **(env or {})))
+        with open(out) as fp:
+            data = json.load(fp)
+        result = {}
+        for entry in data["benchmarks"]:
+            if entry.get("run_type") == "iteration":
+                result.setdefault(entry["run_name"], []).append(entry["real_time"])
+        return result
+
+    # 4b. crash path: fault to complete error file
+    def crash(self):
+        timer = self.tool("crash_timer")
+        if not os.access(timer, os.X_OK):
+            return self.missing("crash path", "crash capture not available in this build (bench/src/crash_timer.cpp)")
+        log("crash: fault to complete error file")
+        values = []
+        for _ in range(self.reps(50, 10)):
+            result = subprocess.run([timer], capture_output=True, text=True, check=True)
+            values.append(json.loads(result.stdout)["fault_to_file_s"])
+        self.table.details.append(f"crash path, SIGSEGV to complete error file: {fmt_spread(values)}")
+        self.table.add("crash path: fault to complete error file", fmt_time(statistics.median(values)), "torchrun: none written",
+                       "—", "—", None)
+
+    # 5. reading failures
+    def read(self):
+        log("read: ProcessFailure + ChildFailedError.format_msg, ours vs PyTorch")
+        error_dir = os.path.join(self.tmp, "error-files")
+        subprocess.run([self.python, os.path.join(ROOT, "bench", "python", "make_error_files.py"), error_dir, "10000"],
+                       check=True)
+        env = {"ELASTIC_BENCH_ERROR_DIR": error_dir}
+        # Same files, same summary: checked byte for byte before timing.
+        ours_summary = subprocess.run([self.tool("read_failures_bench"), "--summary", "64"], capture_output=True,
+                                      check=True, env=dict(os.environ, **env)).stdout
+        ref_summary = subprocess.run([self.python, os.path.join(ROOT, "bench", "python", "read_failures.py"), error_dir,
+                                      "64", "1", "--summary"], capture_output=True, check=True).stdout
+        if ours_summary != ref_summary:
+            self.table.notes.append("read: our summary for 64 files differs from PyTorch's.")
+        bench = self.google_benchmark(self.tool("read_failures_bench"), self.reps(10, 3), env=env)
+        for n in (1, 64, 10000):
+            ours = [t * 1e-6 for t in bench[f"BM_read_failures/{n}"]]
+            reps = {1: 200, 64: 30, 10000: 5}[n] if not self.quick else 3
+            result = subprocess.run([self.python, os.path.join(ROOT, "bench", "python", "read_failures.py"), error_dir,
+                                     str(n), str(reps)], capture_output=True, text=True, check=True)
+            ref = json.loads(result.stdout)["times_s"]
+            self.table.details.append(f"read N={n}: ours {fmt_spread(ours)}; PyTorch {fmt_spread(ref)}")
+            self.table.add(f"read {n} error file{'s' if n > 1 else ''} + summary", fmt_time(statistics.median(ours)),
+                           f"PyTorch {fmt_time(statistics.median(ref))}",
+                           f"{statistics.median(ref) / statistics.median(ours):.0f}x faster", "—", None)
+        shutil.rmtree(error_dir, ignore_errors=True)
+
+    # 6. peak RSS with 64 workers
+    def memory(self):
+        log("memory: peak RSS of the launcher with 64 workers of /bin/true")
+        if not self.have_launcher():
+            return self.missing("memory", f"{self.launcher} not built")
+        ours = gnu_time_maxrss(self.elastic_run(64, "/bin/true"), self.reps(10, 3))
+        floor = gnu_time_maxrss([self.tool("spawn_floor"), "64", "/bin/true"], self.reps(10, 3))
+        kib = lambda v: f"{v / 1024:.1f} MiB"
+        self.table.details.append(f"memory: ours {fmt_spread(ours, unit=kib)}; floor program {fmt_spread(floor, unit=kib)}")
+        if self.have_torchrun():
+            ref = gnu_time_maxrss(self.torchrun_cmd(64, "/bin/true"), self.reps(3, 1))
+            self.table.details.append(f"memory: torchrun {fmt_spread(ref, unit=kib)}")
+            self.table.add("peak RSS, 64 workers", kib(statistics.median(ours)), f"torchrun {kib(statistics.median(ref))}",
+                           f"{statistics.median(ref) / statistics.median(ours):.0f}x less", "—", None)
+        else:
+            self.table.add("peak RSS, 64 workers", kib(statistics.median(ours)), "", "", "—", None)
+
+
+def machine():
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as fp:
+        for line in fp:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    debian = open("/etc/debian_version").read().strip() if os.path.exists("/etc/debian_version") else "?"
+    return f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, Debian {debian}"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--build-dir", required=True)
+    parser.add_argument("--quick", action="store_true", help="few repetitions, to try the suite out")
+    parser.add_argument("--only", default="launch,failure,tee,record,crash,read,memory")
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results.md"))
+    args = parser.parse_args()
+
+    bench = Bench(args)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load_before = os.getloadavg()
+    try:
+        for figure in args.only.split(","):
+            getattr(bench, figure)()
+    finally:
+        shutil.rmtree(bench.tmp, ignore_errors=True)
+    load_after = os.getloadavg()
+    elapsed = datetime.datetime.now(datetime.timezone.utc) - started
+
+    torch_version = subprocess.run([bench.python, "-c", "import torch; print(torch.__version__)"], capture_output=True,
+                                   text=True).stdout.strip() or "not found"
+    hyperfine_version = subprocess.run(["hyperfine", "--version"], capture_output=True, text=True).stdout.strip()
+    text = "\n".join([
+        "# Benchmark results",
+        "",
+        f"Measured {started:%Y-%m-%d %H:%M} UTC by `bench/run.sh{' --quick' if args.quick else ''}` in "
+        f"{elapsed.total_seconds():.0f} s on {machine()}.",
+        f"Load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after. "
+        f"References: torchrun from torch {torch_version} (`{bench.torchrun}`, `--monitor_interval 0.1`), "
+        f"{hyperfine_version}. Medians over all repetitions; ratios are between medians of the same run.",
+        "",
+        bench.table.markdown(),
+        "",
+        "## Spread (median, interquartile range, number of runs)",
+        "",
+        *[f"- {line}" for line in bench.table.details],
+        "",
+        *(["## Notes", "", *[f"- {note}" for note in bench.table.notes], ""] if bench.table.notes else []),
+    ])
+    print(text)
+    with open(args.out, "w") as fp:
+        fp.write(text + "\n")
+    log(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

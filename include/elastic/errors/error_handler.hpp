@@ -3,10 +3,12 @@
 // set_error_handler() to change where or how failures are recorded.
 #pragma once
 
+#include <elastic/errors/crash_handler.hpp>
 #include <elastic/errors/detail/exception_info.hpp>
 #include <elastic/errors/detail/file_io.hpp>
 #include <elastic/errors/detail/python_json.hpp>
 #include <elastic/errors/process_failure.hpp>
+#include <elastic/errors/throw_trace.hpp>
 #include <elastic/log.hpp>
 
 #include <nlohmann/json.hpp>
@@ -25,9 +27,17 @@ class ErrorHandler {
  public:
   virtual ~ErrorHandler() = default;
 
-  // Called by record() before the wrapped function runs. Errors here are
-  // warned about, never fatal.
-  virtual void initialize() {}
+  // Called by record() before the wrapped function runs: points crash reports at
+  // this process's error file and installs the crash handlers (fatal signals,
+  // std::terminate) with an alternate signal stack for the calling thread. Cheap
+  // after the first call. Errors here are warned about, never fatal.
+  virtual void initialize() {
+    set_crash_report_path(error_file_path());
+    install_crash_handlers(crash_capture_options());
+  }
+
+  // Which signals and limits initialize() uses; override to change them.
+  virtual CrashCaptureOptions crash_capture_options() const { return {}; }
 
   // Writes the nested-format record of an exception (and its nested chain).
   virtual void record_exception(std::exception_ptr error) {
@@ -99,15 +109,10 @@ class ErrorHandler {
 
  protected:
   // The text put in extraInfo.py_callstack: each level's "<type>: <what()>" line,
-  // outermost first, followed by its stack frames when known. The first line is
+  // outermost first, followed by the frames of its throw site when traced. The first line is
   // what a summary shows next to "traceback :".
   virtual std::string format_callstack(const std::vector<errors::detail::ExceptionLevel>& levels) const {
-    std::string text;
-    for (std::size_t i = 0; i < levels.size(); ++i) {
-      if (i > 0) text += "\nCaused by: ";
-      text += levels[i].headline();
-    }
-    return text;
+    return errors::detail::format_exception_callstack(levels);
   }
 
   void write_exception_record(const std::vector<errors::detail::ExceptionLevel>& levels) {

@@ -7,8 +7,8 @@
 namespace elastic {
 
 // The name of signal `signo`, or "<N/A>" for a number Python has no name for
-// (0, 32, 33, 35-63, anything out of range).
-inline std::string signal_name(int signo) {
+// (0, 32, 33, 35-63, anything out of range). Async-signal-safe: a static string.
+inline const char* signal_name_cstr(int signo) noexcept {
   static const char* const names[] = {
       nullptr,     "SIGHUP",  "SIGINT",    "SIGQUIT", "SIGILL",    "SIGTRAP",   "SIGABRT", "SIGBUS",
       "SIGFPE",    "SIGKILL", "SIGUSR1",   "SIGSEGV", "SIGUSR2",   "SIGPIPE",   "SIGALRM", "SIGTERM",
@@ -20,5 +20,7 @@ inline std::string signal_name(int signo) {
   if (signo == 64) return "SIGRTMAX";
   return "<N/A>";
 }
+
+inline std::string signal_name(int signo) { return signal_name_cstr(signo); }
 
 }  // namespace elastic

@@ -1,0 +1,165 @@
+// Throw-site stack traces: the stack of where an exception was thrown, not of
+// where it was caught, so an exception escaping into record() shows its origin.
+//
+// Every `throw` compiles to a call to __cxa_throw. This header defines that
+// function (a weak definition, so any number of translation units may include
+// it) in the program; with -rdynamic (set by the elastic::errors CMake target) the
+// dynamic loader binds calls from shared libraries to it too, so exceptions thrown
+// inside libstdc++ (std::vector::at) or third-party libraries are traced as well.
+// It records the stack into a small table keyed by the thrown object's address,
+// then hands over to the C++ runtime's own __cxa_throw.
+//
+// Off at build time with ELASTIC_THROW_TRACES=0 (CMake option of the same name),
+// at run time with the environment variable ELASTIC_THROW_TRACES=0.
+#pragma once
+
+#include <elastic/errors/detail/exception_info.hpp>
+#include <elastic/errors/stacktrace.hpp>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <typeinfo>
+#include <vector>
+
+#include <dlfcn.h>
+
+#ifndef ELASTIC_THROW_TRACES
+#define ELASTIC_THROW_TRACES 1
+#endif
+
+namespace elastic::errors::detail {
+
+inline constexpr std::size_t throw_trace_depth = 48;
+inline constexpr std::size_t throw_trace_slots = 32;
+
+struct ThrowTrace {
+  const void* object = nullptr;
+  std::size_t count = 0;
+  StackFrame frames[throw_trace_depth];
+};
+
+// The most recent throws of the whole process (an exception_ptr may carry an
+// exception to another thread before it is reported). A spin lock rather than a
+// mutex: it can never throw, and it is held only for a copy.
+class ThrowTraceTable {
+ public:
+  void record(const void* object, const StackFrame* frames, std::size_t count) {
+    lock();
+    ThrowTrace& slot = slots_[next_++ % throw_trace_slots];
+    slot.object = object;
+    slot.count = count < throw_trace_depth ? count : throw_trace_depth;
+    for (std::size_t i = 0; i < slot.count; ++i) slot.frames[i] = frames[i];
+    unlock();
+  }
+
+  // The newest trace of `object`, empty when none was recorded (or it is too old).
+  std::vector<StackFrame> find(const void* object) {
+    std::vector<StackFrame> frames;
+    if (object == nullptr) return frames;
+    lock();
+    for (std::size_t age = 1; age <= throw_trace_slots && age <= next_; ++age) {
+      const ThrowTrace& slot = slots_[(next_ - age) % throw_trace_slots];
+      if (slot.object == object) {
+        frames.assign(slot.frames, slot.frames + slot.count);
+        break;
+      }
+    }
+    unlock();
+    return frames;
+  }
+
+ private:
+  void lock() {
+    while (busy_.test_and_set(std::memory_order_acquire)) {
+    }
+  }
+  void unlock() { busy_.clear(std::memory_order_release); }
+
+  std::atomic_flag busy_ = ATOMIC_FLAG_INIT;
+  std::size_t next_ = 0;
+  ThrowTrace slots_[throw_trace_slots];
+};
+
+inline ThrowTraceTable& throw_traces() {
+  static ThrowTraceTable table;
+  return table;
+}
+
+inline bool throw_tracing_enabled() {
+  static const bool enabled = [] {
+    const char* value = std::getenv("ELASTIC_THROW_TRACES");
+    return !(value != nullptr && (std::strcmp(value, "0") == 0 || std::strcmp(value, "off") == 0));
+  }();
+  return ELASTIC_THROW_TRACES != 0 && enabled;
+}
+
+// Records the current stack for `object`, starting at the frame that called
+// __cxa_throw (whose return address is `throw_return`): the tracing frames
+// themselves are left out.
+inline void record_throw_site(const void* object, const void* throw_return) noexcept {
+  if (!throw_tracing_enabled()) return;
+  StackFrame frames[throw_trace_depth + 8];
+  std::size_t count = capture_stack(frames, throw_trace_depth + 8);
+  std::size_t first = 0;
+  for (std::size_t i = 0; i < count; ++i) {
+    if (frames[i].pc == reinterpret_cast<std::uintptr_t>(throw_return)) {
+      first = i;
+      break;
+    }
+  }
+  throw_traces().record(object, frames + first, count - first);
+}
+
+// The throw-site trace recorded for a thrown object, empty if there is none.
+inline std::vector<StackFrame> throw_site_trace(const void* object) { return throw_traces().find(object); }
+
+// The py_callstack text of an exception chain: each level's "<type>: <what()>"
+// line (the first line is what a summary shows), followed by the frames of where
+// that level was thrown when known. `top_fallback` stands in for the outermost
+// level's frames when its throw was not traced.
+inline std::string format_exception_callstack(const std::vector<ExceptionLevel>& levels,
+                                              const std::vector<StackFrame>& top_fallback = {}) {
+  std::string text;
+  for (std::size_t i = 0; i < levels.size(); ++i) {
+    if (i > 0) text += "\nCaused by: ";
+    text += levels[i].headline();
+    std::vector<StackFrame> frames = throw_site_trace(levels[i].object);
+    if (frames.empty() && i == 0) frames = top_fallback;
+    if (!frames.empty()) {
+      text += '\n';
+      text += format_stack(frames);
+      text.pop_back();  // format_stack ends each line; the text ends without one
+    }
+  }
+  return text;
+}
+
+using CxaThrowFunction = void (*)(void*, std::type_info*, void (*)(void*));
+
+inline CxaThrowFunction runtime_cxa_throw() {
+  static const CxaThrowFunction next = reinterpret_cast<CxaThrowFunction>(::dlsym(RTLD_NEXT, "__cxa_throw"));
+  return next;
+}
+
+}  // namespace elastic::errors::detail
+
+#if ELASTIC_THROW_TRACES
+namespace elastic::errors::detail {
+// The C++ runtime's entry point for `throw`, defined under its symbol name (an asm
+// label, since compilers declare __cxa_throw themselves with varying types). Weak
+// so that every translation unit including this header may define it; the linker
+// keeps one.
+[[noreturn]] void traced_cxa_throw(void* object, std::type_info* type, void (*destroy)(void*)) __asm__("__cxa_throw");
+
+__attribute__((weak)) void traced_cxa_throw(void* object, std::type_info* type, void (*destroy)(void*)) {
+  record_throw_site(object, __builtin_return_address(0));
+  CxaThrowFunction next = runtime_cxa_throw();
+  if (next == nullptr) std::abort();  // no C++ runtime to hand over to (a static link)
+  next(object, type, destroy);
+  __builtin_unreachable();
+}
+}  // namespace elastic::errors::detail
+#endif

@@ -1,0 +1,342 @@
+// Native crash capture, tested with real processes and real signals: the crash
+// worker dies in a function with a distinctive name, and the error file it leaves
+// must be readable by our ProcessFailure and by PyTorch's, and name that function.
+#include <elastic/errors.hpp>
+
+#include "support/subprocess.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <csignal>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+using elastic::testing::RunOptions;
+using elastic::testing::RunResult;
+using elastic::testing::TempDir;
+
+namespace {
+
+const std::string crash_worker = ELASTIC_TEST_CRASH_WORKER;
+
+RunResult run_worker(const std::vector<std::string>& args, const std::string& error_file,
+                     std::map<std::string, std::string> env = {}) {
+  RunOptions options;
+  if (error_file.empty()) options.unset_env.push_back("TORCHELASTIC_ERROR_FILE");
+  else env["TORCHELASTIC_ERROR_FILE"] = error_file;
+  options.set_env = std::move(env);
+  options.unset_env.push_back("ELASTIC_CRASH_SIGNALS");
+  options.unset_env.push_back("ELASTIC_THROW_TRACES");
+  std::vector<std::string> argv{crash_worker};
+  argv.insert(argv.end(), args.begin(), args.end());
+  RunResult result = elastic::testing::run(argv, options);
+  INFO("stderr of crash_worker: " << result.err);
+  REQUIRE_FALSE(result.timed_out);
+  return result;
+}
+
+std::string callstack_of(const elastic::ProcessFailure& failure) {
+  REQUIRE(failure.message.is_object());
+  return failure.message.at("extraInfo").at("py_callstack").get<std::string>();
+}
+
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+// The line of the first frame (after the headline).
+std::string first_frame(const std::string& callstack) {
+  auto start = callstack.find("\n#0 ");
+  REQUIRE(start != std::string::npos);
+  return first_line(callstack.substr(start + 1));
+}
+
+// Files left in `dir` other than `keep`: a crash must leave no temporary behind.
+std::vector<std::string> other_files(const TempDir& dir, const std::string& keep) {
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path()))
+    if (entry.path().filename() != keep) names.push_back(entry.path().filename().string());
+  return names;
+}
+
+struct SignalCase {
+  const char* mode;
+  int signo;
+  const char* function;  // the noinline function where it happens
+  const char* headline_start;
+};
+
+}  // namespace
+
+TEST_CASE("each fatal signal leaves an error file naming the crashing function") {
+  const SignalCase cases[] = {
+      {"segv", SIGSEGV, "crash_here_on_purpose", "Fatal signal 11 (SIGSEGV) at address 0x0 (SEGV_MAPERR)"},
+      {"abort", SIGABRT, "abort_here_on_purpose", "Fatal signal 6 (SIGABRT)"},
+      {"fpe", SIGFPE, "divide_by_zero_on_purpose", "Fatal signal 8 (SIGFPE) at address 0x"},
+      {"ill", SIGILL, "illegal_instruction_on_purpose", "Fatal signal 4 (SIGILL)"},
+      {"trap", SIGTRAP, "trap_here_on_purpose", "Fatal signal 5 (SIGTRAP)"},
+      {"bus", SIGBUS, "bus_error_on_purpose", "Fatal signal 7 (SIGBUS) at address 0x"},
+      {"stack_overflow", SIGSEGV, "recurse_without_end_on_purpose", "Fatal signal 11 (SIGSEGV) at address 0x"},
+  };
+  for (const SignalCase& c : cases) {
+    DYNAMIC_SECTION(c.mode) {
+      TempDir dir;
+      const std::string file = dir.file("error.json");
+      RunResult result = run_worker({c.mode}, file);
+      INFO(result.err);
+      CHECK(result.exitcode == -c.signo);
+
+      elastic::ProcessFailure failure(0, result.pid, result.exitcode, file);
+      CHECK(failure.error_file == file);
+      const std::string callstack = callstack_of(failure);
+      INFO(callstack);
+      CHECK(first_line(callstack).rfind(c.headline_start, 0) == 0);
+      CHECK(failure.message.at("message").get<std::string>() == first_line(callstack));
+      CHECK(callstack.find(c.function) != std::string::npos);
+      CHECK(failure.message.at("extraInfo").at("signal") == elastic::signal_name(c.signo));
+      CHECK(failure.message.at("extraInfo").at("thread_id").is_string());
+      CHECK(failure.timestamp > 0);
+      // Synchronous faults start the trace at the faulting function itself: the
+      // handler's frames and the signal trampoline are left out.
+      if (c.signo != SIGABRT) CHECK(first_frame(callstack).find(c.function) != std::string::npos);
+      CHECK(callstack.find("crash_signal_handler") == std::string::npos);
+      CHECK(other_files(dir, "error.json").empty());
+    }
+  }
+}
+
+TEST_CASE("PyTorch's ProcessFailure reads the crash records") {
+  TempDir dir;
+  const std::vector<std::pair<std::string, std::string>> modes = {
+      {"segv", "crash_here_on_purpose"},
+      {"abort", "abort_here_on_purpose"},
+      {"stack_overflow", "recurse_without_end_on_purpose"},
+      {"thread_exception", "throw_from_thread_on_purpose"},
+  };
+  std::string script =
+      "import sys\n"
+      "from torch.distributed.elastic.multiprocessing.errors import ProcessFailure\n"
+      "args = sys.argv[1:]\n"
+      "for i in range(0, len(args), 3):\n"
+      "    f = ProcessFailure(local_rank=0, pid=1, exitcode=int(args[i + 1]), error_file=args[i])\n"
+      "    stack = f.message['extraInfo']['py_callstack']\n"
+      "    assert args[i + 2] in stack, stack\n"
+      "    assert f.timestamp > 0\n"
+      "    print('read', args[i + 2], f.message['message'])\n";
+  std::vector<std::string> argv{elastic::testing::system_python(), "-c", script};
+  for (const auto& [mode, function] : modes) {
+    const std::string file = dir.file(mode + ".json");
+    RunResult worker = run_worker({mode}, file);
+    CHECK(worker.exitcode < 0);
+    argv.insert(argv.end(), {file, std::to_string(worker.exitcode), function});
+  }
+  RunResult python = elastic::testing::run(argv);
+  INFO(python.out << python.err);
+  CHECK(python.exitcode == 0);
+  for (const auto& mode : modes) CHECK(python.out.find("read " + mode.second) != std::string::npos);
+}
+
+TEST_CASE("an uncaught exception on a std::thread is recorded with its throw site, then aborts") {
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  RunResult result = run_worker({"thread_exception"}, file);
+  CHECK(result.exitcode == -SIGABRT);
+  // libstdc++'s own terminate handler still runs after ours.
+  CHECK(result.err.find("terminate called after throwing an instance of") != std::string::npos);
+  elastic::ProcessFailure failure(0, result.pid, result.exitcode, file);
+  const std::string callstack = callstack_of(failure);
+  INFO(callstack);
+  CHECK(first_line(callstack) == "crash_worker::DistinctiveError: thrown on a worker thread");
+  CHECK(failure.message.at("message") == "crash_worker::DistinctiveError: thrown on a worker thread");
+  CHECK(first_frame(callstack).find("throw_from_thread_on_purpose") != std::string::npos);
+}
+
+TEST_CASE("std::terminate from a noexcept violation is recorded") {
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  RunResult result = run_worker({"noexcept"}, file);
+  CHECK(result.exitcode == -SIGABRT);
+  elastic::ProcessFailure failure(0, result.pid, result.exitcode, file);
+  const std::string callstack = callstack_of(failure);
+  INFO(callstack);
+  CHECK(first_line(callstack) == "crash_worker::DistinctiveError: thrown deep inside");
+  CHECK(callstack.find("noexcept_violation_on_purpose") != std::string::npos);
+  // The SIGABRT that follows must not replace the terminate record.
+  CHECK(callstack.find("Fatal signal") == std::string::npos);
+}
+
+TEST_CASE("an exception escaping into record carries the stack of its throw site") {
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  RunResult result = run_worker({"throw"}, file);
+  CHECK(result.exitcode == 1);
+  elastic::ProcessFailure failure(0, result.pid, result.exitcode, file);
+  const std::string callstack = callstack_of(failure);
+  INFO(callstack);
+  CHECK(first_line(callstack) == "crash_worker::DistinctiveError: thrown deep inside");
+  // Thrown in throw_here_on_purpose, through call_through: frames that had already
+  // returned when record() caught it.
+  CHECK(first_frame(callstack).find("throw_here_on_purpose") != std::string::npos);
+  CHECK(callstack.find("call_through") != std::string::npos);
+}
+
+TEST_CASE("exceptions thrown inside the C++ library are traced too") {
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  RunResult result = run_worker({"library_throw"}, file);
+  CHECK(result.exitcode == 1);
+  elastic::ProcessFailure failure(0, result.pid, result.exitcode, file);
+  const std::string callstack = callstack_of(failure);
+  INFO(callstack);
+  CHECK(first_line(callstack).rfind("std::out_of_range: ", 0) == 0);
+  CHECK(callstack.find("out_of_range_in_library_on_purpose") != std::string::npos);
+}
+
+TEST_CASE("ELASTIC_THROW_TRACES=0 turns throw-site traces off") {
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  RunResult result = run_worker({"throw"}, file, {{"ELASTIC_THROW_TRACES", "0"}});
+  CHECK(result.exitcode == 1);
+  elastic::ProcessFailure failure(0, result.pid, result.exitcode, file);
+  CHECK(callstack_of(failure) == "crash_worker::DistinctiveError: thrown deep inside");
+}
+
+TEST_CASE("two threads faulting together leave one complete report") {
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  RunResult result = run_worker({"two_threads"}, file);
+  CHECK(result.exitcode == -SIGSEGV);
+  elastic::ProcessFailure failure(0, result.pid, result.exitcode, file);
+  const std::string callstack = callstack_of(failure);
+  INFO(callstack);
+  CHECK(first_line(callstack) == "Fatal signal 11 (SIGSEGV) at address 0x0 (SEGV_MAPERR)");
+  CHECK(first_frame(callstack).find("crash_here_on_purpose") != std::string::npos);
+  std::size_t reports = 0;
+  for (auto at = result.err.find("Fatal signal"); at != std::string::npos; at = result.err.find("Fatal signal", at + 1))
+    ++reports;
+  CHECK(reports == 1);
+  CHECK(other_files(dir, "error.json").empty());
+}
+
+TEST_CASE("a SIGSEGV handler installed before initialize still runs after the report") {
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  RunResult result = run_worker({"previous_handler", "segv"}, file);
+  CHECK(result.exitcode == -SIGSEGV);
+  CHECK(result.err.find("previous SIGSEGV handler ran") != std::string::npos);
+  elastic::ProcessFailure failure(0, result.pid, result.exitcode, file);
+  CHECK(callstack_of(failure).find("crash_here_on_purpose") != std::string::npos);
+}
+
+TEST_CASE("ELASTIC_CRASH_SIGNALS=off installs no signal handler") {
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  RunResult result = run_worker({"segv"}, file, {{"ELASTIC_CRASH_SIGNALS", "off"}});
+  CHECK(result.exitcode == -SIGSEGV);
+  CHECK_FALSE(std::filesystem::exists(file));
+  CHECK(result.err.find("Fatal signal") == std::string::npos);
+}
+
+TEST_CASE("ELASTIC_CRASH_SIGNALS picks the signals handled") {
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  SECTION("a signal not listed is not handled") {
+    RunResult result = run_worker({"segv"}, file, {{"ELASTIC_CRASH_SIGNALS", "SIGABRT,FPE"}});
+    CHECK(result.exitcode == -SIGSEGV);
+    CHECK_FALSE(std::filesystem::exists(file));
+  }
+  SECTION("a listed one is") {
+    RunResult result = run_worker({"fpe"}, file, {{"ELASTIC_CRASH_SIGNALS", "SIGABRT,FPE"}});
+    CHECK(result.exitcode == -SIGFPE);
+    elastic::ProcessFailure failure(0, result.pid, result.exitcode, file);
+    CHECK(callstack_of(failure).find("divide_by_zero_on_purpose") != std::string::npos);
+  }
+}
+
+TEST_CASE("without TORCHELASTIC_ERROR_FILE the trace goes to stderr only") {
+  TempDir dir;
+  RunOptions options;
+  options.unset_env = {"TORCHELASTIC_ERROR_FILE", "ELASTIC_CRASH_SIGNALS"};
+  options.cwd = dir.path().string();
+  RunResult result = elastic::testing::run({crash_worker, "segv"}, options);
+  CHECK(result.exitcode == -SIGSEGV);
+  CHECK(result.err.find("Fatal signal 11 (SIGSEGV) at address 0x0") != std::string::npos);
+  CHECK(result.err.find("crash_here_on_purpose") != std::string::npos);
+  CHECK(std::filesystem::is_empty(dir.path()));
+}
+
+TEST_CASE("the error file's directory is created when missing") {
+  TempDir dir;
+  const std::string file = dir.file("attempt_0/3/error.json");
+  RunResult result = run_worker({"segv"}, file);
+  CHECK(result.exitcode == -SIGSEGV);
+  elastic::ProcessFailure failure(0, result.pid, result.exitcode, file);
+  CHECK(callstack_of(failure).find("crash_here_on_purpose") != std::string::npos);
+}
+
+TEST_CASE("a parent's summary of a crashed child shows where it died") {
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  RunResult result = run_worker({"segv"}, file);
+  REQUIRE(result.exitcode == -SIGSEGV);
+  std::map<int, elastic::ProcessFailure> failures;
+  failures.emplace(1, elastic::ProcessFailure(1, result.pid, result.exitcode, file));
+  const std::string summary = elastic::ChildFailedError("crash_worker", std::move(failures)).format_msg();
+  INFO(summary);
+  CHECK(summary.find("exitcode  : -11") != std::string::npos);
+  CHECK(summary.find("traceback : Fatal signal 11 (SIGSEGV) at address 0x0 (SEGV_MAPERR)\n  #0 ") != std::string::npos);
+  CHECK(summary.find("crash_here_on_purpose") != std::string::npos);
+}
+
+TEST_CASE("torchrun's summary of a crashed worker shows where it died") {
+  std::vector<std::string> candidates;
+  if (const char* configured = std::getenv("ELASTIC_TORCHRUN")) candidates.push_back(configured);
+  candidates.push_back(std::string(ELASTIC_SOURCE_DIR) + "/../shared/tools/torchrun");
+  candidates.push_back(std::string(ELASTIC_SOURCE_DIR) + "/shared/tools/torchrun");
+  std::string torchrun;
+  for (const auto& candidate : candidates)
+    if (torchrun.empty() && std::filesystem::exists(candidate)) torchrun = candidate;
+  INFO("torchrun looked for at " << candidates.back() << " and beside the source tree");
+  REQUIRE_FALSE(torchrun.empty());
+
+  TempDir dir;
+  RunOptions options;
+  options.unset_env = {"TORCHELASTIC_ERROR_FILE", "ELASTIC_CRASH_SIGNALS", "ELASTIC_THROW_TRACES"};
+  options.timeout = std::chrono::milliseconds(100000);
+  RunResult result = elastic::testing::run({torchrun, "--nproc_per_node=1", "--no_python", "--max_restarts=0",
+                                            "--log_dir=" + dir.path().string(), crash_worker, "segv"},
+                                           options);
+  INFO(result.out << result.err);
+  REQUIRE_FALSE(result.timed_out);
+  CHECK(result.exitcode == 1);
+  CHECK(result.err.find("Root Cause (first observed failure):") != std::string::npos);
+  CHECK(result.err.find("exitcode  : -11") != std::string::npos);
+  CHECK(result.err.find("traceback : Fatal signal 11 (SIGSEGV) at address 0x0 (SEGV_MAPERR)") != std::string::npos);
+  CHECK(result.err.find("crash_here_on_purpose") != std::string::npos);
+}
+
+TEST_CASE("signal-safe JSON strings match Python's json.dumps") {
+  const std::string samples[] = {
+      std::string("plain"),
+      std::string("quote \" backslash \\ slash /"),
+      std::string("controls \b\f\n\r\t \x01\x1f \x7f"),
+      std::string("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"),
+      std::string("invalid \xff \xc3 end"),
+      std::string("nul \0 inside", 13),
+  };
+  for (const std::string& sample : samples) {
+    char storage[512];
+    elastic::errors::detail::FixedText text(storage, sizeof(storage));
+    text.append_json_string(sample.data(), sample.size());
+    std::string expected;
+    elastic::errors::detail::append_python_string(expected, sample);
+    CHECK(std::string(text.c_str(), text.size()) == expected);
+  }
+}
+
+TEST_CASE("a full FixedText truncates instead of overflowing") {
+  char storage[8];
+  elastic::errors::detail::FixedText text(storage, sizeof(storage));
+  text.append("0123456789");
+  CHECK(std::string(text.c_str()) == "0123456");
+  CHECK(text.truncated());
+}

@@ -1,0 +1,160 @@
+// A worker for the crash-capture tests: `crash_worker MODE` dies, for real, in
+// the way MODE names, inside a noinline function with a distinctive name that
+// the tests look for in the error file.
+#include <elastic/errors.hpp>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define WORKER_NOINLINE __attribute__((noinline))
+
+namespace crash_worker {
+
+volatile int zero = 0;
+volatile int recursion_limit = -1;
+volatile int* volatile null_pointer = nullptr;
+
+WORKER_NOINLINE void crash_here_on_purpose() {
+  *null_pointer = 42;
+}
+
+WORKER_NOINLINE void abort_here_on_purpose() {
+  std::abort();
+}
+
+WORKER_NOINLINE int divide_by_zero_on_purpose(int numerator) {
+  // Both operands volatile: the division must happen at run time and trap.
+  volatile int dividend = numerator;
+  return dividend / zero;
+}
+
+WORKER_NOINLINE void illegal_instruction_on_purpose() {
+#if defined(__x86_64__) || defined(__i386__)
+  __asm__ volatile("ud2");
+#elif defined(__aarch64__)
+  __asm__ volatile("udf #0");
+#else
+  std::raise(SIGILL);
+#endif
+}
+
+WORKER_NOINLINE void trap_here_on_purpose() {
+#if defined(__x86_64__) || defined(__i386__)
+  __asm__ volatile("int3");
+#elif defined(__aarch64__)
+  __builtin_trap();  // brk: SIGTRAP on this architecture
+#else
+  std::raise(SIGTRAP);
+#endif
+}
+
+WORKER_NOINLINE void bus_error_on_purpose() {
+  // Touching a page of a file mapping past the end of the file is SIGBUS.
+  char path[] = "/tmp/elastic_crash_worker_XXXXXX";
+  int fd = ::mkstemp(path);
+  if (fd < 0) std::abort();
+  ::unlink(path);
+  void* mapping = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (mapping == MAP_FAILED) std::abort();
+  static_cast<volatile char*>(mapping)[0] = 1;
+}
+
+WORKER_NOINLINE int recurse_without_end_on_purpose(int depth) {
+  volatile char frame_filler[256];
+  frame_filler[depth % 256] = static_cast<char>(depth);
+  if (depth == recursion_limit) return 0;  // never reached: the limit is out of range
+  return recurse_without_end_on_purpose(depth + 1) + frame_filler[(depth + 1) % 256];
+}
+
+struct DistinctiveError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+WORKER_NOINLINE void throw_from_thread_on_purpose() {
+  throw DistinctiveError("thrown on a worker thread");
+}
+
+WORKER_NOINLINE void throw_here_on_purpose() {
+  throw DistinctiveError("thrown deep inside");
+}
+
+WORKER_NOINLINE void call_through(void (*fn)()) {
+  fn();
+  std::atomic_signal_fence(std::memory_order_seq_cst);  // keeps this frame on the stack
+}
+
+WORKER_NOINLINE void out_of_range_in_library_on_purpose() {
+  std::vector<int> empty;
+  std::printf("%d\n", empty.at(3));
+}
+
+WORKER_NOINLINE void noexcept_violation_on_purpose() noexcept {
+  call_through(&throw_here_on_purpose);
+}
+
+// Two threads crash at (nearly) the same time: both start, meet, then fault.
+void two_threads_crash() {
+  std::atomic<int> ready{0};
+  auto body = [&ready] {
+    elastic::register_crash_thread();
+    ready.fetch_add(1);
+    while (ready.load() < 2) {
+    }
+    crash_here_on_purpose();
+  };
+  std::thread first(body);
+  std::thread second(body);
+  first.join();
+  second.join();
+}
+
+extern "C" void previous_segv_handler(int) {
+  static const char text[] = "previous SIGSEGV handler ran\n";
+  ssize_t ignored = ::write(STDERR_FILENO, text, sizeof(text) - 1);
+  (void)ignored;
+  ::signal(SIGSEGV, SIG_DFL);
+}
+
+}  // namespace crash_worker
+
+int worker_main(int argc, char** argv) {
+  using namespace crash_worker;
+  const std::string mode = argc > 1 ? argv[1] : "";
+  if (mode == "segv") crash_here_on_purpose();
+  else if (mode == "abort") abort_here_on_purpose();
+  else if (mode == "fpe") std::printf("%d\n", divide_by_zero_on_purpose(argc));
+  else if (mode == "ill") illegal_instruction_on_purpose();
+  else if (mode == "trap") trap_here_on_purpose();
+  else if (mode == "bus") bus_error_on_purpose();
+  else if (mode == "stack_overflow") std::printf("%d\n", recurse_without_end_on_purpose(0));
+  else if (mode == "thread_exception") std::thread(&throw_from_thread_on_purpose).join();
+  else if (mode == "noexcept") noexcept_violation_on_purpose();
+  else if (mode == "throw") call_through(&throw_here_on_purpose);
+  else if (mode == "library_throw") out_of_range_in_library_on_purpose();
+  else if (mode == "two_threads") two_threads_crash();
+  else if (mode == "ok") return 0;
+  else {
+    std::fprintf(stderr, "unknown mode %s\n", mode.c_str());
+    return 2;
+  }
+  return 0;
+}
+
+// "previous_handler MODE": a SIGSEGV handler is installed before record() runs.
+int main(int argc, char** argv) {
+  if (argc > 2 && std::strcmp(argv[1], "previous_handler") == 0) {
+    ::signal(SIGSEGV, &crash_worker::previous_segv_handler);
+    return elastic::errors::detail::run_recorded_main("worker_main", worker_main, argc - 1, argv + 1);
+  }
+  return elastic::errors::detail::run_recorded_main("worker_main", worker_main, argc, argv);
+}

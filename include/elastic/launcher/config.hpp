@@ -1,0 +1,167 @@
+// What a launch needs to know, and the parsing of torchrun's values for it.
+#pragma once
+
+#include <elastic/multiprocessing/logs_specs.hpp>
+
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <dirent.h>
+#include <map>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <unistd.h>
+
+namespace elastic::launcher {
+
+// A command line that cannot be run: the tool prints it and exits 2, starting nothing.
+class UsageError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+// A valid request this launcher does not implement yet (elastic node counts,
+// dynamic rendezvous backends).
+class NotSupportedError : public UsageError {
+ public:
+  explicit NotSupportedError(const std::string& what) : UsageError(what + ": not supported yet") {}
+};
+
+struct LaunchConfig {
+  int min_nodes = 1;
+  int max_nodes = 1;
+  int nproc_per_node = 1;
+  std::string run_id = "none";
+  std::string role = "default";
+  std::string rdzv_endpoint;  // host:port; empty: master_addr:master_port
+  std::string rdzv_backend = "static";
+  std::map<std::string, std::string> rdzv_configs;
+  int node_rank = 0;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+  int max_restarts = 0;
+  double monitor_interval = 0.1;  // accepted for compatibility: monitoring is event-driven
+  std::string start_method = "spawn";
+  std::shared_ptr<multiprocessing::LogsSpecs> logs_specs;  // null: DefaultLogsSpecs()
+  std::optional<std::string> log_line_prefix_template;
+  bool virtual_local_rank = false;
+  // How long workers get between SIGTERM and SIGKILL.
+  std::chrono::milliseconds term_timeout{std::chrono::seconds(30)};
+  // Signals forwarded to the workers; the launch then ends with SignalException.
+  std::vector<int> signals_to_handle{SIGTERM, SIGINT, SIGHUP, SIGQUIT};
+  // For a launcher process of its own: become a subreaper and kill any
+  // descendant left over at the end. Off for library use inside a bigger program.
+  bool own_process_tree = false;
+};
+
+inline bool all_digits(const std::string& text) {
+  return !text.empty() && text.size() <= 9 && text.find_first_not_of("0123456789") == std::string::npos;
+}
+
+// "1" -> (1, 1); "2:20" -> (2, 20); anything else is a usage error.
+inline std::pair<int, int> parse_min_max_nnodes(const std::string& nnodes) {
+  auto colon = nnodes.find(':');
+  std::pair<int, int> result;
+  if (colon == std::string::npos) {
+    if (!all_digits(nnodes)) throw UsageError("nnodes=" + nnodes + " is not a positive integer or in \"MIN:MAX\" format");
+    result = {std::stoi(nnodes), std::stoi(nnodes)};
+  } else {
+    std::string min = nnodes.substr(0, colon), max = nnodes.substr(colon + 1);
+    if (!all_digits(min) || !all_digits(max)) throw UsageError("nnodes=" + nnodes + " is not in \"MIN:MAX\" format");
+    result = {std::stoi(min), std::stoi(max)};
+  }
+  if (result.first <= 0 || result.first > result.second)
+    throw UsageError("nnodes=" + nnodes + ": need 0 < MIN <= MAX");
+  return result;
+}
+
+namespace detail {
+
+// NVIDIA device nodes /dev/nvidia0, /dev/nvidia1, ... (not nvidiactl, nvidia-uvm).
+inline int nvidia_device_nodes(const std::string& dev_dir = "/dev") {
+  int count = 0;
+  if (DIR* dir = ::opendir(dev_dir.c_str())) {
+    while (dirent* entry = ::readdir(dir)) {
+      std::string name = entry->d_name;
+      if (name.rfind("nvidia", 0) == 0 && all_digits(name.substr(6))) ++count;
+    }
+    ::closedir(dir);
+  }
+  return count;
+}
+
+}  // namespace detail
+
+// GPUs this process may use: the device nodes, narrowed by CUDA_VISIBLE_DEVICES
+// as CUDA reads it (entries up to the first invalid one).
+inline int gpu_count() {
+  const int devices = detail::nvidia_device_nodes();
+  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
+  if (visible == nullptr) return devices;
+  int count = 0;
+  std::string list = visible;
+  std::size_t start = 0;
+  while (start < list.size()) {
+    std::size_t comma = list.find(',', start);
+    std::string item = list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    while (!item.empty() && item.front() == ' ') item.erase(0, 1);
+    while (!item.empty() && item.back() == ' ') item.pop_back();
+    bool valid = item.rfind("GPU-", 0) == 0 || item.rfind("MIG-", 0) == 0 ||
+                 (all_digits(item) && std::stoi(item) < devices);
+    if (!valid) break;
+    ++count;
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return std::min(count, devices);
+}
+
+inline int cpu_count() {
+  long n = ::sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? static_cast<int>(n) : 1;
+}
+
+// int, "auto" (GPUs if any, else CPUs), "cpu", "gpu" (error without one), "xpu".
+inline int determine_local_world_size(const std::string& nproc_per_node) {
+  if (all_digits(nproc_per_node)) {
+    int n = std::stoi(nproc_per_node);
+    if (n <= 0) throw UsageError("Unsupported nproc_per_node value: " + nproc_per_node);
+    return n;
+  }
+  if (nproc_per_node == "cpu") return cpu_count();
+  if (nproc_per_node == "gpu") {
+    int n = gpu_count();
+    if (n == 0) throw UsageError("nproc_per_node=gpu: Cuda is not available.");
+    return n;
+  }
+  if (nproc_per_node == "xpu") throw UsageError("nproc_per_node=xpu: no XPU device is available");
+  if (nproc_per_node == "auto") {
+    int n = gpu_count();
+    return n > 0 ? n : cpu_count();
+  }
+  throw UsageError("Unsupported nproc_per_node value: " + nproc_per_node);
+}
+
+// "k1=v1,k2=v2" -> map.
+inline std::map<std::string, std::string> parse_rendezvous_config(const std::string& text) {
+  std::map<std::string, std::string> result;
+  std::size_t start = 0;
+  while (start < text.size()) {
+    std::size_t comma = text.find(',', start);
+    std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    std::size_t eq = item.find('=');
+    if (eq == std::string::npos || eq == 0)
+      throw UsageError("--rdzv-conf: '" + item + "' is not of the form key=value");
+    result[item.substr(0, eq)] = item.substr(eq + 1);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return result;
+}
+
+}  // namespace elastic::launcher

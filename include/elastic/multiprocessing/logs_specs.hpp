@@ -1,0 +1,150 @@
+// Where the logs and error files of a group of workers go. A LogsSpecs turns the
+// environments of one attempt's workers into a LogsDest; DefaultLogsSpecs gives
+// TorchElastic's layout:
+//   <log_dir>/<run_id>_<random>/attempt_<restart_count>/<local_rank>/{stdout.log,stderr.log,error.json}
+// Users can plug in their own by deriving from LogsSpecs.
+#pragma once
+
+#include <elastic/log.hpp>
+#include <elastic/multiprocessing/std.hpp>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace elastic::multiprocessing {
+
+using Env = std::map<std::string, std::string>;
+
+struct LogsDest {
+  // Per local rank; an empty path means "not written to a file".
+  std::map<int, std::string> stdouts;
+  std::map<int, std::string> stderrs;
+  // Per local rank; non-empty when that stream is also shown on the console (tee).
+  std::map<int, std::string> tee_stdouts;
+  std::map<int, std::string> tee_stderrs;
+  std::map<int, std::string> error_files;
+};
+
+class LogsSpecs {
+ public:
+  LogsSpecs(std::optional<std::string> log_dir = std::nullopt, StdSpec redirects = Std::NONE, StdSpec tee = Std::NONE,
+            std::optional<std::set<int>> local_ranks_filter = std::nullopt)
+      : log_dir_(std::move(log_dir)),
+        redirects_(std::move(redirects)),
+        tee_(std::move(tee)),
+        local_ranks_filter_(std::move(local_ranks_filter)) {}
+  virtual ~LogsSpecs() = default;
+
+  // Called once per attempt with each local rank's environment (it holds
+  // TORCHELASTIC_RUN_ID and TORCHELASTIC_RESTART_COUNT). Creates what it needs.
+  virtual LogsDest reify(const std::map<int, Env>& envs) = 0;
+  // The base directory every log of this job is under.
+  virtual std::string root_log_dir() = 0;
+
+  const StdSpec& redirects() const { return redirects_; }
+  const StdSpec& tee() const { return tee_; }
+  const std::optional<std::set<int>>& local_ranks_filter() const { return local_ranks_filter_; }
+
+ protected:
+  std::optional<std::string> log_dir_;
+  StdSpec redirects_;
+  StdSpec tee_;
+  std::optional<std::set<int>> local_ranks_filter_;
+};
+
+namespace detail {
+
+// mkdir with mode 0700: logs can hold secrets, and error files are trusted input.
+inline void make_private_dir(const std::string& path) {
+  if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST)
+    throw std::system_error(errno, std::generic_category(), "cannot create log directory " + path);
+}
+
+inline std::string make_temp_dir(const std::string& parent, const std::string& prefix) {
+  std::string pattern = parent + "/" + prefix + "XXXXXX";
+  if (::mkdtemp(pattern.data()) == nullptr)
+    throw std::system_error(errno, std::generic_category(), "cannot create a directory in " + parent);
+  return pattern;  // mkdtemp makes it 0700
+}
+
+inline std::string env_or(const Env& env, const std::string& name, const std::string& fallback) {
+  auto found = env.find(name);
+  return found == env.end() ? fallback : found->second;
+}
+
+}  // namespace detail
+
+class DefaultLogsSpecs : public LogsSpecs {
+ public:
+  using LogsSpecs::LogsSpecs;
+
+  std::string root_log_dir() override {
+    if (!root_) {
+      if (log_dir_ && !log_dir_->empty()) {
+        std::error_code ec;
+        std::filesystem::create_directories(*log_dir_, ec);
+        if (ec) throw std::system_error(ec, "cannot create log directory " + *log_dir_);
+        root_ = *log_dir_;
+      } else {
+        root_ = detail::make_temp_dir(std::filesystem::temp_directory_path().string(), "torchelastic_");
+        log::warning("log directory not set; logs go to {}", *root_);
+      }
+    }
+    return *root_;
+  }
+
+  // The per-job directory, made on the first attempt.
+  const std::optional<std::string>& run_log_dir() const { return run_dir_; }
+
+  LogsDest reify(const std::map<int, Env>& envs) override {
+    LogsDest dest;
+    if (envs.empty()) return dest;
+    const Env& any = envs.begin()->second;
+    if (!run_dir_)
+      run_dir_ = detail::make_temp_dir(root_log_dir(), detail::env_or(any, "TORCHELASTIC_RUN_ID", "none") + "_");
+    const std::string attempt =
+        *run_dir_ + "/attempt_" + detail::env_or(any, "TORCHELASTIC_RESTART_COUNT", "0");
+    // A restart reuses the attempt number only if told to; start it clean either way.
+    std::error_code ec;
+    std::filesystem::remove_all(attempt, ec);
+    detail::make_private_dir(attempt);
+
+    const int nprocs = static_cast<int>(envs.rbegin()->first) + 1;
+    auto redirects = to_map(redirects_, nprocs);
+    auto tees = to_map(tee_, nprocs);
+    for (const auto& [local_rank, env] : envs) {
+      (void)env;
+      const std::string dir = attempt + "/" + std::to_string(local_rank);
+      detail::make_private_dir(dir);
+      const Std redirect = redirects[local_rank];
+      const Std tee = tees[local_rank];
+      const bool shown = !local_ranks_filter_ || local_ranks_filter_->count(local_rank) > 0;
+      // A teed stream is written to its file too; the console gets it only when shown.
+      const bool out_file = has_out(redirect) || has_out(tee);
+      const bool err_file = has_err(redirect) || has_err(tee);
+      dest.stdouts[local_rank] = out_file ? dir + "/stdout.log" : "";
+      dest.stderrs[local_rank] = err_file ? dir + "/stderr.log" : "";
+      dest.tee_stdouts[local_rank] = has_out(tee) && shown ? dest.stdouts[local_rank] : "";
+      dest.tee_stderrs[local_rank] = has_err(tee) && shown ? dest.stderrs[local_rank] : "";
+      dest.error_files[local_rank] = dir + "/error.json";
+    }
+    return dest;
+  }
+
+ private:
+  std::optional<std::string> root_;
+  std::optional<std::string> run_dir_;
+};
+
+}  // namespace elastic::multiprocessing

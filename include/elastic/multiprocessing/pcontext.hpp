@@ -1,0 +1,420 @@
+// start_processes: N copies of a command, each with its own environment, error
+// file and log destinations, watched through pidfds in one epoll set. A failure
+// is seen the moment it happens (no polling); the other workers are then stopped
+// (SIGTERM to their process groups, SIGKILL after a grace period).
+#pragma once
+
+#include <elastic/errors/process_failure.hpp>
+#include <elastic/errors/signals.hpp>
+#include <elastic/log.hpp>
+#include <elastic/multiprocessing/logs_specs.hpp>
+#include <elastic/multiprocessing/spawn.hpp>
+#include <elastic/multiprocessing/tee.hpp>
+#include <elastic/multiprocessing/watchdog.hpp>
+
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace elastic::multiprocessing {
+
+struct RunProcsResult {
+  std::map<int, int> return_values;               // local rank -> exit code (0), when all succeeded
+  std::map<int, ProcessFailure> failures;          // local rank -> failure
+  std::map<int, std::string> stdouts;              // local rank -> stdout.log path ("" if none)
+  std::map<int, std::string> stderrs;
+  bool is_failed() const { return !failures.empty(); }
+};
+
+struct PContextOptions {
+  // Start a watchdog that kills the workers' process groups if this process dies.
+  bool watchdog = true;
+  // Console fds for teed output.
+  int console_stdout = STDOUT_FILENO;
+  int console_stderr = STDERR_FILENO;
+};
+
+class PContext {
+ public:
+  using Clock = std::chrono::steady_clock;
+  static constexpr std::chrono::milliseconds forever{-1};
+
+  // `args[r]`: the arguments after `entrypoint` for local rank r; `envs[r]`: its
+  // complete environment (TORCHELASTIC_ERROR_FILE is added from the logs spec).
+  PContext(std::string name, std::string entrypoint, std::map<int, std::vector<std::string>> args,
+           std::map<int, Env> envs, LogsSpecs& logs_specs, std::map<int, std::string> log_line_prefixes = {},
+           PContextOptions options = {})
+      : name_(std::move(name)),
+        entrypoint_(std::move(entrypoint)),
+        args_(std::move(args)),
+        envs_(std::move(envs)),
+        logs_specs_(logs_specs),
+        prefixes_(std::move(log_line_prefixes)),
+        options_(options) {
+    epoll_ = detail::Fd(::epoll_create1(EPOLL_CLOEXEC));
+    if (!epoll_) throw std::system_error(errno, std::generic_category(), "epoll_create1");
+  }
+  PContext(const PContext&) = delete;
+  PContext& operator=(const PContext&) = delete;
+  ~PContext() {
+    try {
+      close(SIGKILL, std::chrono::milliseconds(0));
+    } catch (...) {
+    }
+  }
+
+  const std::string& name() const { return name_; }
+  const LogsDest& logs_dest() const { return dest_; }
+
+  void start() {
+    dest_ = logs_specs_.reify(envs_);
+    if (options_.watchdog) watchdog_.start();
+    for (const auto& [local_rank, env_in] : envs_) {
+      Env env = env_in;
+      env["TORCHELASTIC_ERROR_FILE"] = dest_.error_files[local_rank];
+      auto worker = std::make_unique<Worker>();
+      worker->local_rank = local_rank;
+      worker->error_file = dest_.error_files[local_rank];
+      std::vector<std::string> argv{entrypoint_};
+      auto a = args_.find(local_rank);
+      if (a != args_.end()) argv.insert(argv.end(), a->second.begin(), a->second.end());
+
+      SpawnOptions spawn;
+      detail::Fd out_child, err_child;
+      open_stream(*worker, worker->out, dest_.stdouts[local_rank], dest_.tee_stdouts[local_rank],
+                  options_.console_stdout, out_child);
+      open_stream(*worker, worker->err, dest_.stderrs[local_rank], dest_.tee_stderrs[local_rank],
+                  options_.console_stderr, err_child);
+      spawn.stdout_fd = out_child.get();
+      spawn.stderr_fd = err_child.get();
+      SpawnedProcess process = spawn_process(argv, env, spawn);
+      worker->pid = process.pid;
+      worker->pidfd = detail::Fd(process.pidfd);
+      worker->running = true;
+      if (options_.watchdog) watchdog_.add_group(process.pid);
+      add_to_epoll(worker->pidfd.get(), kind_pid, workers_.size());
+      if (worker->out.pipe) add_to_epoll(worker->out.pipe.get(), kind_out, workers_.size());
+      if (worker->err.pipe) add_to_epoll(worker->err.pipe.get(), kind_err, workers_.size());
+      log::debug("started local_rank {} (pid {}): {}", local_rank, process.pid, argv[0]);
+      workers_.push_back(std::move(worker));
+      ++running_;
+    }
+  }
+
+  std::map<int, pid_t> pids() const {
+    std::map<int, pid_t> result;
+    for (const auto& w : workers_) result[w->local_rank] = w->pid;
+    return result;
+  }
+
+  // An extra fd (e.g. a signalfd) that makes wait() return early when readable.
+  void watch_fd(int fd) {
+    watched_fd_ = fd;
+    add_to_epoll(fd, kind_watched, 0);
+  }
+  // True when the last wait() returned because the watched fd became readable.
+  bool watched_fd_ready() const { return watched_ready_; }
+
+  // Waits up to `timeout` (forever by default). Returns the result once every
+  // worker succeeded or one failed (the others are then stopped with SIGTERM and
+  // `grace`), std::nullopt on timeout or when the watched fd is readable.
+  std::optional<RunProcsResult> wait(std::chrono::milliseconds timeout = forever,
+                                     std::chrono::milliseconds grace = std::chrono::seconds(30)) {
+    watched_ready_ = false;
+    const auto deadline = Clock::now() + timeout;
+    for (;;) {
+      if (result_) return result_;
+      if (!failed_.empty()) {
+        stop_survivors(SIGTERM, grace);
+        return finish();
+      }
+      if (running_ == 0) return finish();
+      int wait_ms = -1;
+      if (timeout.count() >= 0) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+        if (left <= 0) return std::nullopt;
+        wait_ms = static_cast<int>(left);
+      }
+      if (poll_events(wait_ms)) {
+        watched_ready_ = true;
+        return std::nullopt;
+      }
+    }
+  }
+
+  // Stops every running worker: `sig` to its process group, SIGKILL after `grace`.
+  void close(int sig = SIGTERM, std::chrono::milliseconds grace = std::chrono::seconds(30)) {
+    if (closed_) return;
+    stop_survivors(sig, grace);
+    if (!result_) finish();
+    closed_ = true;
+  }
+
+ private:
+  enum : std::uint32_t { kind_pid = 1, kind_out = 2, kind_err = 3, kind_watched = 4 };
+
+  struct Stream {
+    detail::Fd pipe;  // read end, when teed
+    detail::Fd file;  // log file the launcher writes, when teed
+    LinePrefixer console;
+  };
+
+  struct Worker {
+    int local_rank = 0;
+    pid_t pid = -1;
+    detail::Fd pidfd;
+    bool running = false;
+    bool terminated = false;  // we stopped it: not a failure
+    int exitcode = 0;
+    std::string error_file;
+    Stream out, err;
+  };
+
+  static detail::Fd open_log_file(const std::string& path) {
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot open log file " + path);
+    return detail::Fd(fd);
+  }
+
+  // Redirect only: the worker writes its file itself. Tee: a pipe the launcher
+  // copies to the file and, line by line, to the console.
+  void open_stream(const Worker& worker, Stream& stream, const std::string& file, const std::string& tee,
+                   int console_fd, detail::Fd& child_end) {
+    if (file.empty()) return;
+    if (tee.empty()) {
+      child_end = open_log_file(file);
+      return;
+    }
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::system_error(errno, std::generic_category(), "pipe2");
+    stream.pipe = detail::Fd(fds[0]);
+    child_end = detail::Fd(fds[1]);
+    ::fcntl(fds[0], F_SETFL, O_NONBLOCK);
+    stream.file = open_log_file(file);
+    auto prefix = prefixes_.find(worker.local_rank);
+    stream.console = LinePrefixer(console_fd, prefix == prefixes_.end() ? std::string() : prefix->second);
+  }
+
+  void add_to_epoll(int fd, std::uint32_t kind, std::size_t index) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = (static_cast<std::uint64_t>(kind) << 32) | index;
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0)
+      throw std::system_error(errno, std::generic_category(), "epoll_ctl");
+  }
+
+  // Handles one batch of events; true when the watched fd is readable.
+  bool poll_events(int wait_ms, bool include_watched = true) {
+    epoll_event events[64];
+    int n = ::epoll_wait(epoll_.get(), events, 64, wait_ms);
+    if (n < 0) {
+      if (errno == EINTR) return false;
+      throw std::system_error(errno, std::generic_category(), "epoll_wait");
+    }
+    bool watched = false;
+    // Output first, so a worker's last lines are shown before its exit is handled.
+    for (int i = 0; i < n; ++i) {
+      auto kind = static_cast<std::uint32_t>(events[i].data.u64 >> 32);
+      auto index = static_cast<std::size_t>(events[i].data.u64 & 0xffffffffu);
+      if (kind == kind_out) pump(workers_[index]->out, false);
+      if (kind == kind_err) pump(workers_[index]->err, false);
+    }
+    for (int i = 0; i < n; ++i) {
+      auto kind = static_cast<std::uint32_t>(events[i].data.u64 >> 32);
+      auto index = static_cast<std::size_t>(events[i].data.u64 & 0xffffffffu);
+      if (kind == kind_pid) on_exit(*workers_[index]);
+      if (kind == kind_watched) watched = include_watched;
+    }
+    return watched;
+  }
+
+  // Copies what is readable now; `to_end` drains until EOF or nothing is left.
+  void pump(Stream& stream, bool to_end) {
+    if (!stream.pipe) return;
+    char buffer[65536];
+    for (int round = 0; to_end || round < 4; ++round) {
+      ssize_t got = ::read(stream.pipe.get(), buffer, sizeof(buffer));
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) {
+        if (got == 0 || errno != EAGAIN) close_stream(stream);
+        return;
+      }
+      if (stream.file) detail::write_all(stream.file.get(), buffer, static_cast<std::size_t>(got));
+      stream.console.feed(std::string_view(buffer, static_cast<std::size_t>(got)));
+    }
+  }
+
+  void close_stream(Stream& stream) {
+    if (!stream.pipe) return;
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, stream.pipe.get(), nullptr);
+    stream.pipe.reset();
+    stream.console.flush();
+    stream.file.reset();
+  }
+
+  void on_exit(Worker& worker) {
+    if (!worker.running) return;
+    siginfo_t info{};
+    // WNOWAIT: the exited worker stays a zombie until the end, so its pid (and
+    // process group id) cannot be reused while we may still signal the group.
+    if (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(worker.pidfd.get()), &info,
+                 WEXITED | WNOHANG | WNOWAIT) != 0 ||
+        info.si_pid == 0)
+      return;
+    worker.exitcode = info.si_code == CLD_EXITED ? info.si_status : -info.si_status;
+    worker.running = false;
+    --running_;
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, worker.pidfd.get(), nullptr);
+    // Everything the worker wrote before exiting is in the pipes now; its own
+    // children may hold them open, so do not wait for EOF.
+    drain(worker.out);
+    drain(worker.err);
+    if (worker.exitcode != 0 && (!worker.terminated || failed_on_its_own(worker))) {
+      failed_.push_back(worker.local_rank);
+      log::error("failed (exitcode: {}) local_rank: {} (pid: {}) of binary: {}", worker.exitcode, worker.local_rank,
+                 worker.pid, entrypoint_);
+    }
+  }
+
+  // A worker we were stopping is not a failure because it ended; it is one when
+  // it failed by itself meanwhile: killed by a signal we did not send (a crash),
+  // or a non-zero exit with an error file it wrote (an exception it recorded).
+  bool failed_on_its_own(const Worker& worker) const {
+    if (worker.exitcode < 0) return -worker.exitcode != stop_signal_ && -worker.exitcode != SIGKILL;
+    struct stat st {};
+    return ::stat(worker.error_file.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0;
+  }
+
+  void drain(Stream& stream) {
+    if (!stream.pipe) return;
+    pump(stream, true);
+    close_stream(stream);
+  }
+
+  void signal_group(Worker& worker, int sig) {
+    // The worker is its group's leader and still at least a zombie, so the
+    // group id cannot have been reused.
+    ::kill(-worker.pid, sig);
+  }
+
+  void stop_survivors(int sig, std::chrono::milliseconds grace) {
+    if (workers_.empty()) return;
+    stopping_ = true;
+    stop_signal_ = sig;
+    if (watched_fd_ >= 0) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, watched_fd_, nullptr);
+    for (auto& w : workers_) {
+      if (!w->running) continue;
+      w->terminated = true;
+      log::warning("Sending process {} closing signal {}", w->pid, signal_name(sig));
+      signal_group(*w, sig);
+    }
+    const auto deadline = Clock::now() + grace;
+    while (running_ > 0) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      if (left <= 0) break;
+      poll_events(static_cast<int>(left), false);
+    }
+    if (running_ > 0) {
+      for (auto& w : workers_) {
+        if (!w->running) continue;
+        log::warning("Unable to shutdown process {} via {}, forcefully exiting via SIGKILL", w->pid,
+                     signal_name(sig));
+        signal_group(*w, SIGKILL);
+      }
+      // SIGKILL is final, but a process stuck in the kernel can take a while: bounded wait.
+      const auto kill_deadline = Clock::now() + std::chrono::seconds(10);
+      while (running_ > 0) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(kill_deadline - Clock::now()).count();
+        if (left <= 0) {
+          log::error("{} worker(s) did not exit after SIGKILL; giving up on them", running_);
+          break;
+        }
+        poll_events(static_cast<int>(left), false);
+      }
+    }
+    if (watched_fd_ >= 0) add_to_epoll(watched_fd_, kind_watched, 0);
+  }
+
+  // Kills what is left of every group, reaps the workers, builds the result.
+  RunProcsResult finish() {
+    RunProcsResult result;
+    for (auto& w : workers_) {
+      signal_group(*w, SIGKILL);  // grandchildren left behind by an exited worker
+      drain(w->out);
+      drain(w->err);
+      if (!w->running) {
+        siginfo_t info{};
+        while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(w->pidfd.get()), &info, WEXITED) != 0 &&
+               errno == EINTR) {
+        }
+      }
+      if (options_.watchdog) watchdog_.remove_group(w->pid);
+      w->pidfd.reset();
+      result.stdouts[w->local_rank] = dest_.stdouts[w->local_rank];
+      result.stderrs[w->local_rank] = dest_.stderrs[w->local_rank];
+    }
+    if (!failed_.empty()) {
+      for (int local_rank : failed_) {
+        const Worker& w = worker_by_rank(local_rank);
+        result.failures.emplace(local_rank,
+                                ProcessFailure::read_or_describe(local_rank, w.pid, w.exitcode, w.error_file));
+      }
+    } else {
+      for (auto& w : workers_) result.return_values[w->local_rank] = w->exitcode;
+    }
+    watchdog_.stop();
+    result_ = result;
+    return result;
+  }
+
+  const Worker& worker_by_rank(int local_rank) const {
+    for (const auto& w : workers_)
+      if (w->local_rank == local_rank) return *w;
+    throw std::out_of_range("no worker with local rank " + std::to_string(local_rank));
+  }
+
+  std::string name_;
+  std::string entrypoint_;
+  std::map<int, std::vector<std::string>> args_;
+  std::map<int, Env> envs_;
+  LogsSpecs& logs_specs_;
+  std::map<int, std::string> prefixes_;
+  PContextOptions options_;
+  LogsDest dest_;
+  detail::Fd epoll_;
+  Watchdog watchdog_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::vector<int> failed_;
+  int running_ = 0;
+  int watched_fd_ = -1;
+  bool watched_ready_ = false;
+  bool stopping_ = false;
+  int stop_signal_ = SIGTERM;
+  bool closed_ = false;
+  std::optional<RunProcsResult> result_;
+};
+
+// PyTorch's start_processes: starts the workers and returns their context.
+inline std::unique_ptr<PContext> start_processes(std::string name, std::string entrypoint,
+                                                 std::map<int, std::vector<std::string>> args,
+                                                 std::map<int, Env> envs, LogsSpecs& logs_specs,
+                                                 std::map<int, std::string> log_line_prefixes = {},
+                                                 PContextOptions options = {}) {
+  auto context = std::make_unique<PContext>(std::move(name), std::move(entrypoint), std::move(args), std::move(envs),
+                                            logs_specs, std::move(log_line_prefixes), options);
+  context->start();
+  return context;
+}
+
+}  // namespace elastic::multiprocessing

@@ -1,0 +1,90 @@
+// Tee of one worker stream: raw bytes to its log file, and whole lines, each
+// with the rank's prefix, to the console. Every console write() carries only
+// whole lines of one rank, so ranks never split or mix each other's lines; a
+// last line without a newline is completed at the end.
+#pragma once
+
+#include <cerrno>
+#include <string>
+#include <string_view>
+
+#include <unistd.h>
+
+namespace elastic::multiprocessing {
+
+namespace detail {
+// Writes everything, retrying short writes. False when the fd is unusable.
+inline bool write_all(int fd, const char* data, std::size_t size) {
+  while (size > 0) {
+    ssize_t n = ::write(fd, data, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    data += n;
+    size -= static_cast<std::size_t>(n);
+  }
+  return true;
+}
+}  // namespace detail
+
+class LinePrefixer {
+ public:
+  // A line longer than this is cut so a stream without newlines cannot grow memory.
+  static constexpr std::size_t max_line = 1u << 16;
+
+  LinePrefixer() = default;
+  LinePrefixer(int console_fd, std::string prefix) : fd_(console_fd), prefix_(std::move(prefix)) {}
+
+  bool enabled() const { return fd_ >= 0; }
+
+  void feed(std::string_view data) {
+    if (fd_ < 0 || data.empty()) return;
+    std::size_t last_newline = data.rfind('\n');
+    if (last_newline == std::string_view::npos) {
+      partial_.append(data);
+      if (partial_.size() >= max_line) flush();
+      return;
+    }
+    out_.clear();
+    std::string_view whole = data.substr(0, last_newline + 1);
+    std::size_t start = 0;
+    while (start < whole.size()) {
+      std::size_t end = whole.find('\n', start);
+      if (out_.empty() && !partial_.empty()) {
+        out_ += prefix_;
+        out_ += partial_;
+        partial_.clear();
+      } else {
+        out_ += prefix_;
+      }
+      out_.append(whole.substr(start, end + 1 - start));
+      start = end + 1;
+    }
+    partial_.assign(data.substr(last_newline + 1));
+    emit();
+    if (partial_.size() >= max_line) flush();
+  }
+
+  // Shows a pending partial line, completed with a newline.
+  void flush() {
+    if (fd_ < 0 || partial_.empty()) return;
+    out_.clear();
+    out_ += prefix_;
+    out_ += partial_;
+    out_ += '\n';
+    partial_.clear();
+    emit();
+  }
+
+ private:
+  void emit() {
+    if (!detail::write_all(fd_, out_.data(), out_.size())) fd_ = -1;  // console gone: keep the file only
+    out_.clear();
+  }
+
+  int fd_ = -1;
+  std::string prefix_;
+  std::string partial_;
+  std::string out_;
+};
+
+}  // namespace elastic::multiprocessing

@@ -16,6 +16,7 @@ import os
 import platform
 import shlex
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RETRIES = []  # commands whose hyperfine round had to be run again
 
 
 # ---------------------------------------------------------------- statistics
@@ -89,11 +91,25 @@ def hyperfine(commands, runs, rounds, warmup=1, shell=False, ignore_failure=Fals
                 names.reverse()
             for name in names:
                 args += ["--command-name", name, commands[name]]
-            subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+            for attempt in range(3):
+                done = subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                if done.returncode == 0:
+                    break
+                # A shared machine: another job may hold a port or a file for a moment. Retried, and told.
+                log(f"  hyperfine failed (attempt {attempt + 1}): {done.stderr.strip().splitlines()[-1:]}")
+                RETRIES.append(" / ".join(commands.values()))
+            else:
+                raise RuntimeError(f"hyperfine failed 3 times: {done.stderr}")
             with open(export) as fp:
                 for result in json.load(fp)["results"]:
                     times[result["command"]].extend(result["times"])
     return times
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def gnu_time_maxrss(command, runs):
@@ -138,8 +154,11 @@ class Bench:
         self.python = os.environ.get("TORCH_PYTHON", "/usr/bin/python3")
         self.quick = args.quick
         self.table = Table()
-        self.tmp = tempfile.mkdtemp(prefix="elastic-bench-")
-        # torchrun leaves a log directory under $TMPDIR on every run: keep them in ours.
+        # Scratch space on tmpfs when there is one: every launcher run leaves a log
+        # directory under $TMPDIR (torchrun never removes its own), thousands in all.
+        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        self.tmp = tempfile.mkdtemp(prefix="elastic-bench-", dir=shm)
+        self.disk_tmp = tempfile.mkdtemp(prefix="elastic-bench-disk-", dir=os.environ.get("TMPDIR", "/tmp"))
         os.environ["TMPDIR"] = self.tmp
 
     def tool(self, name):
@@ -162,7 +181,10 @@ class Bench:
         return [self.launcher, "--nproc-per-node", str(nproc), "--no-python", *rest]
 
     def torchrun_cmd(self, nproc, *rest):
-        return [self.torchrun, "--nproc_per_node", str(nproc), "--no_python", "--monitor_interval", "0.1", *rest]
+        # torchrun hosts a TCP store on the master port: a free one, not 29500, so
+        # another torchrun on the machine cannot make it fail.
+        return [self.torchrun, "--nproc_per_node", str(nproc), "--no_python", "--monitor_interval", "0.1",
+                "--master_port", str(free_port()), *rest]
 
     # 1. launch and reap N workers of /bin/true
     def launch(self):
@@ -229,12 +251,11 @@ class Bench:
         # The log files (1 GB a run) go to tmpfs by default, so that the figure is
         # the launcher's and not the disk's; TEE_LOG_ROOT overrides it. A short
         # disk-backed run is reported beside it.
-        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else self.tmp
-        main_root = os.environ.get("TEE_LOG_ROOT", shm)
+        main_root = os.environ.get("TEE_LOG_ROOT", self.tmp)
         results = self.measure_tee(main_root, lines, width, self.reps(5, 2), self.reps(3, 1), with_torchrun=True)
         disk = None
-        if main_root != self.tmp:
-            disk = self.measure_tee(self.tmp, lines, width, self.reps(2, 1), 0, with_torchrun=False)
+        if main_root != self.disk_tmp:
+            disk = self.measure_tee(self.disk_tmp, lines, width, self.reps(2, 1), 0, with_torchrun=False)
 
         def describe(stats):
             walls = [s["wall_s"] for s in stats]
@@ -253,7 +274,7 @@ class Bench:
             summary_of[name] = describe(stats)
             self.table.details.append(f"tee {name}, logs on {main_root}: {summary_of[name][3]}")
         for name, stats in (disk or {}).items():
-            self.table.details.append(f"tee {name}, logs on disk ({self.tmp}): {describe(stats)[3]}")
+            self.table.details.append(f"tee {name}, logs on disk ({self.disk_tmp}): {describe(stats)[3]}")
         wall, cpu, ok, _ = summary_of["ours"]
         mbps = payload / wall / 1e6
         ours_text = f"{mbps:.0f} MB/s, {lines / wall / 1e6:.2f} M lines/s, launcher CPU {cpu:.2f} s"
@@ -331,7 +352,7 @@ class Bench:
         out = os.path.join(self.tmp, "gbench.json")
         subprocess.run([binary, f"--benchmark_repetitions={repetitions}", "--benchmark_out_format=json",
                         f"--benchmark_out={out}", *extra], check=True, stdout=subprocess.DEVNULL,
-                       env=dict(os.environ, **(env or {})))
+                       stderr=subprocess.DEVNULL, env=dict(os.environ, **(env or {})))
         with open(out) as fp:
             data = json.load(fp)
         result = {}
@@ -432,7 +453,11 @@ def main():
             getattr(bench, figure)()
     finally:
         shutil.rmtree(bench.tmp, ignore_errors=True)
+        shutil.rmtree(bench.disk_tmp, ignore_errors=True)
     load_after = os.getloadavg()
+    if RETRIES:
+        bench.table.notes.append(f"hyperfine rounds run again after a failed run: {len(RETRIES)} "
+                                 f"({'; '.join(sorted(set(RETRIES)))})")
     elapsed = datetime.datetime.now(datetime.timezone.utc) - started
 
     torch_version = subprocess.run([bench.python, "-c", "import torch; print(torch.__version__)"], capture_output=True,

@@ -207,7 +207,7 @@ class Bench:
             slow = hyperfine({
                 "ours": shlex.join(self.elastic_run(n, "/bin/true")),
                 "torchrun": shlex.join(self.torchrun_cmd(n, "/bin/true")),
-            }, runs=self.reps(3, 1), rounds=self.reps(3, 1), warmup=1)
+            }, runs=self.reps(2, 1), rounds=self.reps(3, 1), warmup=1)
             ours, ref = statistics.median(slow["ours"]), statistics.median(slow["torchrun"])
             self.table.details.append(f"launch N={n}: torchrun {fmt_spread(slow['torchrun'])}; ours in the same rounds {fmt_spread(slow['ours'])}")
             self.table.add(f"launch N={n}, vs torchrun", fmt_time(ours), f"torchrun {fmt_time(ref)}",
@@ -395,10 +395,11 @@ class Bench:
                                       "64", "1", "--summary"], capture_output=True, check=True).stdout
         if ours_summary != ref_summary:
             self.table.notes.append("read: our summary for 64 files differs from PyTorch's.")
-        bench = self.google_benchmark(self.tool("read_failures_bench"), self.reps(10, 3), env=env)
+        bench = self.google_benchmark(self.tool("read_failures_bench"), self.reps(5, 3), env=env,
+                                      extra=["--benchmark_min_time=0.2"])
         for n in (1, 64, 10000):
             ours = [t * 1e-6 for t in bench[f"BM_read_failures/{n}"]]
-            reps = {1: 200, 64: 30, 10000: 5}[n] if not self.quick else 3
+            reps = {1: 200, 64: 30, 10000: 3}[n] if not self.quick else 3
             result = subprocess.run([self.python, os.path.join(ROOT, "bench", "python", "read_failures.py"), error_dir,
                                      str(n), str(reps)], capture_output=True, text=True, check=True)
             ref = json.loads(result.stdout)["times_s"]
@@ -450,7 +451,9 @@ def main():
     load_before = os.getloadavg()
     try:
         for figure in args.only.split(","):
+            figure_start = time.monotonic()
             getattr(bench, figure)()
+            log(f"  ({figure}: {time.monotonic() - figure_start:.0f} s)")
     finally:
         shutil.rmtree(bench.tmp, ignore_errors=True)
         shutil.rmtree(bench.disk_tmp, ignore_errors=True)

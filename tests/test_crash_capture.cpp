@@ -75,7 +75,9 @@ TEST_CASE("each fatal signal leaves an error file naming the crashing function")
       {"ill", SIGILL, "illegal_instruction_on_purpose", "Fatal signal 4 (SIGILL)"},
       {"trap", SIGTRAP, "trap_here_on_purpose", "Fatal signal 5 (SIGTRAP)"},
       {"bus", SIGBUS, "bus_error_on_purpose", "Fatal signal 7 (SIGBUS) at address 0x"},
+      {"segv_internal", SIGSEGV, "crash_in_internal_function_on_purpose", "Fatal signal 11 (SIGSEGV) at address 0x0"},
       {"stack_overflow", SIGSEGV, "recurse_without_end_on_purpose", "Fatal signal 11 (SIGSEGV) at address 0x"},
+      {"thread_stack_overflow", SIGSEGV, "recurse_without_end_on_purpose", "Fatal signal 11 (SIGSEGV) at address 0x"},
   };
   for (const SignalCase& c : cases) {
     DYNAMIC_SECTION(c.mode) {
@@ -100,6 +102,8 @@ TEST_CASE("each fatal signal leaves an error file naming the crashing function")
       if (c.signo != SIGABRT) CHECK(first_frame(callstack).find(c.function) != std::string::npos);
       CHECK(callstack.find("crash_signal_handler") == std::string::npos);
       CHECK(other_files(dir, "error.json").empty());
+      CHECK((first_line(callstack).find(": stack overflow") != std::string::npos) ==
+            (std::string(c.mode).find("stack_overflow") != std::string::npos));
     }
   }
 }
@@ -222,7 +226,8 @@ TEST_CASE("a SIGSEGV handler installed before initialize still runs after the re
   const std::string file = dir.file("error.json");
   RunResult result = run_worker({"previous_handler", "segv"}, file);
   CHECK(result.exitcode == -SIGSEGV);
-  CHECK(result.err.find("previous SIGSEGV handler ran") != std::string::npos);
+  // It sees the original fault, not a signal sent by the handler.
+  CHECK(result.err.find("previous SIGSEGV handler ran (SEGV_MAPERR)") != std::string::npos);
   elastic::ProcessFailure failure(0, result.pid, result.exitcode, file);
   CHECK(callstack_of(failure).find("crash_here_on_purpose") != std::string::npos);
 }
@@ -302,7 +307,9 @@ TEST_CASE("torchrun's summary of a crashed worker shows where it died") {
   RunOptions options;
   options.unset_env = {"TORCHELASTIC_ERROR_FILE", "ELASTIC_CRASH_SIGNALS", "ELASTIC_THROW_TRACES"};
   options.timeout = std::chrono::milliseconds(100000);
-  RunResult result = elastic::testing::run({torchrun, "--nproc_per_node=1", "--no_python", "--max_restarts=0",
+  // --standalone: a free port of its own, so concurrent runs never collide on 29500.
+  RunResult result = elastic::testing::run({torchrun, "--standalone", "--nproc_per_node=1", "--no_python",
+                                            "--max_restarts=0",
                                             "--log_dir=" + dir.path().string(), crash_worker, "segv"},
                                            options);
   INFO(result.out << result.err);
@@ -313,6 +320,26 @@ TEST_CASE("torchrun's summary of a crashed worker shows where it died") {
   CHECK(result.err.find("traceback : Fatal signal 11 (SIGSEGV) at address 0x0 (SEGV_MAPERR)") != std::string::npos);
   CHECK(result.err.find("crash_here_on_purpose") != std::string::npos);
 }
+
+#ifdef ELASTIC_TEST_ELASTIC_RUN
+TEST_CASE("elastic-run's summary of a crashed worker shows where it died") {
+  TempDir dir;
+  RunOptions options;
+  options.unset_env = {"TORCHELASTIC_ERROR_FILE", "ELASTIC_CRASH_SIGNALS", "ELASTIC_THROW_TRACES"};
+  RunResult result = elastic::testing::run({ELASTIC_TEST_ELASTIC_RUN, "--standalone", "--nproc_per_node=1",
+                                            "--no_python", "--max_restarts=0", "--log_dir=" + dir.path().string(),
+                                            crash_worker, "segv"},
+                                           options);
+  const std::string output = result.out + result.err;
+  INFO(output);
+  REQUIRE_FALSE(result.timed_out);
+  CHECK(result.exitcode != 0);
+  CHECK(output.find("Root Cause (first observed failure):") != std::string::npos);
+  CHECK(output.find("exitcode  : -11") != std::string::npos);
+  CHECK(output.find("traceback : Fatal signal 11 (SIGSEGV) at address 0x0 (SEGV_MAPERR)") != std::string::npos);
+  CHECK(output.find("crash_here_on_purpose") != std::string::npos);
+}
+#endif
 
 TEST_CASE("signal-safe JSON strings match Python's json.dumps") {
   const std::string samples[] = {

@@ -76,6 +76,18 @@ WORKER_NOINLINE int recurse_without_end_on_purpose(int depth) {
   return recurse_without_end_on_purpose(depth + 1) + frame_filler[(depth + 1) % 256];
 }
 
+}  // namespace crash_worker
+
+namespace {
+// Internal linkage: not in the dynamic symbol table even with -rdynamic, so only
+// a symbolizer that reads the ELF .symtab can name it.
+__attribute__((noinline)) void crash_in_internal_function_on_purpose() {
+  *crash_worker::null_pointer = 7;
+}
+}  // namespace
+
+namespace crash_worker {
+
 struct DistinctiveError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
@@ -118,9 +130,20 @@ void two_threads_crash() {
   second.join();
 }
 
-extern "C" void previous_segv_handler(int) {
-  static const char text[] = "previous SIGSEGV handler ran\n";
-  ssize_t ignored = ::write(STDERR_FILENO, text, sizeof(text) - 1);
+// Tells that it ran, and whether it saw the kernel's fault code, then lets the
+// fault happen again with the default action.
+// A thread of the user's own that registers itself, then overflows its stack.
+void thread_stack_overflow() {
+  std::thread([] {
+    elastic::register_crash_thread();
+    std::printf("%d\n", recurse_without_end_on_purpose(0));
+  }).join();
+}
+
+extern "C" void previous_segv_handler(int, siginfo_t* info, void*) {
+  const char* text = info->si_code == SEGV_MAPERR ? "previous SIGSEGV handler ran (SEGV_MAPERR)\n"
+                                                  : "previous SIGSEGV handler ran (other si_code)\n";
+  ssize_t ignored = ::write(STDERR_FILENO, text, std::strlen(text));
   (void)ignored;
   ::signal(SIGSEGV, SIG_DFL);
 }
@@ -131,12 +154,14 @@ int worker_main(int argc, char** argv) {
   using namespace crash_worker;
   const std::string mode = argc > 1 ? argv[1] : "";
   if (mode == "segv") crash_here_on_purpose();
+  else if (mode == "segv_internal") crash_in_internal_function_on_purpose();
   else if (mode == "abort") abort_here_on_purpose();
   else if (mode == "fpe") std::printf("%d\n", divide_by_zero_on_purpose(argc));
   else if (mode == "ill") illegal_instruction_on_purpose();
   else if (mode == "trap") trap_here_on_purpose();
   else if (mode == "bus") bus_error_on_purpose();
   else if (mode == "stack_overflow") std::printf("%d\n", recurse_without_end_on_purpose(0));
+  else if (mode == "thread_stack_overflow") thread_stack_overflow();
   else if (mode == "thread_exception") std::thread(&throw_from_thread_on_purpose).join();
   else if (mode == "noexcept") noexcept_violation_on_purpose();
   else if (mode == "throw") call_through(&throw_here_on_purpose);
@@ -153,7 +178,11 @@ int worker_main(int argc, char** argv) {
 // "previous_handler MODE": a SIGSEGV handler is installed before record() runs.
 int main(int argc, char** argv) {
   if (argc > 2 && std::strcmp(argv[1], "previous_handler") == 0) {
-    ::signal(SIGSEGV, &crash_worker::previous_segv_handler);
+    struct sigaction previous {};
+    previous.sa_sigaction = &crash_worker::previous_segv_handler;
+    previous.sa_flags = SA_SIGINFO;
+    sigemptyset(&previous.sa_mask);
+    ::sigaction(SIGSEGV, &previous, nullptr);
     return elastic::errors::detail::run_recorded_main("worker_main", worker_main, argc - 1, argv + 1);
   }
   return elastic::errors::detail::run_recorded_main("worker_main", worker_main, argc, argv);

@@ -159,7 +159,31 @@ inline bool signal_has_fault_address(int signo) {
 
 // "Fatal signal 11 (SIGSEGV) at address 0x0 (SEGV_MAPERR)". A signal sent by
 // another process names the sender instead.
-inline void append_signal_headline(FixedText& out, int signo, const siginfo_t* info) {
+// The stack pointer of the interrupted code, 0 where unknown.
+inline std::uintptr_t interrupted_stack_pointer(const void* context) {
+  if (context == nullptr) return 0;
+  const auto* uc = static_cast<const ucontext_t*>(context);
+#if defined(__x86_64__)
+  return static_cast<std::uintptr_t>(uc->uc_mcontext.gregs[REG_RSP]);
+#elif defined(__aarch64__)
+  return static_cast<std::uintptr_t>(uc->uc_mcontext.sp);
+#else
+  (void)uc;
+  return 0;
+#endif
+}
+
+// A SIGSEGV this close to the stack pointer is a write into the guard page below
+// the stack: the stack is exhausted.
+inline bool looks_like_stack_overflow(int signo, const siginfo_t* info, const void* context) {
+  const std::uintptr_t sp = interrupted_stack_pointer(context);
+  if (signo != SIGSEGV || info->si_code <= 0 || sp == 0) return false;
+  const auto address = reinterpret_cast<std::uintptr_t>(info->si_addr);
+  const std::uintptr_t distance = address > sp ? address - sp : sp - address;
+  return distance < 64 * 1024;
+}
+
+inline void append_signal_headline(FixedText& out, int signo, const siginfo_t* info, const void* context) {
   out.append("Fatal signal ").append_decimal(signo).append(" (").append(signal_name_cstr(signo)).append(')');
   if (info == nullptr) return;
   if (info->si_code > 0 && signal_has_fault_address(signo)) {
@@ -167,6 +191,7 @@ inline void append_signal_headline(FixedText& out, int signo, const siginfo_t* i
     if (info->si_code != SI_KERNEL)
       out.append(" at address ").append_hex(reinterpret_cast<std::uintptr_t>(info->si_addr));
     if (const char* code = fault_code_name(signo, info->si_code)) out.append(" (").append(code).append(')');
+    if (looks_like_stack_overflow(signo, info, context)) out.append(": stack overflow");
   } else if (info->si_code <= 0 && info->si_pid != ::getpid()) {
     out.append(" sent by PID ").append_decimal(info->si_pid);
   }
@@ -231,7 +256,7 @@ inline void write_signal_report(int signo, const siginfo_t* info, const void* co
   CrashState& state = crash_state();
   FixedText& stack_text = state.headline_and_frames;
   stack_text.clear();
-  append_signal_headline(stack_text, signo, info);
+  append_signal_headline(stack_text, signo, info, context);
   const std::size_t headline_size = stack_text.size();
 
   const std::size_t captured = capture_stack(state.frames, max_crash_frames + 1);
@@ -258,9 +283,10 @@ inline void write_signal_report(int signo, const siginfo_t* info, const void* co
   if (error != 0) {
     write_stderr("[elastic] ERROR: cannot write error file ");
     write_stderr(path);
-    write_stderr(": ");
-    write_stderr(std::strerror(error));  // glibc's strerror reads a static table for known values
-    write_stderr("\n");
+    // strerror is not async-signal-safe: the number is.
+    StaticText<32> number;
+    number.append(": errno ").append_decimal(error).append('\n');
+    write_stderr(number.c_str(), number.size());
   } else {
     write_stderr("[elastic] ERROR: error file written to ");
     write_stderr(path);
@@ -271,9 +297,17 @@ inline void write_signal_report(int signo, const siginfo_t* info, const void* co
 // Sends `signo` to this thread with `action` in place. The signal is blocked while
 // its handler runs, so it arrives as soon as the handler returns, in the
 // interrupted context: the default action then dumps core at the real fault.
-inline void reraise_with(int signo, const struct sigaction& action) {
+// With the original siginfo (allowed when a process signals itself) a previous
+// handler and the core dump see the real fault address and si_code.
+inline void reraise_with(int signo, const struct sigaction& action, const siginfo_t* info = nullptr) {
   ::sigaction(signo, &action, nullptr);
-  ::syscall(SYS_tgkill, static_cast<long>(::getpid()), current_thread_id(), static_cast<long>(signo));
+  const long pid = static_cast<long>(::getpid());
+  const long thread = current_thread_id();
+  if (info != nullptr) {
+    siginfo_t copy = *info;
+    if (::syscall(SYS_rt_tgsigqueueinfo, pid, thread, static_cast<long>(signo), &copy) == 0) return;
+  }
+  ::syscall(SYS_tgkill, pid, thread, static_cast<long>(signo));
 }
 
 inline void reraise_with_default(int signo) {
@@ -336,7 +370,7 @@ inline void crash_signal_handler(int signo, siginfo_t* info, void* context) {
   write_signal_report(signo, info, context, self);
   state.report_done.store(true);
   ::alarm(0);
-  reraise_with(signo, state.previous[signo]);
+  reraise_with(signo, state.previous[signo], info);
   errno = saved_errno;
 }
 

@@ -62,7 +62,10 @@ std::invoke_result_t<F&, Args...> invoke_recorded(F& fn, ErrorHandler& handler, 
   } catch (const ChildFailedError& error) {
     auto [rank, failure] = error.get_first_failure();
     if (failure.error_file != not_available) {
-      guarded("dump_error_file", [&] { handler.dump_error_file(failure.error_file, failure.exitcode); });
+      // Copied out of the structured binding: lambdas may capture those only from C++20.
+      const std::string child_file = failure.error_file;
+      const int child_exitcode = failure.exitcode;
+      guarded("dump_error_file", [&] { handler.dump_error_file(child_file, child_exitcode); });
     } else {
       log::info("local_rank {} FAILED with no error file. Wrap the worker's entry point in elastic::record "
                 "for a traceback.",

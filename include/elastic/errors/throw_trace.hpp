@@ -25,6 +25,7 @@
 #include <vector>
 
 #include <dlfcn.h>
+#include <sched.h>
 
 #ifndef ELASTIC_THROW_TRACES
 #define ELASTIC_THROW_TRACES 1
@@ -42,12 +43,13 @@ struct ThrowTrace {
 };
 
 // The most recent throws of the whole process (an exception_ptr may carry an
-// exception to another thread before it is reported). A spin lock rather than a
-// mutex: it can never throw, and it is held only for a copy.
+// exception to another thread before it is reported). A bounded spin lock rather
+// than a mutex: it never throws, and a lock left held (a fork at the wrong moment)
+// costs a missing trace, never a hang.
 class ThrowTraceTable {
  public:
   void record(const void* object, const StackFrame* frames, std::size_t count) {
-    lock();
+    if (!lock()) return;
     ThrowTrace& slot = slots_[next_++ % throw_trace_slots];
     slot.object = object;
     slot.count = count < throw_trace_depth ? count : throw_trace_depth;
@@ -58,8 +60,7 @@ class ThrowTraceTable {
   // The newest trace of `object`, empty when none was recorded (or it is too old).
   std::vector<StackFrame> find(const void* object) {
     std::vector<StackFrame> frames;
-    if (object == nullptr) return frames;
-    lock();
+    if (object == nullptr || !lock()) return frames;
     for (std::size_t age = 1; age <= throw_trace_slots && age <= next_; ++age) {
       const ThrowTrace& slot = slots_[(next_ - age) % throw_trace_slots];
       if (slot.object == object) {
@@ -72,9 +73,12 @@ class ThrowTraceTable {
   }
 
  private:
-  void lock() {
-    while (busy_.test_and_set(std::memory_order_acquire)) {
+  bool lock() {
+    for (int attempt = 0; attempt < 100000; ++attempt) {
+      if (!busy_.test_and_set(std::memory_order_acquire)) return true;
+      if (attempt > 100) ::sched_yield();
     }
+    return false;
   }
   void unlock() { busy_.clear(std::memory_order_release); }
 

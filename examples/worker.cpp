@@ -4,12 +4,11 @@
 //
 //   TORCHELASTIC_ERROR_FILE=/tmp/e.json RANK=1 ./worker --fail-rank 1
 //   elastic-run --nproc-per-node=4 ./worker --fail-rank 1 --crash-rank 2
-#include <elastic/errors.hpp>
-
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <elastic/errors.hpp>
 #include <stdexcept>
 #include <string>
 #include <thread>

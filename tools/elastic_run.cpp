@@ -1,17 +1,15 @@
 // elastic-run: torchrun's command line over elastic::launch. Every option takes
 // its dash or underscore spelling and a PET_<NAME> environment default.
-#include <elastic/errors.hpp>
-#include <elastic/launcher.hpp>
-
-#include <CLI/CLI.hpp>
-
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <csignal>
 #include <cstdio>
+#include <elastic/errors.hpp>
+#include <elastic/launcher.hpp>
 #include <fstream>
 #include <iostream>
 #include <set>
@@ -118,7 +116,8 @@ Command make_command(const Args& a, const std::string& script, const std::vector
   if (a.module && a.no_python)
     throw UsageError("Don't use both the '--no-python' flag and the '--module' flag at the same time.");
   Command command;
-  const bool is_python = a.module || a.run_path || (script.size() > 3 && script.compare(script.size() - 3, 3, ".py") == 0);
+  const bool is_python =
+      a.module || a.run_path || (script.size() > 3 && script.compare(script.size() - 3, 3, ".py") == 0);
   if (!a.no_python && is_python) {
     const char* python = std::getenv("PYTHON_EXEC");
     command.entrypoint = python != nullptr && *python ? python : "python3";
@@ -175,7 +174,8 @@ elastic::launcher::LaunchConfig make_config(Args& a) {
     std::stringstream ranks(a.local_ranks_filter);
     for (std::string item; std::getline(ranks, item, ',');) {
       if (!launcher::all_digits(item))
-        throw UsageError("--local-ranks-filter must be a comma-separated list of integers e.g. --local-ranks-filter=0,1,2");
+        throw UsageError(
+            "--local-ranks-filter must be a comma-separated list of integers e.g. --local-ranks-filter=0,1,2");
       filter->insert(std::stoi(item));
     }
   }
@@ -205,9 +205,10 @@ int main(int argc, char** argv) {
   std::signal(SIGPIPE, SIG_IGN);
 
   Args a;
-  CLI::App app{"Starts N copies of ENTRY as a TorchElastic job (torchrun-compatible).\n"
-               "Options come before ENTRY; everything after ENTRY is passed to the workers.",
-               "elastic-run"};
+  CLI::App app{
+      "Starts N copies of ENTRY as a TorchElastic job (torchrun-compatible).\n"
+      "Options come before ENTRY; everything after ENTRY is passed to the workers.",
+      "elastic-run"};
   app.prefix_command();
   app.get_formatter()->column_width(40);
   option(app, "nnodes", a.nnodes, "Number of nodes, or MIN:MAX (MIN:MAX is not supported yet)");
@@ -281,11 +282,12 @@ int main(int argc, char** argv) {
   }
 
   try {
-    auto run = elastic::record([&] { return elastic::launcher::launch(config, command.entrypoint, command.args, command.name); });
+    auto run = elastic::record(
+        [&] { return elastic::launcher::launch(config, command.entrypoint, command.args, command.name); });
     run();
     return 0;
   } catch (const elastic::ChildFailedError& e) {
-    std::string text = std::string("elastic.ChildFailedError: \n") + e.what() + "\n";
+    std::string text = std::string("elastic.ChildFailedError: ") + e.what() + "\n";
     elastic::multiprocessing::detail::write_all(STDERR_FILENO, text.data(), text.size());
     return 1;
   } catch (const elastic::launcher::SignalException& e) {

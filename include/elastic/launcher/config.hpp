@@ -1,12 +1,13 @@
 // What a launch needs to know, and the parsing of torchrun's values for it.
 #pragma once
 
-#include <elastic/multiprocessing/logs_specs.hpp>
+#include <dirent.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
-#include <dirent.h>
+#include <elastic/multiprocessing/logs_specs.hpp>
 #include <map>
 #include <memory>
 #include <optional>
@@ -14,8 +15,6 @@
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <unistd.h>
 
 namespace elastic::launcher {
 
@@ -68,15 +67,15 @@ inline std::pair<int, int> parse_min_max_nnodes(const std::string& nnodes) {
   auto colon = nnodes.find(':');
   std::pair<int, int> result;
   if (colon == std::string::npos) {
-    if (!all_digits(nnodes)) throw UsageError("nnodes=" + nnodes + " is not a positive integer or in \"MIN:MAX\" format");
+    if (!all_digits(nnodes))
+      throw UsageError("nnodes=" + nnodes + " is not a positive integer or in \"MIN:MAX\" format");
     result = {std::stoi(nnodes), std::stoi(nnodes)};
   } else {
     std::string min = nnodes.substr(0, colon), max = nnodes.substr(colon + 1);
     if (!all_digits(min) || !all_digits(max)) throw UsageError("nnodes=" + nnodes + " is not in \"MIN:MAX\" format");
     result = {std::stoi(min), std::stoi(max)};
   }
-  if (result.first <= 0 || result.first > result.second)
-    throw UsageError("nnodes=" + nnodes + ": need 0 < MIN <= MAX");
+  if (result.first <= 0 || result.first > result.second) throw UsageError("nnodes=" + nnodes + ": need 0 < MIN <= MAX");
   return result;
 }
 
@@ -111,8 +110,8 @@ inline int gpu_count() {
     std::string item = list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
     while (!item.empty() && item.front() == ' ') item.erase(0, 1);
     while (!item.empty() && item.back() == ' ') item.pop_back();
-    bool valid = item.rfind("GPU-", 0) == 0 || item.rfind("MIG-", 0) == 0 ||
-                 (all_digits(item) && std::stoi(item) < devices);
+    bool valid =
+        item.rfind("GPU-", 0) == 0 || item.rfind("MIG-", 0) == 0 || (all_digits(item) && std::stoi(item) < devices);
     if (!valid) break;
     ++count;
     if (comma == std::string::npos) break;

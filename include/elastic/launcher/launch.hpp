@@ -4,16 +4,20 @@
 // ChildFailedError with every failed rank when the job fails.
 #pragma once
 
+#include <dirent.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
 #include <elastic/errors/child_failed_error.hpp>
 #include <elastic/errors/signals.hpp>
 #include <elastic/launcher/config.hpp>
 #include <elastic/log.hpp>
 #include <elastic/multiprocessing.hpp>
-
-#include <cerrno>
-#include <csignal>
-#include <cstdlib>
-#include <dirent.h>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -21,11 +25,6 @@
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <sys/prctl.h>
-#include <sys/signalfd.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 extern char** environ;
 
@@ -60,12 +59,15 @@ inline std::string getenv_or(const char* name, const std::string& fallback) {
   return value != nullptr ? std::string(value) : fallback;
 }
 
-// Python string.Template's ${name} and $name forms, for the names given.
-inline std::string substitute(const std::string& text, const std::map<std::string, std::string>& values) {
+// Python string.Template's ${name} and $name forms, for the names given; other
+// text is kept. `dollar_escape`: "$$" becomes "$" (Template's escape). Worker
+// arguments are substituted without it, so a shell worker's "$$" stays intact.
+inline std::string substitute(const std::string& text, const std::map<std::string, std::string>& values,
+                              bool dollar_escape = true) {
   std::string out;
   for (std::size_t i = 0; i < text.size();) {
     if (text[i] == '$' && i + 1 < text.size()) {
-      if (text[i + 1] == '$') {
+      if (text[i + 1] == '$' && dollar_escape) {
         out += '$';
         i += 2;
         continue;
@@ -160,13 +162,11 @@ class SignalReader {
 
 // Checks what this launcher can do; throws UsageError / NotSupportedError.
 inline void validate(const LaunchConfig& config) {
-  if (config.min_nodes <= 0 || config.min_nodes > config.max_nodes)
-    throw UsageError("need 0 < min_nodes <= max_nodes");
+  if (config.min_nodes <= 0 || config.min_nodes > config.max_nodes) throw UsageError("need 0 < min_nodes <= max_nodes");
   if (config.min_nodes != config.max_nodes)
     throw NotSupportedError("elastic node counts (--nnodes=" + std::to_string(config.min_nodes) + ":" +
                             std::to_string(config.max_nodes) + ")");
-  if (config.rdzv_backend != "static")
-    throw NotSupportedError("rendezvous backend '" + config.rdzv_backend + "'");
+  if (config.rdzv_backend != "static") throw NotSupportedError("rendezvous backend '" + config.rdzv_backend + "'");
   if (config.nproc_per_node <= 0) throw UsageError("nproc_per_node must be positive");
   if (config.node_rank < 0 || config.node_rank >= config.max_nodes)
     throw UsageError("node_rank " + std::to_string(config.node_rank) + " is not in [0, " +
@@ -257,7 +257,7 @@ inline std::map<int, int> launch(const LaunchConfig& config, const std::string& 
           {{"rank", std::to_string(rank)}, {"local_rank", std::to_string(local_rank)}, {"role_name", config.role}});
       std::vector<std::string> a;
       for (const auto& arg : args)
-        a.push_back(detail::substitute(arg, {{"local_rank", std::to_string(local_rank)}}));
+        a.push_back(detail::substitute(arg, {{"local_rank", std::to_string(local_rank)}}, false));
       worker_args[local_rank] = std::move(a);
     }
     multiprocessing::PContext context(name, entrypoint, std::move(worker_args), std::move(envs), *logs_specs,

@@ -5,12 +5,14 @@
 // Users can plug in their own by deriving from LogsSpecs.
 #pragma once
 
-#include <elastic/log.hpp>
-#include <elastic/multiprocessing/std.hpp>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <elastic/log.hpp>
+#include <elastic/multiprocessing/std.hpp>
 #include <filesystem>
 #include <map>
 #include <optional>
@@ -18,9 +20,6 @@
 #include <stdexcept>
 #include <string>
 #include <system_error>
-
-#include <sys/stat.h>
-#include <unistd.h>
 
 namespace elastic::multiprocessing {
 
@@ -113,8 +112,7 @@ class DefaultLogsSpecs : public LogsSpecs {
     const Env& any = envs.begin()->second;
     if (!run_dir_)
       run_dir_ = detail::make_temp_dir(root_log_dir(), detail::env_or(any, "TORCHELASTIC_RUN_ID", "none") + "_");
-    const std::string attempt =
-        *run_dir_ + "/attempt_" + detail::env_or(any, "TORCHELASTIC_RESTART_COUNT", "0");
+    const std::string attempt = *run_dir_ + "/attempt_" + detail::env_or(any, "TORCHELASTIC_RESTART_COUNT", "0");
     // A restart reuses the attempt number only if told to; start it clean either way.
     std::error_code ec;
     std::filesystem::remove_all(attempt, ec);

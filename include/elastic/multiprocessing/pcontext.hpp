@@ -4,6 +4,15 @@
 // (SIGTERM to their process groups, SIGKILL after a grace period).
 #pragma once
 
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdint>
 #include <elastic/errors/process_failure.hpp>
 #include <elastic/errors/signals.hpp>
 #include <elastic/log.hpp>
@@ -11,28 +20,18 @@
 #include <elastic/multiprocessing/spawn.hpp>
 #include <elastic/multiprocessing/tee.hpp>
 #include <elastic/multiprocessing/watchdog.hpp>
-
-#include <chrono>
-#include <csignal>
-#include <cstdint>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include <fcntl.h>
-#include <sys/epoll.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 namespace elastic::multiprocessing {
 
 struct RunProcsResult {
-  std::map<int, int> return_values;               // local rank -> exit code (0), when all succeeded
-  std::map<int, ProcessFailure> failures;          // local rank -> failure
-  std::map<int, std::string> stdouts;              // local rank -> stdout.log path ("" if none)
+  std::map<int, int> return_values;        // local rank -> exit code (0), when all succeeded
+  std::map<int, ProcessFailure> failures;  // local rank -> failure
+  std::map<int, std::string> stdouts;      // local rank -> stdout.log path ("" if none)
   std::map<int, std::string> stderrs;
   bool is_failed() const { return !failures.empty(); }
 };
@@ -103,12 +102,15 @@ class PContext {
       worker->pidfd = detail::Fd(process.pidfd);
       worker->running = true;
       if (options_.watchdog) watchdog_.add_group(process.pid);
-      add_to_epoll(worker->pidfd.get(), kind_pid, workers_.size());
-      if (worker->out.pipe) add_to_epoll(worker->out.pipe.get(), kind_out, workers_.size());
-      if (worker->err.pipe) add_to_epoll(worker->err.pipe.get(), kind_err, workers_.size());
-      log::debug("started local_rank {} (pid {}): {}", local_rank, process.pid, argv[0]);
+      // Owned before anything else can throw, so close() always finds it.
+      const std::size_t index = workers_.size();
       workers_.push_back(std::move(worker));
       ++running_;
+      Worker& added = *workers_.back();
+      add_to_epoll(added.pidfd.get(), kind_pid, index);
+      if (added.out.pipe) add_to_epoll(added.out.pipe.get(), kind_out, index);
+      if (added.err.pipe) add_to_epoll(added.err.pipe.get(), kind_err, index);
+      log::debug("started local_rank {} (pid {}): {}", local_rank, process.pid, argv[0]);
     }
   }
 
@@ -243,7 +245,9 @@ class PContext {
   void pump(Stream& stream, bool to_end) {
     if (!stream.pipe) return;
     char buffer[65536];
-    for (int round = 0; to_end || round < 4; ++round) {
+    // Bounded even when draining: a writer we could not stop must not hold us.
+    const int rounds = to_end ? 1024 : 4;
+    for (int round = 0; round < rounds; ++round) {
       ssize_t got = ::read(stream.pipe.get(), buffer, sizeof(buffer));
       if (got < 0 && errno == EINTR) continue;
       if (got <= 0) {
@@ -266,8 +270,8 @@ class PContext {
   void on_exit(Worker& worker) {
     if (!worker.running) return;
     siginfo_t info{};
-    // WNOWAIT: the exited worker stays a zombie until the end, so its pid (and
-    // process group id) cannot be reused while we may still signal the group.
+    // WNOWAIT: the exited worker stays a zombie until its group is killed, so
+    // the group id cannot have been reused when we signal it.
     if (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(worker.pidfd.get()), &info,
                  WEXITED | WNOHANG | WNOWAIT) != 0 ||
         info.si_pid == 0)
@@ -276,14 +280,18 @@ class PContext {
     worker.running = false;
     --running_;
     ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, worker.pidfd.get(), nullptr);
-    // Everything the worker wrote before exiting is in the pipes now; its own
-    // children may hold them open, so do not wait for EOF.
+    // A worker's group ends with it: whatever it left running is killed now
+    // (first, so nothing keeps filling its pipes), and the worker is reaped at
+    // once, so no zombie stays for the rest of the run. Everything the worker
+    // wrote before exiting is in its pipes: drain them without waiting for EOF.
+    signal_group(worker, SIGKILL);
     drain(worker.out);
     drain(worker.err);
+    reap(worker);
     if (worker.exitcode != 0 && (!worker.terminated || failed_on_its_own(worker))) {
       failed_.push_back(worker.local_rank);
-      log::error("failed (exitcode: {}) local_rank: {} (pid: {}) of binary: {}", worker.exitcode, worker.local_rank,
-                 worker.pid, entrypoint_);
+      // Told after the survivors were signalled: stopping them comes first.
+      if (stopping_) log_failures();
     }
   }
 
@@ -302,10 +310,27 @@ class PContext {
     close_stream(stream);
   }
 
+  void log_failures() {
+    for (; logged_failures_ < failed_.size(); ++logged_failures_) {
+      const Worker& w = worker_by_rank(failed_[logged_failures_]);
+      log::error("failed (exitcode: {}) local_rank: {} (pid: {}) of binary: {}", w.exitcode, w.local_rank, w.pid,
+                 entrypoint_);
+    }
+  }
+
   void signal_group(Worker& worker, int sig) {
-    // The worker is its group's leader and still at least a zombie, so the
-    // group id cannot have been reused.
-    ::kill(-worker.pid, sig);
+    // Only while the worker is unreaped: as a process (or zombie) it pins its
+    // pid, and so its group id, against reuse.
+    if (worker.pidfd) ::kill(-worker.pid, sig);
+  }
+
+  void reap(Worker& worker) {
+    siginfo_t info{};
+    while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(worker.pidfd.get()), &info, WEXITED) != 0 &&
+           errno == EINTR) {
+    }
+    if (options_.watchdog) watchdog_.remove_group(worker.pid);
+    worker.pidfd.reset();
   }
 
   void stop_survivors(int sig, std::chrono::milliseconds grace) {
@@ -319,6 +344,7 @@ class PContext {
       log::warning("Sending process {} closing signal {}", w->pid, signal_name(sig));
       signal_group(*w, sig);
     }
+    log_failures();
     const auto deadline = Clock::now() + grace;
     while (running_ > 0) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
@@ -327,9 +353,8 @@ class PContext {
     }
     if (running_ > 0) {
       for (auto& w : workers_) {
-        if (!w->running) continue;
-        log::warning("Unable to shutdown process {} via {}, forcefully exiting via SIGKILL", w->pid,
-                     signal_name(sig));
+        if (!w->running || sig == SIGKILL) continue;
+        log::warning("Unable to shutdown process {} via {}, forcefully exiting via SIGKILL", w->pid, signal_name(sig));
         signal_group(*w, SIGKILL);
       }
       // SIGKILL is final, but a process stuck in the kernel can take a while: bounded wait.
@@ -350,20 +375,14 @@ class PContext {
   RunProcsResult finish() {
     RunProcsResult result;
     for (auto& w : workers_) {
-      signal_group(*w, SIGKILL);  // grandchildren left behind by an exited worker
+      // Only a worker that ignored even SIGKILL (stuck in the kernel) is left.
+      if (w->pidfd) signal_group(*w, SIGKILL);
       drain(w->out);
       drain(w->err);
-      if (!w->running) {
-        siginfo_t info{};
-        while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(w->pidfd.get()), &info, WEXITED) != 0 &&
-               errno == EINTR) {
-        }
-      }
-      if (options_.watchdog) watchdog_.remove_group(w->pid);
-      w->pidfd.reset();
       result.stdouts[w->local_rank] = dest_.stdouts[w->local_rank];
       result.stderrs[w->local_rank] = dest_.stderrs[w->local_rank];
     }
+    log_failures();
     if (!failed_.empty()) {
       for (int local_rank : failed_) {
         const Worker& w = worker_by_rank(local_rank);
@@ -396,6 +415,7 @@ class PContext {
   Watchdog watchdog_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<int> failed_;
+  std::size_t logged_failures_ = 0;
   int running_ = 0;
   int watched_fd_ = -1;
   bool watched_ready_ = false;
@@ -407,8 +427,8 @@ class PContext {
 
 // PyTorch's start_processes: starts the workers and returns their context.
 inline std::unique_ptr<PContext> start_processes(std::string name, std::string entrypoint,
-                                                 std::map<int, std::vector<std::string>> args,
-                                                 std::map<int, Env> envs, LogsSpecs& logs_specs,
+                                                 std::map<int, std::vector<std::string>> args, std::map<int, Env> envs,
+                                                 LogsSpecs& logs_specs,
                                                  std::map<int, std::string> log_line_prefixes = {},
                                                  PContextOptions options = {}) {
   auto context = std::make_unique<PContext>(std::move(name), std::move(entrypoint), std::move(args), std::move(envs),

@@ -4,6 +4,16 @@
 // posix_spawn (no page-table copy), which cannot set a death signal.
 #pragma once
 
+#include <fcntl.h>
+#include <linux/close_range.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
@@ -13,15 +23,6 @@
 #include <string>
 #include <system_error>
 #include <vector>
-
-#include <fcntl.h>
-#include <sched.h>
-#include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/stat.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 namespace elastic::multiprocessing {
 
@@ -96,13 +97,36 @@ struct ChildPlan {
 inline int child_main(void* arg) {
   auto* plan = static_cast<ChildPlan*>(arg);
   // Own process group: a signal to the group reaches the worker's children too.
-  if (::setpgid(0, 0) != 0) { plan->error = errno; plan->failed_step = 1; ::_exit(127); }
-  if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) { plan->error = errno; plan->failed_step = 2; ::_exit(127); }
+  if (::setpgid(0, 0) != 0) {
+    plan->error = errno;
+    plan->failed_step = 1;
+    ::_exit(127);
+  }
+  if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) {
+    plan->error = errno;
+    plan->failed_step = 2;
+    ::_exit(127);
+  }
   // The parent may have died before the death signal was armed.
   if (::getppid() != plan->parent) ::_exit(127);
-  if (plan->stdin_fd >= 0 && ::dup2(plan->stdin_fd, STDIN_FILENO) < 0) { plan->error = errno; plan->failed_step = 3; ::_exit(127); }
-  if (plan->stdout_fd >= 0 && ::dup2(plan->stdout_fd, STDOUT_FILENO) < 0) { plan->error = errno; plan->failed_step = 3; ::_exit(127); }
-  if (plan->stderr_fd >= 0 && ::dup2(plan->stderr_fd, STDERR_FILENO) < 0) { plan->error = errno; plan->failed_step = 3; ::_exit(127); }
+  if (plan->stdin_fd >= 0 && ::dup2(plan->stdin_fd, STDIN_FILENO) < 0) {
+    plan->error = errno;
+    plan->failed_step = 3;
+    ::_exit(127);
+  }
+  if (plan->stdout_fd >= 0 && ::dup2(plan->stdout_fd, STDOUT_FILENO) < 0) {
+    plan->error = errno;
+    plan->failed_step = 3;
+    ::_exit(127);
+  }
+  if (plan->stderr_fd >= 0 && ::dup2(plan->stderr_fd, STDERR_FILENO) < 0) {
+    plan->error = errno;
+    plan->failed_step = 3;
+    ::_exit(127);
+  }
+  // Only 0, 1 and 2 reach the worker, whatever the parent inherited without
+  // close-on-exec (as Python's subprocess does with close_fds).
+  ::syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC);
   // The parent blocks the signals it reads through signalfd and ignores SIGPIPE;
   // the worker starts with an empty mask and default SIGPIPE/SIGXFSZ, as
   // Python's subprocess gives. Caught signals are reset by execve itself.
@@ -170,7 +194,8 @@ inline SpawnedProcess spawn_process(const std::vector<std::string>& argv, const 
   constexpr std::size_t stack_size = 64 * 1024;
   void* stack = ::mmap(nullptr, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
   if (stack == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "mmap for spawn");
-  pid_t pid = ::clone(detail::child_main, static_cast<char*>(stack) + stack_size, CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
+  pid_t pid =
+      ::clone(detail::child_main, static_cast<char*>(stack) + stack_size, CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
   int clone_errno = errno;
   ::munmap(stack, stack_size);
   if (pid < 0) throw std::system_error(clone_errno, std::generic_category(), "cannot start " + argv[0]);

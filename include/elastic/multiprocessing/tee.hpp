@@ -4,11 +4,11 @@
 // last line without a newline is completed at the end.
 #pragma once
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <string>
 #include <string_view>
-
-#include <unistd.h>
 
 namespace elastic::multiprocessing {
 

@@ -5,19 +5,19 @@
 // PR_SET_PDEATHSIG alone only reaches the workers themselves, not their children.
 #pragma once
 
-#include <elastic/multiprocessing/spawn.hpp>
+#include <fcntl.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <csignal>
 #include <cstdint>
+#include <elastic/multiprocessing/spawn.hpp>
 #include <stdexcept>
 #include <system_error>
 #include <vector>
-
-#include <fcntl.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 namespace elastic::multiprocessing {
 
@@ -87,6 +87,7 @@ class Watchdog {
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
     ::setpgid(0, 0);
+    ::prctl(PR_SET_NAME, "elastic-watchdog", 0, 0, 0);
     // Hold nothing of the parent's open: not its stdout (a reader waiting for EOF
     // would wait for us), not its workers' pipes.
     int null_fd = ::open("/dev/null", O_RDWR);

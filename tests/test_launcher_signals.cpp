@@ -1,0 +1,163 @@
+// Stopping: signals to the launcher, a worker killed mid-run, the launcher
+// itself SIGKILLed. Nothing a job started may outlive it, grandchildren included.
+#include <catch2/catch.hpp>
+
+#include "support/launcher.hpp"
+
+using namespace elastic::testing;
+
+namespace {
+
+RunOptions base_options() {
+  RunOptions options;
+  options.set_env["OMP_NUM_THREADS"] = "1";
+  options.unset_env = {"PET_NPROC_PER_NODE", "PET_NNODES", "PET_NO_PYTHON", "TORCHELASTIC_ERROR_FILE"};
+  return options;
+}
+
+// Each worker starts a grandchild in the background, records both pids, and waits.
+std::vector<std::string> family_worker(const TempDir& dir, const std::string& extra = "") {
+  return {"/bin/sh", "-c",
+          extra +
+              "sleep 300 & echo $! > \"$0/gc_$RANK\"; echo $$ > \"$0/w_$RANK.tmp\"; "
+              "mv \"$0/w_$RANK.tmp\" \"$0/w_$RANK\"; wait",
+          dir.path().string()};
+}
+
+std::vector<pid_t> family_pids(const TempDir& dir, int nprocs) {
+  std::vector<pid_t> pids;
+  for (int rank = 0; rank < nprocs; ++rank) {
+    pids.push_back(read_pid(dir.file("w_" + std::to_string(rank))));
+    pids.push_back(read_pid(dir.file("gc_" + std::to_string(rank))));
+  }
+  return pids;
+}
+
+bool all_started(const TempDir& dir, int nprocs) {
+  for (int rank = 0; rank < nprocs; ++rank)
+    if (!file_exists(dir.file("w_" + std::to_string(rank)))) return false;
+  return true;
+}
+
+bool none_alive(const std::vector<pid_t>& pids) {
+  for (pid_t pid : pids)
+    if (alive(pid)) return false;
+  return true;
+}
+
+std::vector<std::string> with(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+}  // namespace
+
+TEST_CASE("shutdown on signal: forwarded to the workers, all reaped, non-zero exit") {
+  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT}) {
+    INFO("signal " << sig);
+    TempDir dir;
+    Background launcher(with({"--nproc-per-node=2", "--term-timeout=5"}, family_worker(dir)), dir.file("out"),
+                        dir.file("err"), base_options());
+    REQUIRE(wait_until([&] { return all_started(dir, 2); }));
+    auto pids = family_pids(dir, 2);
+    launcher.signal(sig);
+    int code = launcher.wait();
+    CHECK(code == 128 + sig);
+    CHECK(launcher.err().find("Received " + std::to_string(sig) + " death signal, shutting down workers") !=
+          std::string::npos);
+    CHECK(launcher.err().find("FAILED") == std::string::npos);  // no summary: nothing failed by itself
+    CHECK(wait_until([&] { return none_alive(pids); }, std::chrono::seconds(10)));
+  }
+}
+
+TEST_CASE("a worker SIGKILLed mid-run is the root cause; the rest are stopped") {
+  TempDir dir;
+  Background launcher(with({"--nproc-per-node=3"}, family_worker(dir)), dir.file("out"), dir.file("err"),
+                      base_options());
+  REQUIRE(wait_until([&] { return all_started(dir, 3); }));
+  auto pids = family_pids(dir, 3);
+  ::kill(read_pid(dir.file("w_1")), SIGKILL);
+  CHECK(launcher.wait() == 1);
+  std::string err = launcher.err();
+  INFO(err);
+  CHECK(err.find("/bin/sh FAILED") != std::string::npos);
+  CHECK(err.find("rank      : 1 (local_rank: 1)") != std::string::npos);
+  CHECK(err.find("exitcode  : -9") != std::string::npos);
+  CHECK(err.find("Signal 9 (SIGKILL) received by PID") != std::string::npos);
+  CHECK(err.find("<NO_OTHER_FAILURES>") != std::string::npos);
+  // The grandchildren go with their workers' process groups.
+  CHECK(wait_until([&] { return none_alive(pids); }, std::chrono::seconds(10)));
+}
+
+TEST_CASE("the launcher SIGKILLed: workers and their children do not outlive it") {
+  TempDir dir;
+  Background launcher(with({"--nproc-per-node=2"}, family_worker(dir)), dir.file("out"), dir.file("err"),
+                      base_options());
+  REQUIRE(wait_until([&] { return all_started(dir, 2); }));
+  auto pids = family_pids(dir, 2);
+  for (pid_t pid : pids) CHECK(alive(pid));
+  launcher.signal(SIGKILL);
+  CHECK(launcher.wait() == -SIGKILL);
+  CHECK(wait_until([&] { return none_alive(pids); }, std::chrono::seconds(10)));
+}
+
+TEST_CASE("a worker ignoring SIGTERM is SIGKILLed after the grace period") {
+  TempDir dir;
+  Background launcher(with({"--nproc-per-node=2", "--term-timeout=1"}, family_worker(dir, "trap '' TERM; ")),
+                      dir.file("out"), dir.file("err"), base_options());
+  REQUIRE(wait_until([&] { return all_started(dir, 2); }));
+  auto pids = family_pids(dir, 2);
+  launcher.signal(SIGTERM);
+  CHECK(launcher.wait() == 128 + SIGTERM);
+  CHECK(launcher.err().find("forcefully exiting via SIGKILL") != std::string::npos);
+  CHECK(wait_until([&] { return none_alive(pids); }, std::chrono::seconds(10)));
+}
+
+TEST_CASE("a failed run leaves no process behind, detached grandchildren included") {
+  TempDir dir;
+  // Rank 0 also starts a grandchild in a session of its own, out of its process group.
+  auto r = elastic_run({"--nproc-per-node=2", "/bin/sh", "-c",
+                        "setsid sleep 300 & echo $! > \"$0/escaped_$RANK\"; sleep 300 & echo $! > \"$0/gc_$RANK\"; "
+                        "if [ $RANK = 1 ]; then sleep 0.5; exit 7; fi; wait",
+                        dir.path().string()},
+                       base_options());
+  CHECK(r.exitcode == 1);
+  CHECK(r.err.find("exitcode  : 7") != std::string::npos);
+  std::vector<pid_t> pids;
+  for (const char* name : {"escaped_0", "escaped_1", "gc_0", "gc_1"}) pids.push_back(read_pid(dir.file(name)));
+  CHECK(wait_until([&] { return none_alive(pids); }, std::chrono::seconds(10)));
+}
+
+TEST_CASE("a worker that ends is reaped at once, and what it left running is killed") {
+  TempDir dir;
+  // Rank 0 leaves a background child and exits 0; rank 1 runs until told to stop.
+  Background launcher({"--nproc-per-node=2", "/bin/sh", "-c",
+                       "if [ $RANK = 0 ]; then sleep 300 & echo $! > \"$0/gc\"; echo $$ > \"$0/w0.tmp\"; "
+                       "mv \"$0/w0.tmp\" \"$0/w0\"; exit 0; fi; "
+                       "while [ ! -e \"$0/stop\" ]; do sleep 0.05; done",
+                       dir.path().string()},
+                      dir.file("out"), dir.file("err"), base_options());
+  REQUIRE(wait_until([&] { return file_exists(dir.file("w0")); }));
+  const pid_t worker0 = read_pid(dir.file("w0"));
+  const pid_t grandchild = read_pid(dir.file("gc"));
+  // Gone entirely: not even a zombie entry in /proc.
+  CHECK(wait_until([&] { return !file_exists("/proc/" + std::to_string(worker0)); }, std::chrono::seconds(10)));
+  CHECK(wait_until([&] { return !alive(grandchild); }, std::chrono::seconds(10)));
+  CHECK(alive(launcher.pid()));
+  write_file(dir.file("stop"), "");
+  CHECK(launcher.wait() == 0);
+}
+
+TEST_CASE("signals-to-handle forwards other signals, such as Slurm SIGUSR1") {
+  TempDir dir;
+  Background launcher({"--nproc-per-node=2", "--signals-to-handle=SIGUSR1,SIGTERM", "/bin/sh", "-c",
+                       "trap 'touch \"$0/usr1_$RANK\"; exit 0' USR1; touch \"$0/w_$RANK\"; "
+                       "while :; do sleep 0.05; done",
+                       dir.path().string()},
+                      dir.file("out"), dir.file("err"), base_options());
+  REQUIRE(wait_until([&] { return file_exists(dir.file("w_0")) && file_exists(dir.file("w_1")); }));
+  launcher.signal(SIGUSR1);
+  CHECK(launcher.wait() == 128 + SIGUSR1);
+  CHECK(file_exists(dir.file("usr1_0")));
+  CHECK(file_exists(dir.file("usr1_1")));
+}

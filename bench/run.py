@@ -467,6 +467,10 @@ def main():
 
     torch_version = subprocess.run([bench.python, "-c", "import torch; print(torch.__version__)"], capture_output=True,
                                    text=True).stdout.strip() or "not found"
+    package = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "python3-torch"], capture_output=True,
+                             text=True).stdout.strip()
+    if package:
+        torch_version = f"{torch_version}, Debian python3-torch {package}"
     hyperfine_version = subprocess.run(["hyperfine", "--version"], capture_output=True, text=True).stdout.strip()
     text = "\n".join([
         "# Benchmark results",

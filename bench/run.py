@@ -155,8 +155,11 @@ class Bench:
         self.build = os.path.abspath(args.build_dir)
         self.bin = os.path.join(self.build, "bench")
         self.launcher = os.path.join(self.build, "tools", "elastic-run")
-        self.torchrun = os.environ.get("TORCHRUN", os.path.join(os.path.dirname(ROOT), "shared", "tools", "torchrun"))
         self.python = os.environ.get("TORCH_PYTHON", "/usr/bin/python3")
+        # Debian's torchrun through the repository's runner (its Python 3.11 start-up
+        # fix), unless TORCHRUN names another command.
+        default_torchrun = [self.python, os.path.join(ROOT, "tests", "conformance", "torchrun.py")]
+        self.torchrun = shlex.split(os.environ["TORCHRUN"]) if os.environ.get("TORCHRUN") else default_torchrun
         self.quick = args.quick
         self.table = Table()
         # Scratch space on tmpfs when there is one: every launcher run leaves a log
@@ -176,7 +179,7 @@ class Bench:
         return os.access(self.launcher, os.X_OK)
 
     def have_torchrun(self):
-        return os.access(self.torchrun, os.X_OK)
+        return os.access(self.torchrun[0], os.X_OK) and all(os.path.exists(a) for a in self.torchrun[1:2])
 
     def missing(self, figure, what):
         self.table.add(figure, "not measured", "", "", "", None)
@@ -188,7 +191,7 @@ class Bench:
     def torchrun_cmd(self, nproc, *rest):
         # torchrun hosts a TCP store on the master port: a free one, not 29500, so
         # another torchrun on the machine cannot make it fail.
-        return [self.torchrun, "--nproc_per_node", str(nproc), "--no_python", "--monitor_interval", "0.1",
+        return [*self.torchrun, "--nproc_per_node", str(nproc), "--no_python", "--monitor_interval", "0.1",
                 "--master_port", str(free_port()), *rest]
 
     # 1. launch and reap N workers of /bin/true
@@ -227,7 +230,7 @@ class Bench:
             self.table.add(f"launch N={n}, vs torchrun", fmt_time(ours), f"torchrun {fmt_time(ref)}",
                            f"{ref / ours:.0f}x faster", "≥ 20x faster", ref / ours >= 20)
         if not self.have_torchrun():
-            self.table.notes.append(f"launch vs torchrun: not measured: {self.torchrun} not found (set TORCHRUN).")
+            self.table.notes.append(f"launch vs torchrun: not measured: {shlex.join(self.torchrun)} not found (set TORCHRUN).")
 
     # 2. failure reaction: rank 2 exits 3 at once, the others sleep
     def failure(self):

@@ -5,8 +5,9 @@
 #   bench/run.sh                 full run (about 10 minutes on 2 cores)
 #   bench/run.sh --quick         few repetitions, to try it out
 #   bench/run.sh --only read,record
-# TORCHRUN: the reference torchrun (default ../shared/tools/torchrun from the
-# repository root); BUILD_DIR, JOBS: where and how wide to build.
+# TORCHRUN: the reference torchrun command (default: Debian's torchrun through
+# tests/conformance/torchrun.py, which fixes its Python 3.11 start-up);
+# BUILD_DIR, JOBS: where and how wide to build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh hyperfine time libbenchmark-dev python3-torch

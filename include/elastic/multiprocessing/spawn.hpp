@@ -24,6 +24,20 @@
 #include <system_error>
 #include <vector>
 
+// ThreadSanitizer builds start workers with fork(); all others with clone(CLONE_VM|CLONE_VFORK).
+#ifndef ELASTIC_SPAWN_WITH_FORK
+#if defined(__SANITIZE_THREAD__)
+#define ELASTIC_SPAWN_WITH_FORK 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define ELASTIC_SPAWN_WITH_FORK 1
+#endif
+#endif
+#endif
+#ifndef ELASTIC_SPAWN_WITH_FORK
+#define ELASTIC_SPAWN_WITH_FORK 0
+#endif
+
 namespace elastic::multiprocessing {
 
 namespace detail {
@@ -92,37 +106,40 @@ struct ChildPlan {
   pid_t parent = 0;
   int error = 0;  // errno of the step that failed, written by the child
   int failed_step = 0;
+  int report_fd = -1;  // without shared memory (the fork path): where the child reports a failed step
 };
+
+// Records which step failed (errno as it is) and ends the child.
+[[noreturn]] inline void child_fail(ChildPlan* plan, int step) {
+  plan->error = errno;
+  plan->failed_step = step;
+  if (plan->report_fd >= 0) {
+    const int report[2] = {plan->error, plan->failed_step};
+    ssize_t ignored = ::write(plan->report_fd, report, sizeof(report));
+    (void)ignored;
+  }
+  ::_exit(127);
+}
 
 inline int child_main(void* arg) {
   auto* plan = static_cast<ChildPlan*>(arg);
   // Own process group: a signal to the group reaches the worker's children too.
   if (::setpgid(0, 0) != 0) {
-    plan->error = errno;
-    plan->failed_step = 1;
-    ::_exit(127);
+    child_fail(plan, 1);
   }
   if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) {
-    plan->error = errno;
-    plan->failed_step = 2;
-    ::_exit(127);
+    child_fail(plan, 2);
   }
   // The parent may have died before the death signal was armed.
   if (::getppid() != plan->parent) ::_exit(127);
   if (plan->stdin_fd >= 0 && ::dup2(plan->stdin_fd, STDIN_FILENO) < 0) {
-    plan->error = errno;
-    plan->failed_step = 3;
-    ::_exit(127);
+    child_fail(plan, 3);
   }
   if (plan->stdout_fd >= 0 && ::dup2(plan->stdout_fd, STDOUT_FILENO) < 0) {
-    plan->error = errno;
-    plan->failed_step = 3;
-    ::_exit(127);
+    child_fail(plan, 3);
   }
   if (plan->stderr_fd >= 0 && ::dup2(plan->stderr_fd, STDERR_FILENO) < 0) {
-    plan->error = errno;
-    plan->failed_step = 3;
-    ::_exit(127);
+    child_fail(plan, 3);
   }
   // Only 0, 1 and 2 reach the worker, whatever the parent inherited without
   // close-on-exec (as Python's subprocess does with close_fds).
@@ -138,9 +155,7 @@ inline int child_main(void* arg) {
   sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
   ::execve(plan->path, plan->argv, plan->envp);
-  plan->error = errno;
-  plan->failed_step = 4;
-  ::_exit(127);
+  child_fail(plan, 4);
 }
 
 inline std::vector<std::string> env_strings(const std::map<std::string, std::string>& env) {
@@ -189,6 +204,32 @@ inline SpawnedProcess spawn_process(const std::vector<std::string>& argv, const 
   plan.stdin_fd = options.stdin_fd;
   plan.parent = ::getpid();
 
+#if ELASTIC_SPAWN_WITH_FORK
+  // ThreadSanitizer cannot follow a child sharing its memory: a plain fork, the
+  // failed step coming back through a close-on-exec pipe. Reading it waits, as
+  // CLONE_VFORK does, until the child has exec'd (EOF) or failed.
+  int report[2];
+  if (::pipe2(report, O_CLOEXEC) != 0) throw std::system_error(errno, std::generic_category(), "pipe for spawn");
+  plan.report_fd = report[1];
+  pid_t pid = ::fork();
+  int clone_errno = errno;
+  if (pid == 0) {
+    ::close(report[0]);
+    detail::child_main(&plan);
+  }
+  ::close(report[1]);
+  if (pid > 0) {
+    int failure[2] = {0, 0};
+    ssize_t got;
+    while ((got = ::read(report[0], failure, sizeof(failure))) < 0 && errno == EINTR) {
+    }
+    if (got == static_cast<ssize_t>(sizeof(failure))) {
+      plan.error = failure[0];
+      plan.failed_step = failure[1];
+    }
+  }
+  ::close(report[0]);
+#else
   // The child runs on its own small stack until execve; with CLONE_VFORK the
   // parent resumes only once the child has exec'd or exited.
   constexpr std::size_t stack_size = 64 * 1024;
@@ -198,6 +239,7 @@ inline SpawnedProcess spawn_process(const std::vector<std::string>& argv, const 
       ::clone(detail::child_main, static_cast<char*>(stack) + stack_size, CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
   int clone_errno = errno;
   ::munmap(stack, stack_size);
+#endif
   if (pid < 0) throw std::system_error(clone_errno, std::generic_category(), "cannot start " + argv[0]);
   if (plan.failed_step != 0) {
     int status = 0;

@@ -2,19 +2,18 @@
 // waits for them, and reports the failures as one ChildFailedError summary.
 //
 //   ./parent 3 ./worker --fail-rank 1
-#include <elastic/errors.hpp>
-
-#include <cstdio>
-#include <map>
-#include <stdexcept>
-#include <cstdlib>
-#include <string>
-#include <vector>
-
-#include <filesystem>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <elastic/errors.hpp>
+#include <filesystem>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
 
 extern char** environ;
 

@@ -1,10 +1,9 @@
 // ChildFailedError: root cause, numbering and the summary layout, byte for byte.
 #include <catch2/catch.hpp>
+#include <ctime>
 #include <elastic/errors.hpp>
 
 #include "support/subprocess.hpp"
-
-#include <ctime>
 
 using elastic::ChildFailedError;
 using elastic::ProcessFailure;
@@ -77,8 +76,7 @@ TEST_CASE("the summary layout matches TorchElastic byte for byte", "[child_faile
   width = std::min<std::size_t>(width, 60);
   const std::string expected = "\n" + std::string(width, '=') + "\nw FAILED\n" + std::string(width, '-') +
                                "\nFailures:\n  <NO_OTHER_FAILURES>\n" + std::string(width, '-') +
-                               "\nRoot Cause (first observed failure):\n" + block + "\n" +
-                               std::string(width, '=');
+                               "\nRoot Cause (first observed failure):\n" + block + "\n" + std::string(width, '=');
   CHECK(error.format_msg() == expected);
   CHECK(error.format_msg('#', '~').find(std::string(width, '#')) == 1);
 }

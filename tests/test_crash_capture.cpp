@@ -1,17 +1,15 @@
 // Native crash capture, tested with real processes and real signals: the crash
 // worker dies in a function with a distinctive name, and the error file it leaves
 // must be readable by our ProcessFailure and by PyTorch's, and name that function.
-#include <elastic/errors.hpp>
-
-#include "support/subprocess.hpp"
-
-#include <catch2/catch.hpp>
-
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <csignal>
+#include <elastic/errors.hpp>
 #include <filesystem>
 #include <string>
 #include <vector>
+
+#include "support/subprocess.hpp"
 
 using elastic::testing::RunOptions;
 using elastic::testing::RunResult;
@@ -24,8 +22,10 @@ const std::string crash_worker = ELASTIC_TEST_CRASH_WORKER;
 RunResult run_worker(const std::vector<std::string>& args, const std::string& error_file,
                      std::map<std::string, std::string> env = {}) {
   RunOptions options;
-  if (error_file.empty()) options.unset_env.push_back("TORCHELASTIC_ERROR_FILE");
-  else env["TORCHELASTIC_ERROR_FILE"] = error_file;
+  if (error_file.empty())
+    options.unset_env.push_back("TORCHELASTIC_ERROR_FILE");
+  else
+    env["TORCHELASTIC_ERROR_FILE"] = error_file;
   options.set_env = std::move(env);
   options.unset_env.push_back("ELASTIC_CRASH_SIGNALS");
   options.unset_env.push_back("ELASTIC_THROW_TRACES");
@@ -318,8 +318,7 @@ TEST_CASE("torchrun's summary of a crashed worker shows where it died") {
   options.timeout = std::chrono::milliseconds(100000);
   // --standalone: a free port of its own, so concurrent runs never collide on 29500.
   std::vector<std::string> argv = torchrun;
-  for (std::string arg : {"--standalone", "--nproc_per_node=1", "--no_python", "--max_restarts=0"})
-    argv.push_back(arg);
+  for (std::string arg : {"--standalone", "--nproc_per_node=1", "--no_python", "--max_restarts=0"}) argv.push_back(arg);
   argv.push_back("--log_dir=" + dir.path().string());
   argv.push_back(crash_worker);
   argv.push_back("segv");
@@ -338,10 +337,10 @@ TEST_CASE("elastic-run's summary of a crashed worker shows where it died") {
   TempDir dir;
   RunOptions options;
   options.unset_env = {"TORCHELASTIC_ERROR_FILE", "ELASTIC_CRASH_SIGNALS", "ELASTIC_THROW_TRACES"};
-  RunResult result = elastic::testing::run({ELASTIC_TEST_ELASTIC_RUN, "--standalone", "--nproc_per_node=1",
-                                            "--no_python", "--max_restarts=0", "--log_dir=" + dir.path().string(),
-                                            crash_worker, "segv"},
-                                           options);
+  RunResult result =
+      elastic::testing::run({ELASTIC_TEST_ELASTIC_RUN, "--standalone", "--nproc_per_node=1", "--no_python",
+                             "--max_restarts=0", "--log_dir=" + dir.path().string(), crash_worker, "segv"},
+                            options);
   const std::string output = result.out + result.err;
   INFO(output);
   REQUIRE_FALSE(result.timed_out);

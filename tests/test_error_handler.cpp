@@ -1,10 +1,9 @@
 // ErrorHandler: the cases of PyTorch's error_handler_test.py.
 #include <catch2/catch.hpp>
 #include <elastic/errors.hpp>
+#include <filesystem>
 
 #include "support/subprocess.hpp"
-
-#include <filesystem>
 
 using elastic::ErrorHandler;
 using elastic::testing::read_file;
@@ -66,8 +65,9 @@ TEST_CASE("test_record_exception_no_error_file: nothing is written, nothing thro
 TEST_CASE("test_dump_error_file: a byte-identical copy with code 0", "[error_handler]") {
   TempDir dir;
   // Deliberately not in our own serialization (other spacing, key order, escapes).
-  const std::string original = "{\"message\":{\"extraInfo\":{\"timestamp\":\"1\",\"py_callstack\":\"x\\u00e9\"},"
-                               "\"message\":\"e\"}}\n";
+  const std::string original =
+      "{\"message\":{\"extraInfo\":{\"timestamp\":\"1\",\"py_callstack\":\"x\\u00e9\"},"
+      "\"message\":\"e\"}}\n";
   write_file(dir.file("child.json"), original);
   ScopedEnv env("TORCHELASTIC_ERROR_FILE", dir.file("parent/error.json"));
   ErrorHandler handler;

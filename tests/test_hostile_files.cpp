@@ -1,22 +1,21 @@
 // The reader under hostile and broken error files: it never crashes, hangs or
 // reads without bound; an unusable file is an ErrorFileError with a clear,
 // printable reason, and a parent's summary still lists that rank with its path.
-#include <catch2/catch.hpp>
-#include <elastic/errors.hpp>
-
-#include "support/subprocess.hpp"
-
-#include <atomic>
-#include <climits>
-#include <cstdint>
-#include <filesystem>
-#include <thread>
-
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <climits>
+#include <cstdint>
+#include <elastic/errors.hpp>
+#include <filesystem>
+#include <thread>
+
+#include "support/subprocess.hpp"
 
 using elastic::ErrorFileError;
 using elastic::ErrorFileLimits;
@@ -143,8 +142,9 @@ TEST_CASE("JSON nested 100 000 deep is refused before parsing", "[hostile]") {
   // At the limit exactly, the file is read.
   std::string at_limit = R"({"message": "m", "x": )" + std::string(511, '[') + std::string(511, ']') + "}";
   CHECK(reason_for_contents(dir, at_limit).empty());
-  CHECK_THAT(reason_for_contents(dir, R"({"message": "m", "x": )" + std::string(512, '[') + std::string(512, ']') + "}"),
-             Catch::Contains("nested deeper"));
+  CHECK_THAT(
+      reason_for_contents(dir, R"({"message": "m", "x": )" + std::string(512, '[') + std::string(512, ']') + "}"),
+      Catch::Contains("nested deeper"));
 }
 
 TEST_CASE("a parent copying a deeply nested child file warns and survives", "[hostile]") {
@@ -194,12 +194,15 @@ TEST_CASE("a number, array, object or null where a string belongs is rejected", 
   TempDir dir;
   for (const std::string value : {"5", "[\"a\"]", "{}", "null", "true"}) {
     INFO(value);
-    if (value != "{}") CHECK_THAT(reason_for_contents(dir, R"({"message": )" + value + "}"), Catch::Contains("message"));
-    CHECK_THAT(reason_for_contents(dir, R"({"message": {"message": "m", "extraInfo": {"timestamp": "1", "py_callstack": )" +
-                                            value + "}}}"),
-               Catch::Contains("py_callstack"));
-    CHECK_THAT(reason_for_contents(dir, R"({"message": {"message": )" + value + R"(, "extraInfo": {"timestamp": "1"}}})"),
-               Catch::Contains("message.message"));
+    if (value != "{}")
+      CHECK_THAT(reason_for_contents(dir, R"({"message": )" + value + "}"), Catch::Contains("message"));
+    CHECK_THAT(
+        reason_for_contents(
+            dir, R"({"message": {"message": "m", "extraInfo": {"timestamp": "1", "py_callstack": )" + value + "}}}"),
+        Catch::Contains("py_callstack"));
+    CHECK_THAT(
+        reason_for_contents(dir, R"({"message": {"message": )" + value + R"(, "extraInfo": {"timestamp": "1"}}})"),
+        Catch::Contains("message.message"));
     CHECK_THAT(reason_for_contents(dir, R"({"message": {"message": "m", "extraInfo": )" + value + "}}"),
                Catch::Contains("extraInfo"));
   }
@@ -222,8 +225,8 @@ TEST_CASE("timestamps out of range or negative never break reading or the summar
   CHECK(read("-1").timestamp_isoformat().size() == 19);
   CHECK(read("-9223372036854775808").timestamp_isoformat() == "-9223372036854775808");
   CHECK(read("9223372036854775807").timestamp_isoformat() == "9223372036854775807");
-  for (const std::string stamp : {"1e300", "-1e300", "9223372036854775808",
-                                  "\"9223372036854775808\"", "18446744073709551615", "{}", "\"\"", "\"1 2\""}) {
+  for (const std::string stamp : {"1e300", "-1e300", "9223372036854775808", "\"9223372036854775808\"",
+                                  "18446744073709551615", "{}", "\"\"", "\"1 2\""}) {
     INFO(stamp);
     write_file(dir.file("error.json"), R"({"message": "m", "timestamp": )" + stamp + "}");
     CHECK_THAT(reason_for(dir.file("error.json")), Catch::Contains("timestamp"));
@@ -235,7 +238,8 @@ TEST_CASE("timestamps out of range or negative never break reading or the summar
   REQUIRE(reader.exitcode == 0);
   CHECK_THAT(reader.out, Catch::Contains("time      : -9223372036854775808"));
   CHECK_THAT(reader.out, Catch::Contains("time      : 9223372036854775807"));
-  CHECK_THAT(reader.out, Catch::Contains("Root Cause (first observed failure):\n[1]:\n  time      : -9223372036854775808"));
+  CHECK_THAT(reader.out,
+             Catch::Contains("Root Cause (first observed failure):\n[1]:\n  time      : -9223372036854775808"));
 }
 
 TEST_CASE("special files at the path are treated as no file and never block", "[hostile]") {
@@ -369,7 +373,9 @@ TEST_CASE("the summary lists every rank, an unusable file with its path and reas
   TempDir dir;
   write_file(dir.file("good.json"), R"({"message": "real failure", "timestamp": 100})");
   write_file(dir.file("truncated.json"), R"({"message": {"message": "x", "extra)");
-  write_file(dir.file("binary.json"), std::string("\x7f" "ELF\x02\x01\x01\0\0\xff", 10));
+  write_file(dir.file("binary.json"), std::string("\x7f"
+                                                  "ELF\x02\x01\x01\0\0\xff",
+                                                  10));
   write_file(dir.file("deep.json"), std::string(100000, '['));
   std::filesystem::create_directory(dir.file("dir.json"));
   auto reader = run({ELASTIC_TEST_FAILURE_READER, "-6", dir.file("good.json"), dir.file("truncated.json"),

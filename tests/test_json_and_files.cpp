@@ -1,12 +1,11 @@
 // The pieces under the handler: Python-style JSON bytes and atomic, bounded file I/O.
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <elastic/errors.hpp>
-
-#include "support/subprocess.hpp"
-
-#include <atomic>
 #include <filesystem>
 #include <thread>
+
+#include "support/subprocess.hpp"
 
 using elastic::testing::read_file;
 using elastic::testing::run;
@@ -76,8 +75,8 @@ TEST_CASE("an unwritable error file path is a warning, the original failure stan
   CHECK_THAT(child.err, Catch::Contains("SentinelError: foobar"));
   // A directory standing where the file should be.
   std::filesystem::create_directory(dir.file("is_a_dir"));
-  auto second = run({ELASTIC_TEST_RECORD_WORKER, "throw"},
-                    RunOptions{{{"TORCHELASTIC_ERROR_FILE", dir.file("is_a_dir")}}});
+  auto second =
+      run({ELASTIC_TEST_RECORD_WORKER, "throw"}, RunOptions{{{"TORCHELASTIC_ERROR_FILE", dir.file("is_a_dir")}}});
   CHECK(second.exitcode == 1);
   CHECK_THAT(second.err, Catch::Contains("Unable to write error to file"));
 }

@@ -2,14 +2,13 @@
 // files, flood or close their output, hundreds of workers, few file descriptors,
 // signals at every phase, user strings that a shell would interpret. The summary
 // always comes out and nothing the job started outlives it.
-#include "support/launcher.hpp"
+#include <sys/stat.h>
 
 #include <catch2/catch.hpp>
-
 #include <filesystem>
 #include <set>
 
-#include <sys/stat.h>
+#include "support/launcher.hpp"
 
 using namespace elastic::testing;
 namespace fs = std::filesystem;
@@ -73,8 +72,7 @@ TEST_CASE("hostile error files from workers: the summary names each rank and why
        "error file unusable: not valid JSON"},
       {"invalid UTF-8", "printf '{\"message\": \"\\377\\376\"}' > \"$TORCHELASTIC_ERROR_FILE\"",
        "error file unusable: not valid JSON"},
-      {"nested 100 000 deep",
-       "head -c 100000 /dev/zero | tr '\\0' '[' > \"$TORCHELASTIC_ERROR_FILE\"",
+      {"nested 100 000 deep", "head -c 100000 /dev/zero | tr '\\0' '[' > \"$TORCHELASTIC_ERROR_FILE\"",
        "error file unusable: JSON nested deeper than 512 levels"},
       {"a number for the message", "printf '{\"message\": 5}' > \"$TORCHELASTIC_ERROR_FILE\"",
        "error file unusable: \"message\" is neither a string nor an object"},
@@ -108,9 +106,9 @@ TEST_CASE("the launcher's own error file: an unusable root-cause file is reporte
   TempDir dir;
   RunOptions options = base_options();
   options.set_env["TORCHELASTIC_ERROR_FILE"] = dir.file("launcher_error.json");
-  auto r = elastic_run(
-      with({"--nproc-per-node=2"}, rank1_writes("head -c 100000 /dev/zero | tr '\\0' '{' > \"$TORCHELASTIC_ERROR_FILE\"")),
-      options);
+  auto r = elastic_run(with({"--nproc-per-node=2"},
+                            rank1_writes("head -c 100000 /dev/zero | tr '\\0' '{' > \"$TORCHELASTIC_ERROR_FILE\"")),
+                       options);
   CHECK(r.exitcode == 1);
   CHECK_THAT(r.err, Catch::Contains("JSON nested deeper than 512 levels"));
   CHECK_THAT(r.err, Catch::Contains("rank      : 1 (local_rank: 1)"));
@@ -124,8 +122,7 @@ TEST_CASE("a stale error file from an earlier attempt is never reported for a la
       "  if [ \"$TORCHELASTIC_RESTART_COUNT\" = 0 ]; then "
       "    printf '{\"message\": \"attempt 0 failed\", \"timestamp\": 1}' > \"$TORCHELASTIC_ERROR_FILE\"; "
       "  fi; exit 5; fi";
-  auto r = elastic_run({"--nproc-per-node=2", "--max-restarts=1", "/bin/sh", "-c", script},
-                       base_options());
+  auto r = elastic_run({"--nproc-per-node=2", "--max-restarts=1", "/bin/sh", "-c", script}, base_options());
   INFO(r.err);
   CHECK(r.exitcode == 1);
   CHECK_THAT(r.err, Catch::Contains("exitcode  : 5"));
@@ -159,7 +156,11 @@ TEST_CASE("the launcher's stdout closed by its reader: the summary still reaches
   REQUIRE(::pipe(pipe_fds) == 0);
   ::close(pipe_fds[0]);  // like `elastic-run ... | head -1` after head exits
   const std::string err_file = dir.file("err");
-  std::vector<std::string> args = {ELASTIC_RUN_BINARY, "--nproc-per-node=2", "--tee=3", "/bin/sh", "-c",
+  std::vector<std::string> args = {ELASTIC_RUN_BINARY,
+                                   "--nproc-per-node=2",
+                                   "--tee=3",
+                                   "/bin/sh",
+                                   "-c",
                                    "for i in 1 2 3 4 5; do echo line $i; done; if [ \"$RANK\" = 1 ]; then exit 6; fi"};
   std::vector<std::string> env_strings = make_environment(base_options());
   std::vector<char*> argv, env;
@@ -225,9 +226,9 @@ TEST_CASE("signals while starting: the launcher ends and leaves no worker behind
     for (int sig : {SIGTERM, SIGINT}) {
       INFO("signal " << sig << " after " << delay_us << " us");
       TempDir dir;
-      Background launcher({"--nproc-per-node=8", "/bin/sh", "-c", "echo $$ > \"$0/w_$RANK\"; exec sleep 300",
-                           dir.path().string()},
-                          dir.file("out"), dir.file("err"), base_options());
+      Background launcher(
+          {"--nproc-per-node=8", "/bin/sh", "-c", "echo $$ > \"$0/w_$RANK\"; exec sleep 300", dir.path().string()},
+          dir.file("out"), dir.file("err"), base_options());
       ::usleep(static_cast<useconds_t>(delay_us));
       launcher.signal(sig);
       const int code = launcher.wait();
@@ -262,9 +263,9 @@ TEST_CASE("user strings are never run through a shell") {
   const std::string marker = dir.file("pwned");
   const std::string hostile = "; touch " + marker + " $(touch " + marker + ") `touch " + marker + "` | touch " + marker;
   // The entry point itself and its arguments, with shell syntax.
-  auto r = elastic_run({"--nproc-per-node=1", "/bin/sh", "-c", "printf '%s' \"$1\" > \"$0/arg\"", dir.path().string(),
-                        hostile},
-                       base_options());
+  auto r = elastic_run(
+      {"--nproc-per-node=1", "/bin/sh", "-c", "printf '%s' \"$1\" > \"$0/arg\"", dir.path().string(), hostile},
+      base_options());
   CHECK(r.exitcode == 0);
   CHECK(read_file(dir.file("arg")) == hostile);
   auto missing = elastic_run({"--nproc-per-node=1", "/bin/true " + hostile}, base_options());
@@ -288,8 +289,7 @@ TEST_CASE("environment values with newlines and '=' reach the workers intact") {
       "printf '%s' \"$ELASTIC_TEST_TRICKY\" > \"$0/tricky_$RANK\"; "
       "printf '%s' \"$ELASTIC_TEST_EQUALS\" > \"$0/equals_$RANK\"; "
       "printf '%s' \"${KEY-unset}\" > \"$0/key_$RANK\"";
-  auto r = elastic_run({"--nproc-per-node=2", "/bin/sh", "-c", script, dir.path().string()},
-                       options);
+  auto r = elastic_run({"--nproc-per-node=2", "/bin/sh", "-c", script, dir.path().string()}, options);
   CHECK(r.exitcode == 0);
   for (const char* rank : {"0", "1"}) {
     CHECK(read_file(dir.file(std::string("tricky_") + rank)) == value);

@@ -374,7 +374,11 @@ TEST_CASE("the summary has torchrun's layout for the same command line") {
   const std::vector<std::string> job = {worker, dir.path().string(), "--fail-rank", "1", "--sleep-ms", "30000"};
   std::vector<std::string> ours = {"--nproc-per-node=2"};
   ours.insert(ours.end(), job.begin(), job.end());
-  std::vector<std::string> theirs = {python, torchrun, "--nproc_per_node=2", "--no_python", "--monitor_interval=0.1",
+  std::vector<std::string> theirs = {python,
+                                     torchrun,
+                                     "--nproc_per_node=2",
+                                     "--no_python",
+                                     "--monitor_interval=0.1",
                                      "--master_port=" + std::to_string(20000 + ::getpid() % 20000)};
   theirs.insert(theirs.end(), job.begin(), job.end());
   auto a = elastic_run(ours, options);

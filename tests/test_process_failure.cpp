@@ -1,12 +1,11 @@
 // ProcessFailure: the cases of PyTorch's api_test.py for reading a failed child,
 // with real files and real processes.
 #include <catch2/catch.hpp>
+#include <csignal>
+#include <ctime>
 #include <elastic/errors.hpp>
 
 #include "support/subprocess.hpp"
-
-#include <csignal>
-#include <ctime>
 
 using elastic::ProcessFailure;
 using elastic::testing::run;
@@ -77,8 +76,8 @@ TEST_CASE("test_process_failure: a recorded child's file is read back", "[proces
 TEST_CASE("test_process_failure_signal: a child killed by SIGSEGV without a file", "[process_failure]") {
   TempDir dir;
   // A child with no error file path dies by the signal and leaves nothing behind.
-  auto child = run({ELASTIC_TEST_RECORD_WORKER, "signal", std::to_string(SIGSEGV)},
-                   RunOptions{{}, {"TORCHELASTIC_ERROR_FILE"}});
+  auto child =
+      run({ELASTIC_TEST_RECORD_WORKER, "signal", std::to_string(SIGSEGV)}, RunOptions{{}, {"TORCHELASTIC_ERROR_FILE"}});
   REQUIRE(child.exitcode == -SIGSEGV);
   ProcessFailure failure(0, 997, -SIGSEGV, dir.file("no_such_file.json"));
   CHECK(failure.signal_name() == "SIGSEGV");
@@ -137,9 +136,8 @@ TEST_CASE("timestamp_isoformat is local time as YYYY-MM-DD_HH:MM:SS", "[process_
 TEST_CASE("nested format: timestamp string and errorCode", "[process_failure]") {
   TempDir dir;
   const auto path = dir.file("error.json");
-  write_file(path,
-             R"({"message": {"message": "RuntimeError: foobar", "extraInfo": {"py_callstack": "tb", )"
-             R"("timestamp": "1605774851"}, "errorCode": 11}})");
+  write_file(path, R"({"message": {"message": "RuntimeError: foobar", "extraInfo": {"py_callstack": "tb", )"
+                   R"("timestamp": "1605774851"}, "errorCode": 11}})");
   ProcessFailure failure(1, 2, -11, path);
   CHECK(failure.timestamp == 1605774851);
   CHECK(failure.message["errorCode"] == 11);
@@ -194,7 +192,8 @@ TEST_CASE("special files at the error-file path count as no file", "[process_fai
   REQUIRE(::mkfifo(dir.file("fifo").c_str(), 0600) == 0);
   std::filesystem::create_directory(dir.file("directory"));
   std::filesystem::create_symlink(dir.file("loop"), dir.file("loop"));
-  for (const std::string& path : {dir.file("fifo"), dir.file("directory"), dir.file("loop"), std::string("/dev/zero")}) {
+  for (const std::string& path :
+       {dir.file("fifo"), dir.file("directory"), dir.file("loop"), std::string("/dev/zero")}) {
     ProcessFailure failure(0, 5, 1, path);
     CHECK(failure.error_file == "<N/A>");
     CHECK(failure.message == elastic::no_traceback_message);

@@ -43,7 +43,8 @@ TEST_CASE("PyTorch's ProcessFailure reads the file of a C++ worker", "[interop]"
 TEST_CASE("our ProcessFailure reads the file of a Python @record worker", "[interop]") {
   TempDir dir;
   const auto path = dir.file("error.json");
-  auto child = run({system_python(), python_dir + "/record_worker.py"}, RunOptions{{{"TORCHELASTIC_ERROR_FILE", path}}});
+  auto child =
+      run({system_python(), python_dir + "/record_worker.py"}, RunOptions{{{"TORCHELASTIC_ERROR_FILE", path}}});
   REQUIRE(child.exitcode == 1);
   ProcessFailure failure(0, child.pid, 1, path);
   CHECK(failure.message["message"] == "RuntimeError: trainer failed");
@@ -57,7 +58,8 @@ TEST_CASE("our ProcessFailure reads the file of a Python @record worker", "[inte
 
 TEST_CASE("files copied up by either side are read by the other", "[interop]") {
   TempDir dir;
-  auto child = run({ELASTIC_TEST_RECORD_WORKER, "throw"}, RunOptions{{{"TORCHELASTIC_ERROR_FILE", dir.file("c.json")}}});
+  auto child =
+      run({ELASTIC_TEST_RECORD_WORKER, "throw"}, RunOptions{{{"TORCHELASTIC_ERROR_FILE", dir.file("c.json")}}});
   REQUIRE(child.exitcode == 1);
   // PyTorch copies our file up, ours reads the copy.
   auto copied = run({system_python(), python_dir + "/dump_error_file.py", dir.file("c.json"), "-11"},
@@ -80,12 +82,14 @@ TEST_CASE("files copied up by either side are read by the other", "[interop]") {
 
 TEST_CASE("our file's bytes have the shape of PyTorch's json.dump", "[interop]") {
   TempDir dir;
-  auto child = run({ELASTIC_TEST_RECORD_WORKER, "throw"}, RunOptions{{{"TORCHELASTIC_ERROR_FILE", dir.file("e.json")}}});
+  auto child =
+      run({ELASTIC_TEST_RECORD_WORKER, "throw"}, RunOptions{{{"TORCHELASTIC_ERROR_FILE", dir.file("e.json")}}});
   REQUIRE(child.exitcode == 1);
   const std::string ours = read_file(dir.file("e.json"));
   // Python re-serializing our parsed file must give back exactly our bytes.
-  auto redumped = run({system_python(), "-c", "import json,sys; sys.stdout.write(json.dumps(json.load(open(sys.argv[1]))))",
-                       dir.file("e.json")});
+  auto redumped =
+      run({system_python(), "-c", "import json,sys; sys.stdout.write(json.dumps(json.load(open(sys.argv[1]))))",
+           dir.file("e.json")});
   REQUIRE(redumped.exitcode == 0);
   CHECK(redumped.out == ours);
 }
@@ -97,7 +101,8 @@ TEST_CASE("host name and summary agree with PyTorch's", "[interop]") {
 
   TempDir dir;
   auto a = run({ELASTIC_TEST_RECORD_WORKER, "nested"}, RunOptions{{{"TORCHELASTIC_ERROR_FILE", dir.file("a.json")}}});
-  auto b = run({system_python(), python_dir + "/record_worker.py"}, RunOptions{{{"TORCHELASTIC_ERROR_FILE", dir.file("b.json")}}});
+  auto b = run({system_python(), python_dir + "/record_worker.py"},
+               RunOptions{{{"TORCHELASTIC_ERROR_FILE", dir.file("b.json")}}});
   REQUIRE(a.exitcode == 1);
   REQUIRE(b.exitcode == 1);
   auto seen = pytorch_read("mixed", {"0:0:11:1:" + dir.file("a.json"), "1:1:12:1:" + dir.file("b.json"),

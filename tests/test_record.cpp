@@ -2,10 +2,9 @@
 // worker processes, plus what C++ adds (return types, non-std exceptions).
 #include <catch2/catch.hpp>
 #include <elastic/errors.hpp>
+#include <filesystem>
 
 #include "support/subprocess.hpp"
-
-#include <filesystem>
 
 using elastic::ProcessFailure;
 using elastic::testing::read_file;
@@ -81,7 +80,8 @@ TEST_CASE("test_record_good_fn: success writes nothing and returns the result", 
   ScopedEnv env("TORCHELASTIC_ERROR_FILE", dir.file("error.json"));
   CHECK(elastic::record(good_fn)(1, 2) == 3);
   CHECK_FALSE(std::filesystem::exists(dir.file("error.json")));
-  auto child = run({ELASTIC_TEST_RECORD_WORKER, "return", "7"}, RunOptions{{{"TORCHELASTIC_ERROR_FILE", dir.file("error.json")}}});
+  auto child = run({ELASTIC_TEST_RECORD_WORKER, "return", "7"},
+                   RunOptions{{{"TORCHELASTIC_ERROR_FILE", dir.file("error.json")}}});
   CHECK(child.exitcode == 7);
   CHECK(child.err.empty());
   CHECK_FALSE(std::filesystem::exists(dir.file("error.json")));
@@ -149,8 +149,9 @@ TEST_CASE("non-std exceptions are described by type and value", "[record]") {
     const char* message;
   };
   for (auto [mode, message] : {Case{"throw_int", "int: 42"}, Case{"throw_cstr", "const char*: plain C string"},
-                               Case{"throw_struct", "(anonymous namespace)::NotAnException: <exception of a type "
-                                                    "not derived from std::exception>"}}) {
+                               Case{"throw_struct",
+                                    "(anonymous namespace)::NotAnException: <exception of a type "
+                                    "not derived from std::exception>"}}) {
     const auto path = dir.file(std::string(mode) + ".json");
     auto child = run({ELASTIC_TEST_RECORD_WORKER, mode}, RunOptions{{{"TORCHELASTIC_ERROR_FILE", path}}});
     INFO(mode << ": " << child.err);

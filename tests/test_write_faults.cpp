@@ -2,21 +2,20 @@
 // worker still exits with its own failure and says why the file is missing; a
 // file that is written is whole, private to its owner, and never written through
 // a symlink.
-#include <catch2/catch.hpp>
-#include <elastic/errors.hpp>
-
-#include "support/subprocess.hpp"
-
-#include <climits>
-#include <filesystem>
-#include <thread>
-#include <vector>
-
 #include <fcntl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <climits>
+#include <elastic/errors.hpp>
+#include <filesystem>
+#include <thread>
+#include <vector>
+
+#include "support/subprocess.hpp"
 
 using elastic::ProcessFailure;
 using elastic::testing::read_file;
@@ -114,7 +113,8 @@ TEST_CASE("a directory the worker may not write to", "[write_faults]") {
     check_original_failure_kept(child, "Permission denied");
     // Nor may it create a missing directory there.
     auto nested = run({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", worker, "throw"},
-                      RunOptions{{{"TORCHELASTIC_ERROR_FILE", dir.file("readonly/sub/error.json")}, {"ELASTIC_LOG_LEVEL", "warning"}}});
+                      RunOptions{{{"TORCHELASTIC_ERROR_FILE", dir.file("readonly/sub/error.json")},
+                                  {"ELASTIC_LOG_LEVEL", "warning"}}});
     check_original_failure_kept(nested, "cannot create directory");
   } else {
     check_original_failure_kept(throw_with_error_file(path), "Permission denied");
@@ -229,13 +229,16 @@ TEST_CASE("two processes given the same error file leave one whole record", "[wr
   std::vector<std::thread> threads;
   std::vector<RunResult> results(16);
   for (std::size_t i = 0; i < results.size(); ++i)
-    threads.emplace_back([&, i] { results[i] = run({worker, i % 2 ? "throw" : "nested"},
-                                                   RunOptions{{{"TORCHELASTIC_ERROR_FILE", path}, {"ELASTIC_LOG_LEVEL", "warning"}}}); });
+    threads.emplace_back([&, i] {
+      results[i] = run({worker, i % 2 ? "throw" : "nested"},
+                       RunOptions{{{"TORCHELASTIC_ERROR_FILE", path}, {"ELASTIC_LOG_LEVEL", "warning"}}});
+    });
   for (auto& thread : threads) thread.join();
   for (auto& result : results) CHECK(result.exitcode == 1);
   ProcessFailure failure(0, 1, 1, path);  // parses: whole, not interleaved
   const std::string message = failure.message["message"];
-  CHECK((message == "(anonymous namespace)::SentinelError: foobar" || message == "std::runtime_error: optimizer setup failed"));
+  CHECK((message == "(anonymous namespace)::SentinelError: foobar" ||
+         message == "std::runtime_error: optimizer setup failed"));
   CHECK(entries_in(dir.path().string()) == 1);  // no temporaries left
 }
 

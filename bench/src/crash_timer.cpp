@@ -5,18 +5,17 @@
 // the time until the parent sees the child die, and whether the file reads back.
 //
 //   crash_timer     prints {"fault_to_file_s": ..., "fault_to_exit_s": ..., ...}
-#include <elastic/errors.hpp>
-
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <string>
-
 #include <sys/inotify.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <elastic/errors.hpp>
+#include <string>
 
 namespace {
 
@@ -82,10 +81,9 @@ int main() {
 
   auto failure = elastic::ProcessFailure::read_or_describe(0, pid, WIFSIGNALED(status) ? -WTERMSIG(status) : 1, path);
   const bool readable = failure.error_file == path && failure.message.is_object();
-  std::printf(
-      "{\"fault_to_file_s\": %.9f, \"fault_to_exit_s\": %.9f, \"signal\": %d, \"file_readable\": %s}\n",
-      (file_ns - *fault_time_ns) * 1e-9, (exit_ns - *fault_time_ns) * 1e-9, WIFSIGNALED(status) ? WTERMSIG(status) : 0,
-      readable ? "true" : "false");
+  std::printf("{\"fault_to_file_s\": %.9f, \"fault_to_exit_s\": %.9f, \"signal\": %d, \"file_readable\": %s}\n",
+              (file_ns - *fault_time_ns) * 1e-9, (exit_ns - *fault_time_ns) * 1e-9,
+              WIFSIGNALED(status) ? WTERMSIG(status) : 0, readable ? "true" : "false");
   ::unlink(path.c_str());
   ::rmdir(dir);
   return readable ? 0 : 1;

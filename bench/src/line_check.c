@@ -31,7 +31,8 @@ int main(int argc, char** argv) {
     if (!eof) {
       ssize_t n = read(STDIN_FILENO, buffer + have, buffer_size - have);
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) eof = 1;
+      if (n <= 0)
+        eof = 1;
       else {
         have += (size_t)n;
         bytes += n;
@@ -48,21 +49,33 @@ int main(int argc, char** argv) {
         number = 0;
         for (int d = 0; d < 10; ++d) {
           char c = line[prefix_len + 3 + d];
-          if (c < '0' || c > '9') { number = -1; break; }
+          if (c < '0' || c > '9') {
+            number = -1;
+            break;
+          }
           number = number * 10 + (c - '0');
         }
       }
-      if (number == next) ++next;
-      else ++bad;
+      if (number == next)
+        ++next;
+      else
+        ++bad;
       start += len;
     }
-    if (start == 0 && have == buffer_size) { ++bad; have = 0; continue; } /* no newline in 4 MiB */
+    if (start == 0 && have == buffer_size) {
+      ++bad;
+      have = 0;
+      continue;
+    } /* no newline in 4 MiB */
     memmove(buffer, buffer + start, have - start);
     have -= start;
-    if (eof && have > 0) { ++bad; have = 0; } /* a partial last line */
+    if (eof && have > 0) {
+      ++bad;
+      have = 0;
+    } /* a partial last line */
   }
   int ok = next == expected && bad == 0;
-  printf("{\"ok\": %s, \"lines_in_order\": %lld, \"bad_lines\": %lld, \"bytes\": %lld}\n", ok ? "true" : "false",
-         next, bad, bytes);
+  printf("{\"ok\": %s, \"lines_in_order\": %lld, \"bad_lines\": %lld, \"bytes\": %lld}\n", ok ? "true" : "false", next,
+         bad, bytes);
   return ok ? 0 : 1;
 }

@@ -51,8 +51,9 @@ int main(int argc, char** argv) {
     fclose(stat);
     char* p = strrchr(text, ')');
     /* after ')': state(3) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt(13) utime(14)... */
-    if (p) sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu", &ticks[0], &ticks[1],
-                  &ticks[2], &ticks[3]);
+    if (p)
+      sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu", &ticks[0], &ticks[1], &ticks[2],
+             &ticks[3]);
   }
   int status = 0;
   struct rusage usage;

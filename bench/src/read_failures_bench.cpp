@@ -5,13 +5,12 @@
 //
 //   read_failures_bench [google-benchmark flags]     N = 1, 64, 10000
 //   read_failures_bench --summary N                  print the summary for N files
-#include <elastic/errors.hpp>
-
 #include <benchmark/benchmark.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <elastic/errors.hpp>
 #include <map>
 #include <string>
 
@@ -25,7 +24,8 @@ std::string error_dir() {
 std::string read_all(const std::string& root, int n) {
   std::map<int, elastic::ProcessFailure> failures;
   for (int rank = 0; rank < n; ++rank)
-    failures.emplace(rank, elastic::ProcessFailure(rank, 100000 + rank, 1, root + "/" + std::to_string(rank) + "/error.json"));
+    failures.emplace(
+        rank, elastic::ProcessFailure(rank, 100000 + rank, 1, root + "/" + std::to_string(rank) + "/error.json"));
   return elastic::ChildFailedError("train", std::move(failures)).format_msg();
 }
 

@@ -1,9 +1,9 @@
 // In-process cost of elastic::record on the happy path: a call through
 // record(fn) against a direct call of fn, and the whole ELASTIC_RECORD_MAIN
 // path (handler lookup, entry-point name, record, success).
-#include <elastic/errors.hpp>
-
 #include <benchmark/benchmark.h>
+
+#include <elastic/errors.hpp>
 
 namespace {
 

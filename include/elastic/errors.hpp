@@ -6,7 +6,6 @@
 //   ELASTIC_RECORD_MAIN(train)
 #pragma once
 
-#include <elastic/version.hpp>
 #include <elastic/errors/child_failed_error.hpp>
 #include <elastic/errors/crash_handler.hpp>
 #include <elastic/errors/error_handler.hpp>
@@ -17,3 +16,4 @@
 #include <elastic/errors/signals.hpp>
 #include <elastic/errors/stacktrace.hpp>
 #include <elastic/errors/throw_trace.hpp>
+#include <elastic/version.hpp>

@@ -4,17 +4,16 @@
 // unless set_level() was called.
 #pragma once
 
-#include <elastic/detail/suppress_signal.hpp>
-
-#include <elastic/detail/write_all.hpp>
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
+#include <elastic/detail/suppress_signal.hpp>
+#include <elastic/detail/write_all.hpp>
 #include <string>
 #include <string_view>
-#include <unistd.h>
 
 namespace elastic::log {
 

@@ -11,13 +11,11 @@
 //          "root_rank", "summary" (format_msg()), "what" (only when every file was read),
 //          "described_summary" (always: built with read_or_describe)}
 #include <elastic/errors.hpp>
-
-#include <nlohmann/json.hpp>
-
 #include <fstream>
 #include <iostream>
 #include <iterator>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 

@@ -2,16 +2,15 @@
 // failed rank's file and turned into its summary. Any crash, hang, sanitizer
 // report or escaping exception is a bug; so is a summary that cannot itself be
 // serialized, or a parsed value nested deeper than the reader's limit.
-#include <elastic/errors.hpp>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <elastic/errors.hpp>
 #include <string>
 #include <vector>
-
-#include <sys/mman.h>
-#include <unistd.h>
 
 namespace {
 

@@ -3,12 +3,11 @@
 // --rdzv-conf, and the ${...} substitution of prefixes and worker arguments.
 // A usage error (std::invalid_argument) is the expected answer to bad input; a
 // crash, a sanitizer report, any other exception or a broken invariant is a bug.
-#include <elastic/launcher.hpp>
-#include <elastic/multiprocessing.hpp>
-
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <elastic/launcher.hpp>
+#include <elastic/multiprocessing.hpp>
 #include <map>
 #include <string>
 #include <variant>

@@ -1,20 +1,19 @@
 // A worker for the crash-capture tests: `crash_worker MODE` dies, for real, in
 // the way MODE names, inside a noinline function with a distinctive name that
 // the tests look for in the error file.
-#include <elastic/errors.hpp>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <elastic/errors.hpp>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <sys/mman.h>
-#include <unistd.h>
 
 #define WORKER_NOINLINE __attribute__((noinline))
 
@@ -24,17 +23,11 @@ volatile int zero = 0;
 volatile int recursion_limit = -1;
 volatile int* volatile null_pointer = nullptr;
 
-WORKER_NOINLINE void crash_here_on_purpose() {
-  *null_pointer = 42;
-}
+WORKER_NOINLINE void crash_here_on_purpose() { *null_pointer = 42; }
 
-WORKER_NOINLINE void abort_here_on_purpose() {
-  std::abort();
-}
+WORKER_NOINLINE void abort_here_on_purpose() { std::abort(); }
 
-WORKER_NOINLINE void terminate_here_on_purpose() {
-  std::terminate();
-}
+WORKER_NOINLINE void terminate_here_on_purpose() { std::terminate(); }
 
 WORKER_NOINLINE int divide_by_zero_on_purpose(int numerator) {
   // Both operands volatile: the division must happen at run time and trap.
@@ -85,9 +78,7 @@ WORKER_NOINLINE int recurse_without_end_on_purpose(int depth) {
 namespace {
 // Internal linkage: not in the dynamic symbol table even with -rdynamic, so only
 // a symbolizer that reads the ELF .symtab can name it.
-__attribute__((noinline)) void crash_in_internal_function_on_purpose() {
-  *crash_worker::null_pointer = 7;
-}
+__attribute__((noinline)) void crash_in_internal_function_on_purpose() { *crash_worker::null_pointer = 7; }
 }  // namespace
 
 namespace crash_worker {
@@ -96,13 +87,9 @@ struct DistinctiveError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-WORKER_NOINLINE void throw_from_thread_on_purpose() {
-  throw DistinctiveError("thrown on a worker thread");
-}
+WORKER_NOINLINE void throw_from_thread_on_purpose() { throw DistinctiveError("thrown on a worker thread"); }
 
-WORKER_NOINLINE void throw_here_on_purpose() {
-  throw DistinctiveError("thrown deep inside");
-}
+WORKER_NOINLINE void throw_here_on_purpose() { throw DistinctiveError("thrown deep inside"); }
 
 WORKER_NOINLINE void call_through(void (*fn)()) {
   fn();
@@ -114,9 +101,7 @@ WORKER_NOINLINE void out_of_range_in_library_on_purpose() {
   std::printf("%d\n", empty.at(3));
 }
 
-WORKER_NOINLINE void noexcept_violation_on_purpose() noexcept {
-  call_through(&throw_here_on_purpose);
-}
+WORKER_NOINLINE void noexcept_violation_on_purpose() noexcept { call_through(&throw_here_on_purpose); }
 
 // Two threads crash at (nearly) the same time: both start, meet, then fault.
 void two_threads_crash() {
@@ -164,22 +149,38 @@ extern "C" void previous_segv_handler(int, siginfo_t* info, void*) {
 int worker_main(int argc, char** argv) {
   using namespace crash_worker;
   const std::string mode = argc > 1 ? argv[1] : "";
-  if (mode == "segv") crash_here_on_purpose();
-  else if (mode == "segv_internal") crash_in_internal_function_on_purpose();
-  else if (mode == "abort") abort_here_on_purpose();
-  else if (mode == "terminate") terminate_here_on_purpose();
-  else if (mode == "fpe") std::printf("%d\n", divide_by_zero_on_purpose(argc));
-  else if (mode == "ill") illegal_instruction_on_purpose();
-  else if (mode == "trap") trap_here_on_purpose();
-  else if (mode == "bus") bus_error_on_purpose();
-  else if (mode == "stack_overflow") std::printf("%d\n", recurse_without_end_on_purpose(0));
-  else if (mode == "thread_stack_overflow") thread_stack_overflow();
-  else if (mode == "thread_exception") std::thread(&throw_from_thread_on_purpose).join();
-  else if (mode == "noexcept") noexcept_violation_on_purpose();
-  else if (mode == "throw") call_through(&throw_here_on_purpose);
-  else if (mode == "library_throw") out_of_range_in_library_on_purpose();
-  else if (mode == "two_threads") two_threads_crash();
-  else if (mode == "ok") return 0;
+  if (mode == "segv")
+    crash_here_on_purpose();
+  else if (mode == "segv_internal")
+    crash_in_internal_function_on_purpose();
+  else if (mode == "abort")
+    abort_here_on_purpose();
+  else if (mode == "terminate")
+    terminate_here_on_purpose();
+  else if (mode == "fpe")
+    std::printf("%d\n", divide_by_zero_on_purpose(argc));
+  else if (mode == "ill")
+    illegal_instruction_on_purpose();
+  else if (mode == "trap")
+    trap_here_on_purpose();
+  else if (mode == "bus")
+    bus_error_on_purpose();
+  else if (mode == "stack_overflow")
+    std::printf("%d\n", recurse_without_end_on_purpose(0));
+  else if (mode == "thread_stack_overflow")
+    thread_stack_overflow();
+  else if (mode == "thread_exception")
+    std::thread(&throw_from_thread_on_purpose).join();
+  else if (mode == "noexcept")
+    noexcept_violation_on_purpose();
+  else if (mode == "throw")
+    call_through(&throw_here_on_purpose);
+  else if (mode == "library_throw")
+    out_of_range_in_library_on_purpose();
+  else if (mode == "two_threads")
+    two_threads_crash();
+  else if (mode == "ok")
+    return 0;
   else {
     std::fprintf(stderr, "unknown mode %s\n", mode.c_str());
     return 2;

@@ -1,14 +1,13 @@
 // A parent for the tests: `failure_reader EXITCODE FILE...` reads each FILE as
 // the error file of one failed rank (rank = position) the way a launcher does,
 // prints the summary on stdout and its peak memory on stderr as "maxrss_kib=N".
-#include <elastic/errors.hpp>
-
-#include <cstdio>
-#include <map>
-#include <string>
-
 #include <sys/resource.h>
 #include <unistd.h>
+
+#include <cstdio>
+#include <elastic/errors.hpp>
+#include <map>
+#include <string>
 
 int main(int argc, char** argv) {
   if (argc < 3) {

@@ -1,9 +1,8 @@
 // A worker for the tests: `record_worker MODE [ARG]` fails (or not) in the way
 // MODE names, under ELASTIC_RECORD_MAIN like a user's worker.
-#include <elastic/errors.hpp>
-
 #include <csignal>
 #include <cstdio>
+#include <elastic/errors.hpp>
 #include <map>
 #include <stdexcept>
 #include <string>

@@ -9,10 +9,10 @@
 // the call. A signal already pending when the scope began is left pending.
 #pragma once
 
-#include <ctime>
-
 #include <pthread.h>
 #include <signal.h>
+
+#include <ctime>
 
 namespace elastic::detail {
 

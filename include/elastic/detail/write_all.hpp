@@ -1,9 +1,9 @@
 #pragma once
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstddef>
-
-#include <unistd.h>
 
 namespace elastic::detail {
 

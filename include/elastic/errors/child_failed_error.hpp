@@ -2,13 +2,12 @@
 // exactly the layout torchrun prints.
 #pragma once
 
-#include <elastic/errors/detail/hostname.hpp>
-#include <elastic/errors/handlers.hpp>
-#include <elastic/errors/process_failure.hpp>
-
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <elastic/errors/detail/hostname.hpp>
+#include <elastic/errors/handlers.hpp>
+#include <elastic/errors/process_failure.hpp>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -53,7 +52,7 @@ inline std::string traceback_text(const nlohmann::json& message) {
     if (auto stack = extra->find("py_callstack"); stack != extra->end()) shown = &*stack;
   if (shown == nullptr)
     if (auto text = message.find("message"); text != message.end()) shown = &*text;
-  std::string text = shown == nullptr ? std::string(not_available)
+  std::string text = shown == nullptr     ? std::string(not_available)
                      : shown->is_string() ? shown->get<std::string>()
                                           : shown->dump();
   return replace_all(std::move(text), "\n", "\n  ");

@@ -14,6 +14,19 @@
 //                          a comma separated list of names (SIGSEGV or SEGV) or numbers.
 #pragma once
 
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
 #include <elastic/errors/detail/exception_info.hpp>
 #include <elastic/errors/detail/file_io.hpp>
 #include <elastic/errors/detail/python_json.hpp>
@@ -22,27 +35,12 @@
 #include <elastic/errors/stacktrace.hpp>
 #include <elastic/errors/throw_trace.hpp>
 #include <elastic/log.hpp>
-
-#include <nlohmann/json.hpp>
-
-#include <atomic>
-#include <cerrno>
-#include <csignal>
-#include <cstdlib>
-#include <cstring>
-#include <ctime>
 #include <exception>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <signal.h>
-#include <sys/mman.h>
-#include <sys/syscall.h>
-#include <time.h>
-#include <ucontext.h>
-#include <unistd.h>
 
 namespace elastic {
 
@@ -54,9 +52,9 @@ inline std::vector<int> default_crash_signals() { return {SIGSEGV, SIGBUS, SIGFP
 
 struct CrashCaptureOptions {
   std::vector<int> signals = default_crash_signals();  // ELASTIC_CRASH_SIGNALS overrides
-  std::size_t alternate_stack_bytes = 256 * 1024;       // per thread, for stack overflows
-  unsigned watchdog_seconds = 20;  // a handler stuck longer ends the process by the same signal
-  bool terminate_handler = true;   // std::set_terminate: uncaught exceptions, noexcept violations
+  std::size_t alternate_stack_bytes = 256 * 1024;      // per thread, for stack overflows
+  unsigned watchdog_seconds = 20;                      // a handler stuck longer ends the process by the same signal
+  bool terminate_handler = true;                       // std::set_terminate: uncaught exceptions, noexcept violations
 };
 
 namespace errors::detail {
@@ -356,8 +354,10 @@ inline void crash_signal_handler(int signo, siginfo_t* info, void* context) {
     if (writer == self) {
       // Either our terminate handler wrote the report and now aborts (let the
       // previous handler see it), or the handler itself faulted (die now).
-      if (state.report_done.load()) reraise_with(signo, state.previous[signo]);
-      else reraise_with_default(signo);
+      if (state.report_done.load())
+        reraise_with(signo, state.previous[signo]);
+      else
+        reraise_with_default(signo);
       errno = saved_errno;
       return;
     }
@@ -460,8 +460,8 @@ class AlternateSignalStack {
     if (::sigaltstack(nullptr, &current) == 0 && !(current.ss_flags & SS_DISABLE)) return true;
     const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
     const std::size_t usable = (bytes + page - 1) / page * page;
-    void* mapping = ::mmap(nullptr, usable + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK,
-                           -1, 0);
+    void* mapping =
+        ::mmap(nullptr, usable + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
     if (mapping == MAP_FAILED) return false;
     ::mprotect(mapping, page, PROT_NONE);  // a guard page below: an overflow faults, not corrupts
     mapping_ = mapping;

@@ -3,6 +3,7 @@
 // set_error_handler() to change where or how failures are recorded.
 #pragma once
 
+#include <cstdlib>
 #include <elastic/errors/crash_handler.hpp>
 #include <elastic/errors/detail/exception_info.hpp>
 #include <elastic/errors/detail/file_io.hpp>
@@ -10,11 +11,8 @@
 #include <elastic/errors/process_failure.hpp>
 #include <elastic/errors/throw_trace.hpp>
 #include <elastic/log.hpp>
-
-#include <nlohmann/json.hpp>
-
-#include <cstdlib>
 #include <exception>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -78,8 +76,8 @@ class ErrorHandler {
     std::string contents = std::move(read.data);
     if (error_code != 0) {
       if (!data.is_object() || !data.contains("message")) {
-        log::warning("child error file ({}) does not have field `message`; cannot override error code: {}",
-                     child_file, error_code);
+        log::warning("child error file ({}) does not have field `message`; cannot override error code: {}", child_file,
+                     error_code);
       } else if (!data["message"].is_object()) {
         log::warning("child error file ({}) has a new message format; skipping error code override", child_file);
       } else {
@@ -133,8 +131,7 @@ class ErrorHandler {
     if (auto path = error_file_path()) {
       write_error_file(*path, contents);
     } else {
-      log::info("{} raised {} ({} not set, no error file written)", entrypoint_or_default(), headline,
-                error_file_env);
+      log::info("{} raised {} ({} not set, no error file written)", entrypoint_or_default(), headline, error_file_env);
     }
   }
 

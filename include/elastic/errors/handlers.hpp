@@ -2,7 +2,6 @@
 #pragma once
 
 #include <elastic/errors/error_handler.hpp>
-
 #include <memory>
 #include <mutex>
 

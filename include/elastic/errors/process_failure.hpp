@@ -3,18 +3,17 @@
 // made up from its exit code.
 #pragma once
 
-#include <elastic/errors/detail/file_io.hpp>
-#include <elastic/errors/signals.hpp>
-#include <elastic/log.hpp>
-
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
+#include <time.h>
 
 #include <cmath>
 #include <cstdint>
 #include <ctime>
-#include <time.h>
+#include <elastic/errors/detail/file_io.hpp>
+#include <elastic/errors/signals.hpp>
+#include <elastic/log.hpp>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -70,9 +69,12 @@ inline JsonShape json_shape(std::string_view text, std::size_t depth_limit, std:
   bool in_string = false, escaped = false;
   for (char c : text) {
     if (in_string) {
-      if (escaped) escaped = false;
-      else if (c == '\\') escaped = true;
-      else if (c == '"') in_string = false;
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
       continue;
     }
     if (c == '"') {
@@ -113,8 +115,10 @@ inline std::string printable_reason(std::string_view text, std::size_t limit = E
       out += "...";
       break;
     }
-    if (c >= 0x20 && c < 0x7f) out += static_cast<char>(c);
-    else out += fmt::format("\\x{:02x}", c);
+    if (c >= 0x20 && c < 0x7f)
+      out += static_cast<char>(c);
+    else
+      out += fmt::format("\\x{:02x}", c);
   }
   return out;
 }
@@ -187,10 +191,10 @@ class ProcessFailure {
   int local_rank = 0;
   int pid = 0;
   int exitcode = 0;
-  std::string error_file;           // "<N/A>" when the child left no file
-  nlohmann::json error_file_data;   // the parsed file, or {"message": "<NONE>"}
-  nlohmann::json message;           // a string, or the nested {"message", "extraInfo"} object
-  std::int64_t timestamp = 0;       // seconds since the epoch
+  std::string error_file;          // "<N/A>" when the child left no file
+  nlohmann::json error_file_data;  // the parsed file, or {"message": "<NONE>"}
+  nlohmann::json message;          // a string, or the nested {"message", "extraInfo"} object
+  std::int64_t timestamp = 0;      // seconds since the epoch
 
   // Reads `error_file_path` if it is a regular file. A malformed file throws
   // ErrorFileError. A missing one (or a directory, FIFO, device) gives
@@ -201,14 +205,9 @@ class ProcessFailure {
     message = "";
     auto read = errors::detail::read_regular_file(error_file, ErrorFileLimits::max_bytes);
     switch (read.status) {
-      case errors::detail::ReadResult::Status::ok:
-        load(read.data);
-        break;
-      case errors::detail::ReadResult::Status::not_a_file:
-        set_no_reply_file();
-        break;
-      case errors::detail::ReadResult::Status::error:
-        fail(read.reason);
+      case errors::detail::ReadResult::Status::ok: load(read.data); break;
+      case errors::detail::ReadResult::Status::not_a_file: set_no_reply_file(); break;
+      case errors::detail::ReadResult::Status::error: fail(read.reason);
     }
     if (message.is_string() && message.get_ref<const std::string&>().empty()) message = default_message();
   }

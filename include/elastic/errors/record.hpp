@@ -5,7 +5,6 @@
 #include <elastic/errors/child_failed_error.hpp>
 #include <elastic/errors/handlers.hpp>
 #include <elastic/log.hpp>
-
 #include <exception>
 #include <functional>
 #include <memory>
@@ -67,9 +66,10 @@ std::invoke_result_t<F&, Args...> invoke_recorded(F& fn, ErrorHandler& handler, 
       const int child_exitcode = failure.exitcode;
       guarded("dump_error_file", [&] { handler.dump_error_file(child_file, child_exitcode); });
     } else {
-      log::info("local_rank {} FAILED with no error file. Wrap the worker's entry point in elastic::record "
-                "for a traceback.",
-                rank);
+      log::info(
+          "local_rank {} FAILED with no error file. Wrap the worker's entry point in elastic::record "
+          "for a traceback.",
+          rank);
     }
     throw;
   } catch (...) {

@@ -12,23 +12,20 @@
 //   open/read into memory it owns (no malloc) and demangles without allocating.
 #pragma once
 
-#include <elastic/errors/detail/signal_safe.hpp>
-
 #include <absl/debugging/symbolize.h>
-
-#include <cstddef>
-#include <cstdint>
-#include <string>
-#include <vector>
-
-#include <algorithm>
-
 #include <dirent.h>
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <link.h>
 #include <unistd.h>
 #include <unwind.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <elastic/errors/detail/signal_safe.hpp>
+#include <string>
+#include <vector>
 
 namespace elastic {
 

@@ -13,19 +13,18 @@
 // at run time with the environment variable ELASTIC_THROW_TRACES=0.
 #pragma once
 
-#include <elastic/errors/detail/exception_info.hpp>
-#include <elastic/errors/stacktrace.hpp>
+#include <dlfcn.h>
+#include <sched.h>
 
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <elastic/errors/detail/exception_info.hpp>
+#include <elastic/errors/stacktrace.hpp>
 #include <exception>
 #include <string>
 #include <typeinfo>
 #include <vector>
-
-#include <dlfcn.h>
-#include <sched.h>
 
 #ifndef ELASTIC_THROW_TRACES
 #define ELASTIC_THROW_TRACES 1

@@ -4,11 +4,10 @@
 // last line without a newline is completed at the end.
 #pragma once
 
-#include <elastic/detail/write_all.hpp>
-
 #include <unistd.h>
 
 #include <cerrno>
+#include <elastic/detail/write_all.hpp>
 #include <string>
 #include <string_view>
 

@@ -1,5 +1,4 @@
 #include <elastic/errors.hpp>
-
 #include <stdexcept>
 
 int run(int argc, char**) {

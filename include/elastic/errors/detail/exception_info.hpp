@@ -30,8 +30,8 @@ inline std::string demangle(const char* mangled) {
 
 // One level of an exception chain.
 struct ExceptionLevel {
-  std::string type;         // demangled dynamic type, e.g. "std::runtime_error"
-  std::string what;         // what(), or a rendering of a non-std value
+  std::string type;              // demangled dynamic type, e.g. "std::runtime_error"
+  std::string what;              // what(), or a rendering of a non-std value
   const void* object = nullptr;  // the thrown object, to find its throw-site trace
 
   std::string headline() const { return type + ": " + what; }
@@ -88,8 +88,8 @@ inline void describe_into(std::vector<ExceptionLevel>& out, std::exception_ptr e
     out.push_back({"double", std::to_string(value), object});
   } catch (...) {
     const std::type_info* type = abi::__cxa_current_exception_type();
-    out.push_back({demangle(type ? type->name() : nullptr), "<exception of a type not derived from std::exception>",
-                   object});
+    out.push_back(
+        {demangle(type ? type->name() : nullptr), "<exception of a type not derived from std::exception>", object});
   }
 }
 

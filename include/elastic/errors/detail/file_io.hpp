@@ -3,23 +3,21 @@
 // sees the whole file or none of it.
 #pragma once
 
-#include <elastic/detail/suppress_signal.hpp>
-#include <elastic/detail/write_all.hpp>
-
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <elastic/detail/suppress_signal.hpp>
+#include <elastic/detail/write_all.hpp>
 #include <filesystem>
 #include <string>
 #include <string_view>
 #include <system_error>
-
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 namespace elastic::errors::detail {
 
@@ -141,8 +139,7 @@ inline std::string write_file_atomically(const std::string& path, std::string_vi
   // The temporary's name must fit NAME_MAX even when the target's name nearly fills it.
   static std::atomic<unsigned> counter{0};
   const std::string name = target.filename().string().substr(0, 200);
-  const std::string temp =
-      (parent / fmt::format(".{}.tmp.{}.{}", name, ::getpid(), counter.fetch_add(1))).string();
+  const std::string temp = (parent / fmt::format(".{}.tmp.{}.{}", name, ::getpid(), counter.fetch_add(1))).string();
   // Past RLIMIT_FSIZE the write fails with EFBIG rather than SIGXFSZ killing the worker.
   elastic::detail::SuppressSignal no_sigxfsz(SIGXFSZ);
   int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);

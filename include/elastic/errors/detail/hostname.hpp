@@ -2,13 +2,13 @@
 // does so that our summaries and torchrun's agree on the same machine.
 #pragma once
 
-#include <cstring>
-#include <string>
-#include <vector>
-
 #include <netdb.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
 
 namespace elastic::errors::detail {
 
@@ -42,8 +42,8 @@ inline std::string compute_fqdn() {
     address = &reinterpret_cast<sockaddr_in6*>(found->ai_addr)->sin6_addr;
     length = sizeof(in6_addr);
   }
-  int rc = address ? ::gethostbyaddr_r(address, length, family, &entry, buffer.data(), buffer.size(), &result, &herr)
-                   : -1;
+  int rc =
+      address ? ::gethostbyaddr_r(address, length, family, &entry, buffer.data(), buffer.size(), &result, &herr) : -1;
   ::freeaddrinfo(found);
   if (rc != 0 || result == nullptr || result->h_name == nullptr) return host;
 

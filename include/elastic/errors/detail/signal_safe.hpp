@@ -3,15 +3,14 @@
 // allocates, locks or touches stdio; only async-signal-safe system calls are used.
 #pragma once
 
-#include <elastic/detail/write_all.hpp>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
-
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#include <elastic/detail/write_all.hpp>
 
 namespace elastic::errors::detail {
 
@@ -129,8 +128,10 @@ class FixedText {
       case '\b': append("\\b"); return;
       case '\f': append("\\f"); return;
       default:
-        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7F) append_unicode_escape(static_cast<unsigned char>(c));
-        else append(c);
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7F)
+          append_unicode_escape(static_cast<unsigned char>(c));
+        else
+          append(c);
     }
   }
   void append_unicode_escape(std::uint32_t unit) {

@@ -44,6 +44,10 @@ std::string callstack_of(const elastic::ProcessFailure& failure) {
 
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
+// Throw-site traces are compiled out of some builds (AddressSanitizer's, or
+// ELASTIC_THROW_TRACES=OFF); the records are still written, without those frames.
+constexpr bool throw_traces_built = ELASTIC_THROW_TRACES != 0;
+
 // The line of the first frame (after the headline).
 std::string first_frame(const std::string& callstack) {
   auto start = callstack.find("\n#0 ");
@@ -154,7 +158,7 @@ TEST_CASE("an uncaught exception on a std::thread is recorded with its throw sit
   INFO(callstack);
   CHECK(first_line(callstack) == "crash_worker::DistinctiveError: thrown on a worker thread");
   CHECK(failure.message.at("message") == "crash_worker::DistinctiveError: thrown on a worker thread");
-  CHECK(first_frame(callstack).find("throw_from_thread_on_purpose") != std::string::npos);
+  if (throw_traces_built) CHECK(first_frame(callstack).find("throw_from_thread_on_purpose") != std::string::npos);
 }
 
 TEST_CASE("a terminate handler installed before initialize still runs after the record") {
@@ -192,6 +196,7 @@ TEST_CASE("an exception escaping into record carries the stack of its throw site
   CHECK(first_line(callstack) == "crash_worker::DistinctiveError: thrown deep inside");
   // Thrown in throw_here_on_purpose, through call_through: frames that had already
   // returned when record() caught it.
+  if (!throw_traces_built) return;
   CHECK(first_frame(callstack).find("throw_here_on_purpose") != std::string::npos);
   CHECK(callstack.find("call_through") != std::string::npos);
 }
@@ -205,7 +210,7 @@ TEST_CASE("exceptions thrown inside the C++ library are traced too") {
   const std::string callstack = callstack_of(failure);
   INFO(callstack);
   CHECK(first_line(callstack).rfind("std::out_of_range: ", 0) == 0);
-  CHECK(callstack.find("out_of_range_in_library_on_purpose") != std::string::npos);
+  if (throw_traces_built) CHECK(callstack.find("out_of_range_in_library_on_purpose") != std::string::npos);
 }
 
 TEST_CASE("ELASTIC_THROW_TRACES=0 turns throw-site traces off") {
@@ -359,7 +364,7 @@ TEST_CASE("signal-safe JSON strings match Python's json.dumps") {
       std::string("controls \b\f\n\r\t \x01\x1f \x7f"),
       std::string("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"),
       std::string("invalid \xff \xc3 end"),
-      std::string("nul \0 inside", 13),
+      std::string("nul \0 inside", 12),
   };
   for (const std::string& sample : samples) {
     char storage[512];

@@ -29,7 +29,8 @@ WORKER_NOINLINE void abort_here_on_purpose() { std::abort(); }
 
 WORKER_NOINLINE void terminate_here_on_purpose() { std::terminate(); }
 
-WORKER_NOINLINE int divide_by_zero_on_purpose(int numerator) {
+// UBSan would report the division before the CPU traps: this one must trap.
+__attribute__((no_sanitize("integer-divide-by-zero"))) WORKER_NOINLINE int divide_by_zero_on_purpose(int numerator) {
   // Both operands volatile: the division must happen at run time and trap.
   volatile int dividend = numerator;
   return dividend / zero;
@@ -67,7 +68,7 @@ WORKER_NOINLINE void bus_error_on_purpose() {
 }
 
 WORKER_NOINLINE int recurse_without_end_on_purpose(int depth) {
-  volatile char frame_filler[256];
+  volatile char frame_filler[256] = {};
   frame_filler[depth % 256] = static_cast<char>(depth);
   if (depth == recursion_limit) return 0;  // never reached: the limit is out of range
   return recurse_without_end_on_purpose(depth + 1) + frame_filler[(depth + 1) % 256];

@@ -26,6 +26,16 @@
 #include <typeinfo>
 #include <vector>
 
+// AddressSanitizer intercepts __cxa_throw itself, so its builds go without.
+#ifndef ELASTIC_THROW_TRACES
+#if defined(__SANITIZE_ADDRESS__)
+#define ELASTIC_THROW_TRACES 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ELASTIC_THROW_TRACES 0
+#endif
+#endif
+#endif
 #ifndef ELASTIC_THROW_TRACES
 #define ELASTIC_THROW_TRACES 1
 #endif

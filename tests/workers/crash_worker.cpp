@@ -68,10 +68,11 @@ WORKER_NOINLINE void bus_error_on_purpose() {
 }
 
 WORKER_NOINLINE int recurse_without_end_on_purpose(int depth) {
-  volatile char frame_filler[256] = {};
+  volatile char frame_filler[256];
   frame_filler[depth % 256] = static_cast<char>(depth);
   if (depth == recursion_limit) return 0;  // never reached: the limit is out of range
-  return recurse_without_end_on_purpose(depth + 1) + frame_filler[(depth + 1) % 256];
+  // Reading the frame after the call keeps it from becoming a tail call.
+  return recurse_without_end_on_purpose(depth + 1) + frame_filler[depth % 256];
 }
 
 }  // namespace crash_worker

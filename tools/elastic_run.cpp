@@ -288,6 +288,13 @@ int main(int argc, char** argv) {
     ::setenv("OMP_NUM_THREADS", "1", 1);
   }
 
+  // From here on the handled signals are only read (through launch's signalfd),
+  // never acted on by default: one that comes late cannot cut the summary short.
+  sigset_t handled;
+  sigemptyset(&handled);
+  for (int sig : config.signals_to_handle) sigaddset(&handled, sig);
+  ::sigprocmask(SIG_BLOCK, &handled, nullptr);
+
   try {
     auto run = elastic::record(
         [&] { return elastic::launcher::launch(config, command.entrypoint, command.args, command.name); });
@@ -295,8 +302,11 @@ int main(int argc, char** argv) {
     return 0;
   } catch (const elastic::ChildFailedError& e) {
     // format_msg(), not what(): a C string would end the summary at a NUL in a message.
+    // Queued behind the workers' last lines; a stalled console gets a bounded wait.
     std::string text = "elastic.ChildFailedError: " + e.format_msg() + "\n";
-    elastic::multiprocessing::detail::write_all(STDERR_FILENO, text.data(), text.size());
+    auto& console = elastic::multiprocessing::Console::of(STDERR_FILENO);
+    console.write(text);
+    console.flush(elastic::multiprocessing::PContextOptions{}.console_stall_limit);
     return 1;
   } catch (const elastic::launcher::SignalException& e) {
     return 128 + e.signum();

@@ -267,8 +267,7 @@ TEST_CASE("a full disk under --log-dir is reported once, the console copy stays 
     return;
   }
   // About 2 MB of numbered lines into a 1 MiB file system.
-  auto r = elastic_run({"--nproc-per-node=1", "--tee=3", "--log-dir", mount_point, "/bin/sh", "-c",
-                        "seq 1 300000"},
+  auto r = elastic_run({"--nproc-per-node=1", "--tee=3", "--log-dir", mount_point, "/bin/sh", "-c", "seq 1 300000"},
                        base_options());
   CHECK(r.exitcode == 0);
   std::string expected;

@@ -34,8 +34,9 @@ using ::elastic::detail::write_all;
 // written in order by a background thread. Writers never block. Past
 // `high_water` queued bytes, has_room() is false and readers of worker pipes
 // pause (the workers then wait on their own pipes, as with a console they wrote
-// directly), until the queue is down to half; nothing is dropped, except once
-// the console is gone (EPIPE, EBADF): then everything is discarded.
+// directly), until the queue is down to half; nothing is dropped, except a chunk
+// the console refuses (EPIPE, EBADF): each chunk is tried on its own, so an fd
+// number closed and reused later gets a fresh start.
 class Console {
  public:
   static constexpr std::size_t high_water = std::size_t{4} << 20;
@@ -58,7 +59,6 @@ class Console {
   void write(std::string_view data) {
     if (data.empty()) return;
     std::lock_guard<std::mutex> lock(mutex_);
-    if (broken_) return;
     queue_.emplace_back(data);
     queued_ += data.size();
     start_thread_locked();
@@ -121,14 +121,10 @@ class Console {
         std::lock_guard<std::mutex> progress(mutex_);
         last_progress_ = std::chrono::steady_clock::now();
       }
+      (void)ok;  // a console that is gone refuses the chunk at once: nothing to wait for
       lock.lock();
       writing_ = false;
       queued_ -= chunk.size();
-      if (!ok) {
-        broken_ = true;  // the console is gone: what is left has no reader
-        queue_.clear();
-        queued_ = 0;
-      }
       if (waiting_for_room_ && queued_ <= high_water / 2) {
         waiting_for_room_ = false;
         const std::uint64_t one = 1;
@@ -147,7 +143,6 @@ class Console {
   std::size_t queued_ = 0;
   bool writing_ = false;
   bool started_ = false;
-  bool broken_ = false;
   bool waiting_for_room_ = false;
   std::chrono::steady_clock::time_point last_progress_ = std::chrono::steady_clock::now();
 };

@@ -8,17 +8,16 @@
 // PR_SET_PDEATHSIG alone only reaches the workers themselves, not their children.
 #pragma once
 
-#include <sys/random.h>
-
 #include <fcntl.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <csignal>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <cstring>
 #include <elastic/multiprocessing/spawn.hpp>

@@ -10,6 +10,8 @@
 
 #include <pthread.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -59,6 +61,11 @@ class Console {
   void write(std::string_view data) {
     if (data.empty()) return;
     std::lock_guard<std::mutex> lock(mutex_);
+    if (queue_.empty() && !writing_ && writes_never_block(fd_)) {
+      // A file or /dev/null: written here, in order, with no thread to wake.
+      (void)detail::write_all(fd_, data.data(), data.size());
+      return;
+    }
     queue_.emplace_back(data);
     queued_ += data.size();
     start_thread_locked();
@@ -92,6 +99,14 @@ class Console {
 
  private:
   explicit Console(int fd) : fd_(fd), room_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+
+  // A regular file or /dev/null takes a write at once (a pipe, a terminal or a
+  // socket may not). Checked at each write: an fd number may be reused.
+  static bool writes_never_block(int fd) {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) return false;
+    return S_ISREG(st.st_mode) || (S_ISCHR(st.st_mode) && st.st_rdev == ::makedev(1, 3));
+  }
 
   void start_thread_locked() {
     if (started_) return;

@@ -281,36 +281,92 @@ TEST_CASE("a full disk under --log-dir is reported once, the console copy stays 
   CHECK(r.err.find(message, first + 1) == std::string::npos);  // once
 }
 
-TEST_CASE("the launcher dying uncleanly takes descendants that left their process group with it") {
-  for (int sig : {SIGKILL, SIGUSR1}) {
-    INFO("signal " << sig);
-    TempDir dir;
-    // One grandchild in a session of its own, one in a process group of its own,
-    // one orphaned (its parent exits at once), and the worker's own child.
-    Background launcher(
-        {"--nproc-per-node=2", "/bin/sh", "-c",
-         "setsid sleep 3137 & echo $! > \"$0/p_setsid_$RANK\"; "
-         "/usr/bin/python3 -c 'import os; os.setpgid(0, 0); os.execvp(\"sleep\", [\"sleep\", \"3138\"])' & "
-         "echo $! > \"$0/p_setpgid_$RANK\"; "
-         "(setsid sleep 3139 & echo $! > \"$0/p_orphan_$RANK\") ; sleep 3140 & echo $! > \"$0/p_child_$RANK\"; "
-         "touch \"$0/started_$RANK\"; wait",
-         dir.path().string()},
-        dir.file("out"), dir.file("err"), base_options());
-    REQUIRE(wait_until([&] { return file_exists(dir.file("started_0")) && file_exists(dir.file("started_1")); }));
-    KillAtEnd cleanup;
-    for (const auto& entry : fs::directory_iterator(dir.path()))
-      if (entry.path().filename().string().rfind("p_", 0) == 0) cleanup.pids.push_back(read_pid(entry.path()));
-    REQUIRE(cleanup.pids.size() == 8);
-    // The setpgid one may still be starting Python: wait until it is sleep.
-    REQUIRE(wait_until([&] {
-      for (pid_t pid : cleanup.pids)
-        if (read_file("/proc/" + std::to_string(pid) + "/comm") != "sleep\n") return false;
-      return true;
-    }));
-    launcher.signal(sig);
-    CHECK(launcher.wait() == -sig);
-    CHECK(wait_until([&] { return none_alive(cleanup.pids); }, std::chrono::seconds(20)));
+// Where cgroup v2 is mounted ("" when it is not).
+std::string cgroup2_mount() {
+  std::ifstream mounts("/proc/self/mountinfo");
+  for (std::string line; std::getline(mounts, line);) {
+    auto separator = line.find(" - cgroup2 ");
+    if (separator == std::string::npos) continue;
+    std::istringstream fields(line.substr(0, separator));
+    std::string id, parent, device, root, mount_point;
+    fields >> id >> parent >> device >> root >> mount_point;
+    return mount_point;
   }
+  return "";
+}
+
+// The cgroup v2 directory of `pid` when it is in a job cgroup of the launcher, else "".
+std::string job_cgroup_of(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/cgroup");
+  std::string relative;
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("0::", 0) == 0) relative = line.substr(3);
+  if (relative.find("/elastic-") == std::string::npos) return "";
+  return cgroup2_mount() + relative;
+}
+
+TEST_CASE("the launcher dying uncleanly takes descendants that left their process group with it") {
+  // Both ways of finding them: the job's cgroup (where one can be made) and,
+  // with it turned off, the environment marker.
+  for (const char* cgroup : {"off", "auto"}) {
+    for (int sig : {SIGKILL, SIGUSR1}) {
+      INFO("signal " << sig << ", job cgroup " << cgroup);
+      TempDir dir;
+      RunOptions options = base_options();
+      options.set_env["ELASTIC_JOB_CGROUP"] = cgroup;
+      // One grandchild in a session of its own, one in a process group of its own,
+      // one orphaned (its parent exits at once), and the worker's own child.
+      Background launcher(
+          {"--nproc-per-node=2", "/bin/sh", "-c",
+           "setsid sleep 3137 & echo $! > \"$0/p_setsid_$RANK\"; "
+           "/usr/bin/python3 -c 'import os; os.setpgid(0, 0); os.execvp(\"sleep\", [\"sleep\", \"3138\"])' & "
+           "echo $! > \"$0/p_setpgid_$RANK\"; "
+           "(setsid sleep 3139 & echo $! > \"$0/p_orphan_$RANK\") ; sleep 3140 & echo $! > \"$0/p_child_$RANK\"; "
+           "touch \"$0/started_$RANK\"; wait",
+           dir.path().string()},
+          dir.file("out"), dir.file("err"), options);
+      REQUIRE(wait_until([&] { return file_exists(dir.file("started_0")) && file_exists(dir.file("started_1")); }));
+      KillAtEnd cleanup;
+      for (const auto& entry : fs::directory_iterator(dir.path()))
+        if (entry.path().filename().string().rfind("p_", 0) == 0) cleanup.pids.push_back(read_pid(entry.path()));
+      REQUIRE(cleanup.pids.size() == 8);
+      // The setpgid one may still be starting Python: wait until it is sleep.
+      REQUIRE(wait_until([&] {
+        for (pid_t pid : cleanup.pids)
+          if (read_file("/proc/" + std::to_string(pid) + "/comm") != "sleep\n") return false;
+        return true;
+      }));
+      const std::string job_cgroup = job_cgroup_of(cleanup.pids.front());
+      if (std::string(cgroup) == "off") CHECK(job_cgroup.empty());
+      if (std::string(cgroup) == "auto" && job_cgroup.empty())
+        WARN("no writable cgroup v2 with cgroup.kill here: the environment marker was used again");
+      launcher.signal(sig);
+      CHECK(launcher.wait() == -sig);
+      CHECK(wait_until([&] { return none_alive(cleanup.pids); }, std::chrono::seconds(20)));
+      // The watchdog removes the job's cgroup once it is empty.
+      if (!job_cgroup.empty()) CHECK(wait_until([&] { return !fs::exists(job_cgroup); }, std::chrono::seconds(20)));
+    }
+  }
+}
+
+TEST_CASE("a job cgroup, where one is made, is removed when the run ends") {
+  TempDir dir;
+  auto r = elastic_run(
+      {"--nproc-per-node=2", "/bin/sh", "-c", "cat /proc/self/cgroup > \"$0/cgroup_$RANK\"", dir.path().string()},
+      base_options());
+  CHECK(r.exitcode == 0);
+  std::string relative;
+  std::istringstream lines(read_file(dir.file("cgroup_0")));
+  for (std::string line; std::getline(lines, line);)
+    if (line.rfind("0::", 0) == 0) relative = line.substr(3);
+  if (relative.find("/elastic-") == std::string::npos) {
+    WARN("no writable cgroup v2 with cgroup.kill here: no job cgroup to check");
+    return;
+  }
+  // The same cgroup for both workers, gone now.
+  CHECK(read_file(dir.file("cgroup_1")).find(relative) != std::string::npos);
+  const std::string path = cgroup2_mount() + relative;
+  CHECK_FALSE(fs::exists(path));
 }
 
 TEST_CASE("orphans that come back to the launcher are reaped as they exit, not at the end") {

@@ -112,7 +112,10 @@ class PContext {
 
   void start() {
     dest_ = logs_specs_.reify(envs_);
-    if (options_.watchdog) watchdog_.start();
+    if (options_.watchdog) {
+      cgroup_.create();
+      watchdog_.start(cgroup_.path());
+    }
     if (options_.reap_orphans) watch_children();
     for (const auto& [local_rank, env_in] : envs_) {
       Env env = env_in;
@@ -133,6 +136,7 @@ class PContext {
                   options_.console_stderr, err_child);
       spawn.stdout_fd = out_child.get();
       spawn.stderr_fd = err_child.get();
+      spawn.cgroup_procs_fd = cgroup_.procs_fd();
       SpawnedProcess process = spawn_process(argv, env, spawn);
       worker->pid = process.pid;
       worker->pidfd = detail::Fd(process.pidfd);
@@ -532,6 +536,8 @@ class PContext {
     } else {
       for (auto& w : workers_) result.return_values[w->local_rank] = w->exitcode;
     }
+    // What the workers started and left running, wherever it moved, ends with them.
+    cgroup_.kill_and_remove();
     watchdog_.stop();
     // Everything the workers wrote is queued: give the console a bounded time to take it.
     for (int console : {options_.console_stdout, options_.console_stderr})
@@ -555,6 +561,7 @@ class PContext {
   PContextOptions options_;
   LogsDest dest_;
   detail::Fd epoll_;
+  JobCgroup cgroup_;
   Watchdog watchdog_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<int> failed_;

@@ -106,7 +106,8 @@ struct ChildPlan {
   pid_t parent = 0;
   int error = 0;  // errno of the step that failed, written by the child
   int failed_step = 0;
-  int report_fd = -1;  // without shared memory (the fork path): where the child reports a failed step
+  int report_fd = -1;        // without shared memory (the fork path): where the child reports a failed step
+  int cgroup_procs_fd = -1;  // a cgroup's cgroup.procs the child joins before exec
 };
 
 // Records which step failed (errno as it is) and ends the child.
@@ -129,6 +130,12 @@ inline int child_main(void* arg) {
   }
   if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) {
     child_fail(plan, 2);
+  }
+  // Joins the job's cgroup, so all it starts is in it. A refusal (a cgroup
+  // hierarchy that does not allow it) is not fatal: other means remain.
+  if (plan->cgroup_procs_fd >= 0) {
+    ssize_t ignored = ::write(plan->cgroup_procs_fd, "0", 1);
+    (void)ignored;
   }
   // The parent may have died before the death signal was armed.
   if (::getppid() != plan->parent) ::_exit(127);
@@ -177,6 +184,7 @@ struct SpawnOptions {
   int stdout_fd = -1;
   int stderr_fd = -1;
   int stdin_fd = -1;
+  int cgroup_procs_fd = -1;  // when set, the child joins that cgroup before exec
 };
 
 // Starts argv[0] (looked up in the PATH of `env`) with exactly `env`. Throws
@@ -202,6 +210,7 @@ inline SpawnedProcess spawn_process(const std::vector<std::string>& argv, const 
   plan.stdout_fd = options.stdout_fd;
   plan.stderr_fd = options.stderr_fd;
   plan.stdin_fd = options.stdin_fd;
+  plan.cgroup_procs_fd = options.cgroup_procs_fd;
   plan.parent = ::getpid();
 
 #if ELASTIC_SPAWN_WITH_FORK

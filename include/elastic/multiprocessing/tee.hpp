@@ -24,6 +24,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <thread>
 
 namespace elastic::multiprocessing {
@@ -80,7 +81,15 @@ class Console {
     waiting_for_room_ = true;
     return false;
   }
-  int room_fd() const { return room_fd_; }
+  // Made on first use; throws std::system_error when no descriptor is left.
+  int room_fd() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (room_fd_ < 0) {
+      room_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+      if (room_fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
+    }
+    return room_fd_;
+  }
 
   // Waits until everything queued is written, the console is gone, or the
   // reader took nothing for `stall_limit`. True when nothing is left queued.
@@ -98,7 +107,7 @@ class Console {
   Console& operator=(const Console&) = delete;
 
  private:
-  explicit Console(int fd) : fd_(fd), room_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+  explicit Console(int fd) : fd_(fd) {}
 
   // A regular file or /dev/null takes a write at once (a pipe, a terminal or a
   // socket may not). Checked at each write: an fd number may be reused.
@@ -140,7 +149,7 @@ class Console {
       lock.lock();
       writing_ = false;
       queued_ -= chunk.size();
-      if (waiting_for_room_ && queued_ <= high_water / 2) {
+      if (waiting_for_room_ && queued_ <= high_water / 2 && room_fd_ >= 0) {
         waiting_for_room_ = false;
         const std::uint64_t one = 1;
         ssize_t ignored = ::write(room_fd_, &one, sizeof(one));
@@ -151,7 +160,7 @@ class Console {
   }
 
   const int fd_;
-  const int room_fd_;
+  int room_fd_ = -1;
   std::mutex mutex_;
   std::condition_variable wake_, done_;
   std::deque<std::string> queue_;

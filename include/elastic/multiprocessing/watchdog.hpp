@@ -20,6 +20,7 @@
 #include <csignal>
 #include <cstdint>
 #include <cstring>
+#include <elastic/multiprocessing/job_cgroup.hpp>
 #include <elastic/multiprocessing/spawn.hpp>
 #include <stdexcept>
 #include <string>
@@ -41,8 +42,10 @@ class Watchdog {
 
   // Forks the watchdog. Only async-signal-safe calls happen in the child, so
   // this is safe from a multi-threaded parent too.
-  void start() {
+  // `cgroup_dir`: the job's cgroup (JobCgroup), killed first; "" when none.
+  void start(const std::string& cgroup_dir = "") {
     if (pid_ > 0) return;
+    cgroup_dir_ = cgroup_dir;
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0) throw std::system_error(errno, std::generic_category(), "watchdog pipe");
     std::vector<int> groups(max_groups, 0);  // allocated before fork: the child must not allocate
@@ -56,7 +59,9 @@ class Watchdog {
       ::close(fds[1]);
       throw std::system_error(error, std::generic_category(), "watchdog fork");
     }
-    if (pid == 0) run_child(fds[0], fds[1], table, needle.c_str(), needle.size());
+    if (pid == 0)
+      run_child(fds[0], fds[1], table, needle.c_str(), needle.size(),
+                cgroup_dir_.empty() ? nullptr : cgroup_dir_.c_str());
     ::close(fds[0]);
     write_fd_ = fds[1];
     pid_ = pid;
@@ -172,7 +177,7 @@ class Watchdog {
   }
 
   [[noreturn]] static void run_child(int read_fd, int write_fd, int* groups, const char* needle,
-                                     std::size_t needle_size) {
+                                     std::size_t needle_size, const char* cgroup_dir) {
     ::close(write_fd);
     // Terminal signals and the launcher's forwarded ones are not for us: we
     // exist to act after the parent is gone.
@@ -219,6 +224,7 @@ class Watchdog {
       break;  // EOF without goodbye: the parent is gone
     }
     for (int i = 0; i < count; ++i) ::kill(-groups[i], SIGKILL);
+    if (cgroup_dir != nullptr) JobCgroup::kill_all(cgroup_dir);
     // Then whatever carries the job's marker, until a pass finds none still
     // running (a process may fork while a pass runs; a killed one no longer can).
     // Zombies show an empty environment, so dead processes are not counted.
@@ -227,12 +233,14 @@ class Watchdog {
       const timespec pause{0, 1000000};
       ::nanosleep(&pause, nullptr);
     }
+    if (cgroup_dir != nullptr) JobCgroup::remove_when_empty(cgroup_dir);
     ::_exit(0);
   }
 
   pid_t pid_ = -1;
   int write_fd_ = -1;
   std::string marker_value_;
+  std::string cgroup_dir_;
 };
 
 }  // namespace elastic::multiprocessing

@@ -107,10 +107,14 @@ class JobCgroup {
   // A cgroup can be removed once its last process has exited (zombies do not
   // count); bounded at about two seconds.
   static bool remove_when_empty(const char* dir) {
-    for (int attempt = 0; attempt < 400; ++attempt) {
+    // The kernel marks a cgroup empty a little after its last process exits:
+    // short pauses first.
+    long pause_ns = 50000;
+    for (long waited_ns = 0; waited_ns < 2000000000L; waited_ns += pause_ns) {
       if (::rmdir(dir) == 0 || errno == ENOENT) return true;
       if (errno != EBUSY) return false;
-      const timespec pause{0, 5000000};
+      if (waited_ns > 0 && pause_ns < 5000000) pause_ns *= 2;
+      const timespec pause{0, pause_ns};
       ::nanosleep(&pause, nullptr);
     }
     return false;

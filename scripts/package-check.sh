@@ -22,8 +22,14 @@ if [[ $# -eq 0 ]]; then
 else
   build_dir=$(cd "${1:?}" && pwd)
   work=${2:?usage: scripts/package-check.sh [BUILD_DIR WORK_DIR]}
+  # WORK_DIR is emptied first: only a directory this script made (marked) or a new one.
+  if [[ -e "$work" && ! -e "$work/.package-check" ]]; then
+    echo "package-check: $work exists and was not made by this script; not deleting it" >&2
+    exit 1
+  fi
   rm -rf "$work"
   mkdir -p "$work"
+  touch "$work/.package-check"
   work=$(cd "$work" && pwd)
 fi
 
@@ -78,7 +84,7 @@ check_footprint() {
   local binary=$1 extra
   extra=$(ldd "$binary" | awk '{print $1}' |
     grep -Ev '^(linux-vdso\.so\.1|/lib.*/ld-linux.*|libc\.so\.6|libm\.so\.6|libstdc\+\+\.so\.6|libgcc_s\.so\.1|libpthread\.so\.0|libdl\.so\.2|librt\.so\.1)$' || true)
-  [[ -z "$extra" ]] || fail "$binary loads more than the C/C++ runtime: $(echo $extra)"
+  [[ -z "$extra" ]] || fail "$binary loads more than the C/C++ runtime: ${extra//$'\n'/ }"
 }
 
 # The consumer fails on purpose: exit 1 and an error file naming the exception.

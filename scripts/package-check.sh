@@ -9,6 +9,7 @@
 #   scripts/package-check.sh BUILD WORK    uses the existing build directory BUILD
 #                                          (elastic-run built), scratch files in WORK
 set -euo pipefail
+ulimit -c 0  # the consumer crashes on purpose: no core files
 source_dir=$(cd "$(dirname "$0")/.." && pwd)
 
 if [[ $# -eq 0 ]]; then
@@ -87,7 +88,8 @@ check_footprint() {
   [[ -z "$extra" ]] || fail "$binary loads more than the C/C++ runtime: ${extra//$'\n'/ }"
 }
 
-# The consumer fails on purpose: exit 1 and an error file naming the exception.
+# The consumer fails on purpose: exit 1 and an error file naming the exception; then it
+# succeeds; then it crashes, and its error file names the crashing function.
 run_consumer() {
   local binary=$1 error_file=$work/error-$2.json
   local rc=0
@@ -95,6 +97,11 @@ run_consumer() {
   [[ $rc -eq 1 ]] || fail "$2 consumer exited $rc, expected 1"
   grep -q "consumer failed on purpose" "$error_file" || fail "$2 consumer's error file: $(cat "$error_file")"
   "$binary" || fail "$2 consumer failed without being asked to"
+  # A crash: the error file holds the stack, symbolized by the statically linked abseil.
+  rc=0
+  TORCHELASTIC_ERROR_FILE=$error_file "$binary" crash 2>/dev/null || rc=$?
+  [[ $rc -eq 139 ]] || fail "$2 consumer's crash exited $rc, expected 139 (SIGSEGV)"
+  grep -q "#0 0x[0-9a-f]* in (anonymous namespace)::crash_here_on_purpose()" "$error_file" || fail "$2 consumer's crash stack: $(cat "$error_file")"
   check_footprint "$binary"
 }
 

@@ -218,6 +218,7 @@ int main(int argc, char** argv) {
       "elastic-run"};
   app.prefix_command();
   app.get_formatter()->column_width(40);
+  app.set_version_flag("--version", "elastic-run " ELASTIC_VERSION_STRING);
   option(app, "nnodes", a.nnodes, "Number of nodes, or MIN:MAX (MIN:MAX is not supported yet)");
   option(app, "nproc-per-node", a.nproc_per_node, "Workers per node: an integer, auto, cpu or gpu");
   option(app, "rdzv-backend", a.rdzv_backend, "Rendezvous backend (only static is supported)");
@@ -250,7 +251,7 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
+  } catch (const CLI::Success& e) {  // --help, --version
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     std::fprintf(stderr, "elastic-run: error: %s\n", e.what());

@@ -93,11 +93,18 @@ class Console {
 
   // Waits until everything queued is written, the console is gone, or the
   // reader took nothing for `stall_limit`. True when nothing is left queued.
+  // A console given up on once is not waited for again until it takes something.
   bool flush(std::chrono::milliseconds stall_limit) {
     std::unique_lock<std::mutex> lock(mutex_);
+    if (given_up_ && last_progress_ <= given_up_at_) return queued_ == 0 && !writing_;
+    given_up_ = false;
     last_progress_ = std::chrono::steady_clock::now();
     while (queued_ > 0 || writing_) {
-      if (std::chrono::steady_clock::now() - last_progress_ >= stall_limit) return false;
+      if (std::chrono::steady_clock::now() - last_progress_ >= stall_limit) {
+        given_up_ = true;
+        given_up_at_ = std::chrono::steady_clock::now();
+        return false;
+      }
       done_.wait_for(lock, std::chrono::milliseconds(100));
     }
     return true;
@@ -169,6 +176,8 @@ class Console {
   bool started_ = false;
   bool waiting_for_room_ = false;
   std::chrono::steady_clock::time_point last_progress_ = std::chrono::steady_clock::now();
+  bool given_up_ = false;
+  std::chrono::steady_clock::time_point given_up_at_;
 };
 
 class LinePrefixer {

@@ -1,6 +1,7 @@
 // Starting, watching and stopping groups of worker processes.
 #pragma once
 
+#include <elastic/multiprocessing/job_cgroup.hpp>
 #include <elastic/multiprocessing/logs_specs.hpp>
 #include <elastic/multiprocessing/logs_specs_registry.hpp>
 #include <elastic/multiprocessing/pcontext.hpp>

@@ -258,6 +258,37 @@ TEST_CASE("a console nobody reads never stops the launcher from stopping workers
   CHECK(launcher.err.find("exitcode  : 3") != std::string::npos);
 }
 
+// Peak resident memory of `pid` in KiB (VmHWM), 0 when unknown.
+long peak_rss_kib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("VmHWM:", 0) == 0) return std::atol(line.c_str() + 6);
+  return 0;
+}
+
+TEST_CASE("a console read only later: its queue stays bounded, then every line arrives") {
+  TempDir dir;
+  // 40 MB of lines while nobody reads: the launcher queues a bounded amount and
+  // stops reading the worker's pipe (the worker waits in its writes).
+  PipedLauncher launcher(
+      {"--nproc-per-node=1", "--tee=3", "/bin/sh", "-c",
+       "head -c 40000000 /dev/zero | tr '\\0' x | fold -w 99; touch \"$0/done\"", dir.path().string()},
+      false);
+  // Give it time to fill what it may (not an assertion on time: the worker cannot
+  // finish until the console is read, whatever the wait).
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  CHECK_FALSE(file_exists(dir.file("done")));
+  // The queue is bounded (4 MiB of console output): nothing like the 40 MB written.
+  CHECK(peak_rss_kib(launcher.pid()) < 32 * 1024);
+  const int code = launcher.read_all(65536, std::chrono::microseconds(0));
+  CHECK(code == 0);
+  CHECK(file_exists(dir.file("done")));
+  const std::string line = "[default0]:" + std::string(99, 'x') + "\n";
+  const std::size_t lines = 40000000 / 99 + 1;
+  CHECK(launcher.out.size() == (lines - 1) * line.size() + 11 + 40000000 % 99 + 1);
+  CHECK(launcher.out.compare(0, line.size(), line) == 0);
+}
+
 TEST_CASE("a full disk under --log-dir is reported once, the console copy stays complete") {
   TempDir dir;
   const std::string mount_point = dir.file("small");

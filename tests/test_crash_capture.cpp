@@ -526,3 +526,21 @@ TEST_CASE("initialize never ends a process that can map no more memory and a cra
     CHECK(first_frame(callstack).find("crash_worker+0x") != std::string::npos);
   }
 }
+
+TEST_CASE("initialize reads no symbol table and throws before it are not traced") {
+  RunResult result = run_worker({"startup_cost"}, "");
+  REQUIRE(result.exitcode == 0);
+  INFO(result.out);
+  // No object file is opened for symbols until a record needs names.
+  CHECK_THAT(result.out, Catch::Contains("descriptors_before=") && Catch::Contains("descriptors_after="));
+  const auto number_after = [&](const std::string& key) {
+    return std::stoi(result.out.substr(result.out.find(key) + key.size()));
+  };
+  CHECK(number_after("descriptors_after=") == number_after("descriptors_before="));
+  const std::size_t before_at = result.out.find("before:\n"), after_at = result.out.find("after:\n");
+  REQUIRE(before_at < after_at);
+  const std::string before = result.out.substr(before_at, after_at - before_at);
+  const std::string after = result.out.substr(after_at);
+  CHECK(before.find("#0 ") == std::string::npos);
+  if (throw_traces_built) CHECK(after.find("throw_here_on_purpose") != std::string::npos);
+}

@@ -1,6 +1,7 @@
 // A worker for the crash-capture tests: `crash_worker MODE` dies, for real, in
 // the way MODE names, inside a noinline function with a distinctive name that
 // the tests look for in the error file.
+#include <dirent.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -235,6 +236,39 @@ int main(int argc, char** argv) {
     sigemptyset(&previous.sa_mask);
     ::sigaction(SIGSEGV, &previous, nullptr);
     return elastic::errors::detail::run_recorded_main("worker_main", worker_main, argc - 1, argv + 1);
+  }
+  // "startup_cost": what initialize() leaves behind on the happy path, and whether
+  // a throw before it is traced (it must not be: programs that never record pay
+  // nothing per throw). Prints "descriptors_before=N descriptors_after=M" and the
+  // callstacks of an exception thrown before and one thrown after initialize.
+  if (argc > 1 && std::strcmp(argv[1], "startup_cost") == 0) {
+    auto count_descriptors = [] {
+      int count = 0;
+      if (DIR* dir = ::opendir("/proc/self/fd")) {
+        while (::readdir(dir) != nullptr) ++count;
+        ::closedir(dir);
+      }
+      return count;
+    };
+    std::exception_ptr before, after;
+    try {
+      crash_worker::throw_here_on_purpose();
+    } catch (...) {
+      before = std::current_exception();
+    }
+    const int descriptors_before = count_descriptors();
+    elastic::get_error_handler()->initialize();
+    const int descriptors_after = count_descriptors();
+    try {
+      crash_worker::throw_here_on_purpose();
+    } catch (...) {
+      after = std::current_exception();
+    }
+    namespace detail = elastic::errors::detail;
+    std::printf("descriptors_before=%d descriptors_after=%d\n", descriptors_before, descriptors_after);
+    std::printf("before:\n%s\n", detail::format_exception_callstack(detail::describe_exception(before)).c_str());
+    std::printf("after:\n%s\n", detail::format_exception_callstack(detail::describe_exception(after)).c_str());
+    return 0;
   }
   // "limited_memory ok|segv": no memory can be mapped any more (RLIMIT_AS at the
   // current size plus 64 KiB) when crash capture is initialized.

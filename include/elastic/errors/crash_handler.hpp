@@ -661,7 +661,6 @@ inline void install_crash_handlers(const CrashCaptureOptions& options = {}) {
   if (!warmed_up && (!signals.empty() || options.terminate_handler)) {
     // Binds and initializes what the handlers call, so a crash finds it ready. The
     // symbol tables are read only when a report needs them (see prepare_stacktrace).
-    detail::executable_path();
     prepare_stacktrace();
     detail::current_thread_id();
     detail::wall_clock_seconds();

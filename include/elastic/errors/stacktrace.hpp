@@ -61,17 +61,22 @@ inline _Unwind_Reason_Code collect_frame(_Unwind_Context* context, void* argumen
   return _URC_NO_REASON;
 }
 
-// The executable's own path: its link map has an empty name. Read once, before any
-// crash, because readlink of /proc/self/exe is the only way to learn it.
+// The executable's own path: its link map has an empty name. Read from
+// /proc/self/exe at the first need (readlink is async-signal-safe; no guard
+// variable, so a signal handler may be the first). Names /proc/self/exe itself
+// while another thread is reading it.
 inline const char* executable_path() {
   static char path[4096] = {};
-  static const bool loaded = [] {
-    ssize_t n = ::readlink("/proc/self/exe", path, sizeof(path) - 1);
+  static std::atomic<int> state{0};  // 0: not read, 1: being read, 2: ready
+  if (state.load(std::memory_order_acquire) == 2) return path;
+  int unread = 0;
+  if (state.compare_exchange_strong(unread, 1, std::memory_order_acq_rel)) {
+    const ssize_t n = ::readlink("/proc/self/exe", path, sizeof(path) - 1);
     path[n > 0 ? n : 0] = '\0';
-    return true;
-  }();
-  (void)loaded;
-  return path;
+    state.store(2, std::memory_order_release);
+    return path;
+  }
+  return state.load(std::memory_order_acquire) == 2 ? path : "/proc/self/exe";
 }
 
 struct ModuleOfAddress {
@@ -226,7 +231,7 @@ __attribute__((noinline)) inline std::vector<StackFrame> current_stack(std::size
 }
 
 // Makes capturing and naming frames ready for a signal handler, cheaply: binds
-// the unwinder (one capture) and tells abseil's symbolizer the executable. The
+// the unwinder (one capture) and initializes abseil's symbolizer. The
 // costly part, reading symbol tables, is left to the first lookup: on the error
 // path or inside the crash handler itself (absl::Symbolize is async-signal-safe
 // and takes its memory with mmap), so a run that never fails never pays for it.
@@ -235,7 +240,9 @@ inline void prepare_stacktrace() {
   static const bool done = [] {
     StackFrame frames[4];
     capture_stack(frames, 4);
-    absl::InitializeSymbolizer(errors::detail::executable_path());
+    // Without argv0: abseil reads the executable through /proc/self/exe, and uses
+    // argv0 only where that cannot be opened.
+    absl::InitializeSymbolizer(nullptr);
     errors::detail::symbolizer_ready().store(true);
     return true;
   }();

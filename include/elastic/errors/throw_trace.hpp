@@ -126,7 +126,9 @@ inline bool throw_tracing_enabled() {
 // Records the current stack for `object`, starting at the frame that called
 // __cxa_throw (whose return address is `throw_return`): the tracing frames
 // themselves are left out.
-inline void record_throw_site(const void* object, const void* throw_return) noexcept {
+// Out of line: its stack buffer must not keep traced_cxa_throw from handing over
+// with a jump.
+__attribute__((noinline)) inline void record_throw_site(const void* object, const void* throw_return) noexcept {
   if (!throw_tracing_enabled()) return;
   StackFrame frames[throw_trace_depth + 8];
   std::size_t count = capture_stack(frames, throw_trace_depth + 8);
@@ -179,14 +181,18 @@ namespace elastic::errors::detail {
 // label, since compilers declare __cxa_throw themselves with varying types). Weak
 // so that every translation unit including this header may define it; the linker
 // keeps one.
-[[noreturn]] void traced_cxa_throw(void* object, std::type_info* type, void (*destroy)(void*)) __asm__("__cxa_throw");
+//
+// Not declared noreturn, and the hand-over is its last act: the compiler makes it a
+// jump (a sibling call), so no frame of ours is left on the stack while the
+// exception unwinds, which would cost every throw an extra frame to unwind
+// through (about a third more time for a shallow throw).
+void traced_cxa_throw(void* object, std::type_info* type, void (*destroy)(void*)) __asm__("__cxa_throw");
 
 __attribute__((weak)) void traced_cxa_throw(void* object, std::type_info* type, void (*destroy)(void*)) {
   if (throw_traces_armed().load(std::memory_order_relaxed)) record_throw_site(object, __builtin_return_address(0));
   CxaThrowFunction next = runtime_cxa_throw();
   if (next == nullptr) std::abort();  // no C++ runtime to hand over to (a static link)
   next(object, type, destroy);
-  __builtin_unreachable();
 }
 }  // namespace elastic::errors::detail
 #endif

@@ -1,6 +1,10 @@
 // Native crash capture, tested with real processes and real signals: the crash
 // worker dies in a function with a distinctive name, and the error file it leaves
 // must be readable by our ProcessFailure and by PyTorch's, and name that function.
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <csignal>
@@ -43,6 +47,12 @@ std::string callstack_of(const elastic::ProcessFailure& failure) {
 }
 
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+mode_t mode_of(const std::string& path) {
+  struct stat st {};
+  REQUIRE(::lstat(path.c_str(), &st) == 0);
+  return st.st_mode & 07777;
+}
 
 // Throw-site traces are compiled out of some builds (AddressSanitizer's, or
 // ELASTIC_THROW_TRACES=OFF); the records are still written, without those frames.
@@ -287,13 +297,59 @@ TEST_CASE("without TORCHELASTIC_ERROR_FILE the trace goes to stderr only") {
   CHECK(std::filesystem::is_empty(dir.path()));
 }
 
-TEST_CASE("the error file's directory is created when missing") {
+TEST_CASE("the error file's directory is created when missing, with the exception path's modes") {
   TempDir dir;
   const std::string file = dir.file("attempt_0/3/error.json");
+  const mode_t old_umask = ::umask(0);  // the child inherits it: the modes are ours alone
   RunResult result = run_worker({"segv"}, file);
+  ::umask(old_umask);
   CHECK(result.exitcode == -SIGSEGV);
   elastic::ProcessFailure failure(0, result.pid, result.exitcode, file);
   CHECK(callstack_of(failure).find("crash_here_on_purpose") != std::string::npos);
+  CHECK(mode_of(dir.file("attempt_0")) == 0700);
+  CHECK(mode_of(dir.file("attempt_0/3")) == 0700);
+  CHECK(mode_of(file) == 0600);
+}
+
+TEST_CASE("files planted at the crash writer's old temporary names do not stop the report") {
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  int go[2];
+  REQUIRE(::pipe(go) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::close(go[1]);
+    elastic::set_crash_report_path(file);
+    elastic::install_crash_handlers();
+    char byte = 0;
+    while (::read(go[0], &byte, 1) < 0 && errno == EINTR) {
+    }
+    ::raise(SIGSEGV);
+    ::_exit(3);
+  }
+  ::close(go[0]);
+  // The names a writer that numbered its temporaries by pid and thread would use,
+  // planted before it crashes (its main thread's id is its pid).
+  std::vector<std::string> planted;
+  for (const char* middle : {".tmp.", ".crash."}) {
+    for (int n = 0; n < 4; ++n) {
+      const std::string name = dir.file(".error.json" + std::string(middle) + std::to_string(child) + "." +
+                                        std::to_string(n == 0 ? child : n - 1));
+      elastic::testing::write_file(name, "planted");
+      planted.push_back(name);
+    }
+  }
+  REQUIRE(::write(go[1], "x", 1) == 1);
+  ::close(go[1]);
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  CHECK(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGSEGV);
+  elastic::ProcessFailure failure(0, child, -SIGSEGV, file);
+  CHECK(first_line(callstack_of(failure)).rfind("Fatal signal 11 (SIGSEGV)", 0) == 0);
+  for (const auto& name : planted) CHECK(elastic::testing::read_file(name) == "planted");
+  CHECK(other_files(dir, "error.json").size() == planted.size());
 }
 
 TEST_CASE("a parent's summary of a crashed child shows where it died") {
@@ -409,4 +465,82 @@ TEST_CASE("a full FixedText truncates instead of overflowing") {
   text.append("0123456789");
   CHECK(std::string(text.c_str()) == "0123456");
   CHECK(text.truncated());
+}
+
+namespace {
+// What the error file says ended the process: a signal's name, or the exception's headline.
+std::string recorded_cause(const RunResult& result, const std::string& file) {
+  elastic::ProcessFailure failure(0, result.pid, result.exitcode, file);
+  const std::string headline = first_line(callstack_of(failure));
+  if (headline.rfind("Fatal signal 11 (SIGSEGV)", 0) == 0) return "SIGSEGV";
+  if (headline.rfind("crash_worker::DistinctiveError", 0) == 0) return "exception";
+  return headline;
+}
+}  // namespace
+
+TEST_CASE("a crash that comes first is recorded and ends the process, not a later exception") {
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  RunResult result = run_worker({"slow_previous_handler", "throw_after_crash"}, file);
+  CHECK(result.exitcode == -SIGSEGV);
+  CHECK(recorded_cause(result, file) == "SIGSEGV");
+  CHECK(callstack_of(elastic::ProcessFailure(0, result.pid, result.exitcode, file)).find("crash_here_on_purpose") !=
+        std::string::npos);
+  CHECK(other_files(dir, "error.json").empty());
+}
+
+TEST_CASE("a crashing thread racing a throwing one: the file describes what ended the process") {
+  int crashed = 0, threw = 0;
+  for (int run = 0; run < 48; ++run) {
+    TempDir dir;
+    const std::string file = dir.file("error.json");
+    RunResult result = run_worker({"crash_races_throw"}, file);
+    INFO("run " << run << ", exit code " << result.exitcode);
+    REQUIRE((result.exitcode == -SIGSEGV || result.exitcode == 1));
+    const std::string cause = recorded_cause(result, file);
+    CHECK(cause == (result.exitcode == -SIGSEGV ? "SIGSEGV" : "exception"));
+    (result.exitcode == -SIGSEGV ? crashed : threw) += 1;
+  }
+  INFO("died by SIGSEGV " << crashed << " times, by the exception " << threw << " times");
+  SUCCEED();
+}
+
+TEST_CASE("initialize never ends a process that can map no more memory and a crash is still reported") {
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  SECTION("initialize returns, with one warning at most") {
+    RunResult result = run_worker({"limited_memory", "ok"}, file);
+    CHECK(result.exitcode == 0);
+    CHECK(result.out == "initialized\n");
+    std::size_t warnings = 0;
+    for (auto at = result.err.find("WARNING"); at != std::string::npos; at = result.err.find("WARNING", at + 1))
+      ++warnings;
+    CHECK(warnings <= 1);
+  }
+  SECTION("a crash then leaves a record, its frames by module and offset") {
+    RunResult result = run_worker({"limited_memory", "segv"}, file);
+    CHECK(result.exitcode == -SIGSEGV);
+    const std::string callstack = callstack_of(elastic::ProcessFailure(0, result.pid, result.exitcode, file));
+    INFO(callstack);
+    CHECK(first_line(callstack) == "Fatal signal 11 (SIGSEGV) at address 0x0 (SEGV_MAPERR)");
+    CHECK(first_frame(callstack).find("crash_worker+0x") != std::string::npos);
+  }
+}
+
+TEST_CASE("initialize reads no symbol table and throws before it are not traced") {
+  RunResult result = run_worker({"startup_cost"}, "");
+  REQUIRE(result.exitcode == 0);
+  INFO(result.out);
+  // No object file is opened for symbols until a record needs names.
+  CHECK_THAT(result.out, Catch::Contains("descriptors_before=") && Catch::Contains("descriptors_after="));
+  const auto number_after = [&](const std::string& key) {
+    return std::stoi(result.out.substr(result.out.find(key) + key.size()));
+  };
+  CHECK(number_after("descriptors_after=") == number_after("descriptors_before="));
+  const std::size_t before_at = result.out.find("before:\n"), after_at = result.out.find("after:\n");
+  REQUIRE(before_at < after_at);
+  const std::string before = result.out.substr(before_at, after_at - before_at);
+  const std::string after = result.out.substr(after_at);
+  CHECK(before.find("#0 ") == std::string::npos);
+  if (throw_traces_built) CHECK(after.find("throw_here_on_purpose") != std::string::npos);
 }

@@ -1,5 +1,9 @@
 // ErrorHandler: the cases of PyTorch's error_handler_test.py.
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
+#include <cstdio>
 #include <elastic/errors.hpp>
 #include <filesystem>
 
@@ -95,6 +99,42 @@ TEST_CASE("test_dump_error_file_overwrite_existing: the old file is logged, then
   CHECK(read_file(dir.file("parent.json")) == read_file(dir.file("child.json")));
 }
 
+TEST_CASE("a replaced file is echoed only when it is an error file, never through a symlink", "[error_handler]") {
+  TempDir dir;
+  write_file(dir.file("child.json"), R"({"message": {"message": "new", "extraInfo": {"timestamp": "2"}}})");
+  auto copy_up_to = [&](const std::string& parent_file) {
+    auto child = run({ELASTIC_TEST_RECORD_WORKER, "child_failure", dir.file("child.json"), "0"},
+                     RunOptions{{{"TORCHELASTIC_ERROR_FILE", parent_file}}});
+    CHECK(child.exitcode == 1);
+    CHECK(read_file(parent_file) == read_file(dir.file("child.json")));
+    return child.err;
+  };
+  SECTION("a symlink to a private file: its target is neither read nor written") {
+    write_file(dir.file("private"), R"({"message": "SECRET-TOKEN-1234", "timestamp": 1})");
+    std::filesystem::create_symlink(dir.file("private"), dir.file("parent.json"));
+    const std::string err = copy_up_to(dir.file("parent.json"));
+    CHECK_THAT(err, !Catch::Contains("SECRET-TOKEN"));
+    CHECK_THAT(err, Catch::Contains("symbolic link"));
+    CHECK_FALSE(std::filesystem::is_symlink(dir.file("parent.json")));
+    CHECK(read_file(dir.file("private")) == R"({"message": "SECRET-TOKEN-1234", "timestamp": 1})");
+  }
+  SECTION("bytes that are not an error file are not shown") {
+    write_file(dir.file("parent.json"), "SECRET-TOKEN-5678 not json at all");
+    const std::string err = copy_up_to(dir.file("parent.json"));
+    CHECK_THAT(err, !Catch::Contains("SECRET-TOKEN"));
+    CHECK_THAT(err, Catch::Contains("not an error file"));
+    write_file(dir.file("parent.json"), R"(["SECRET-TOKEN-5678"])");
+    CHECK_THAT(copy_up_to(dir.file("parent.json")), !Catch::Contains("SECRET-TOKEN"));
+  }
+  SECTION("a big error file is not echoed") {
+    write_file(dir.file("parent.json"),
+               R"({"message": "SECRET-TOKEN-9 )" + std::string(200000, 'x') + R"(", "timestamp": 1})");
+    const std::string err = copy_up_to(dir.file("parent.json"));
+    CHECK_THAT(err, !Catch::Contains("SECRET-TOKEN"));
+    CHECK(err.size() < 64 * 1024);
+  }
+}
+
 TEST_CASE("dump_error_file never throws on a bad child file", "[error_handler]") {
   TempDir dir;
   ScopedEnv env("TORCHELASTIC_ERROR_FILE", dir.file("parent.json"));
@@ -116,4 +156,44 @@ TEST_CASE("log level: ELASTIC_LOG_LEVEL=debug shows the handler's debug lines", 
   CHECK_THAT(quiet.err, !Catch::Contains("[elastic] DEBUG"));
   CHECK_THAT(loud.err, Catch::Contains("[elastic] DEBUG: child error file"));
   CHECK_THAT(loud.err, Catch::Contains("[elastic] INFO: dumped error file to parent's"));
+}
+
+namespace {
+// What `step` writes to this process's stderr (the library logs there).
+template <typename Step>
+std::string stderr_of(Step&& step) {
+  TempDir dir;
+  const std::string path = dir.file("stderr");
+  std::fflush(stderr);
+  const int saved = ::dup(STDERR_FILENO);
+  const int capture = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  REQUIRE(saved >= 0);
+  REQUIRE(capture >= 0);
+  ::dup2(capture, STDERR_FILENO);
+  ::close(capture);
+  step();
+  std::fflush(stderr);
+  ::dup2(saved, STDERR_FILENO);
+  ::close(saved);
+  return read_file(path);
+}
+}  // namespace
+
+TEST_CASE("the entry point's name is logged at debug level, and only when one is set", "[error_handler]") {
+  TempDir dir;
+  ScopedEnv env("TORCHELASTIC_ERROR_FILE", dir.file("error.json"));
+  elastic::log::set_level(elastic::log::Level::debug);
+  ErrorHandler unnamed;
+  CHECK(stderr_of([&] { unnamed.record_success(); }).empty());
+  CHECK_THAT(stderr_of([&] { unnamed.record_exception(std::runtime_error("boom")); }),
+             !Catch::Contains("recording the exception raised by"));
+  ErrorHandler named;
+  named.set_entrypoint_fn_name("train_main");
+  CHECK_THAT(stderr_of([&] { named.record_success(); }),
+             Catch::Contains("[elastic] DEBUG: train_main finished successfully"));
+  CHECK_THAT(stderr_of([&] { named.record_exception(std::runtime_error("boom")); }),
+             Catch::Contains("[elastic] DEBUG: recording the exception raised by train_main"));
+  elastic::log::set_level(elastic::log::Level::warning);
+  CHECK(stderr_of([&] { named.record_success(); }).empty());
+  elastic::log::reset_level();
 }

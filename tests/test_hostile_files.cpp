@@ -399,3 +399,55 @@ TEST_CASE("the pre-parse scan agrees with the parser on nesting", "[hostile]") {
   CHECK(detail::printable_reason("a\xff\n") == "a\\xff\\x0a");
   CHECK(detail::printable_reason(std::string(50, 'z'), 10) == std::string(10, 'z') + "...");
 }
+
+TEST_CASE("a 60 MB error file is summarized with bounded memory", "[hostile]") {
+  TempDir dir;
+  const auto path = dir.file("error.json");
+  {
+    // A nested record whose trace is 60 MB: its first lines, then a flood of frames.
+    std::string trace = "RuntimeError: the real cause\\n#0 0x1 in first_frame() (worker+0x1)";
+    const std::string frame = "\\n#1 0x2 in some_frame_in_a_very_deep_recursion() (worker+0x2)";
+    trace.reserve(60u << 20);
+    while (trace.size() < (60u << 20)) trace += frame;
+    write_file(path, R"({"message": {"message": "RuntimeError: the real cause", "extraInfo": {"py_callstack": ")" +
+                         trace + R"(", "timestamp": "1700000000"}}})");
+  }
+  // A separate process, so its peak memory is the reader's alone.
+  auto reader = run({ELASTIC_TEST_FAILURE_READER, "1", path});
+  REQUIRE(reader.exitcode == 0);
+  CHECK_THAT(reader.out, Catch::Contains("traceback : RuntimeError: the real cause\n  #0 0x1 in first_frame()"));
+  CHECK_THAT(reader.out, Catch::Contains("bytes cut)"));
+  CHECK(reader.out.size() < 2 * ErrorFileLimits::max_string_bytes);
+  CHECK(maxrss_kib(reader.err) < 96 * 1024);
+}
+
+TEST_CASE("cutting long strings never breaks an escape, a surrogate pair or a UTF-8 sequence", "[hostile]") {
+  TempDir dir;
+  const std::size_t limit = ErrorFileLimits::max_string_bytes;
+  // Each unit placed so that the limit falls inside it, at every offset.
+  for (const std::string& unit : {std::string("\\u00e9"), std::string("\\ud83d\\ude00"), std::string("\xe2\x82\xac"),
+                                  std::string("\xf0\x9f\x98\x80"), std::string("\\n")}) {
+    for (std::size_t shift = 0; shift < unit.size(); ++shift) {
+      const std::string text = std::string(limit - shift - 1, 'a') + unit + std::string(1000, 'b');
+      const auto path = dir.file("error.json");
+      write_file(path, R"({"message": ")" + text + R"(", "timestamp": 1})");
+      INFO("unit " << unit << ", shift " << shift);
+      ProcessFailure failure(0, 1, 1, path);
+      const std::string message = failure.message.get<std::string>();
+      CHECK(message.size() < limit + 100);
+      CHECK_THAT(message, Catch::EndsWith(" bytes cut)"));
+    }
+  }
+}
+
+TEST_CASE("what is cut from a long string is still checked", "[hostile]") {
+  TempDir dir;
+  const std::string head = R"({"message": ")" + std::string(ErrorFileLimits::max_string_bytes + 10, 'a');
+  for (const std::string& bad : {std::string("\x01"), std::string("\\x"), std::string("\\u12G4"), std::string("\xff"),
+                                 std::string("\xc3("), std::string("\x80")}) {
+    INFO("bad bytes: " << bad);
+    CHECK_THAT(reason_for_contents(dir, head + bad + R"(tail", "timestamp": 1})"), Catch::Contains("not valid JSON"));
+  }
+  CHECK_THAT(reason_for_contents(dir, head), Catch::Contains("not valid JSON"));
+  CHECK(reason_for_contents(dir, head + R"(\"\\ tail", "timestamp": 1})").empty());
+}

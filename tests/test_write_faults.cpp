@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <climits>
 #include <elastic/errors.hpp>
@@ -286,4 +287,30 @@ TEST_CASE("an existing directory keeps its mode, a file is never group or world 
   CHECK(child.exitcode == 1);
   CHECK(mode_of(dir.file("shared")) == 0777);
   CHECK(mode_of(dir.file("shared/error.json")) == 0600);
+}
+
+TEST_CASE("files planted at predictable temporary names do not stop the write", "[write_faults]") {
+  TempDir dir;
+  const auto path = dir.file("error.json");
+  // Every name a writer numbering its temporaries by pid and a counter would try.
+  for (int n = 0; n < 2048; ++n)
+    write_file(dir.file(".error.json.tmp." + std::to_string(::getpid()) + "." + std::to_string(n)), "planted");
+  CHECK(elastic::errors::detail::write_file_atomically(path, "{\"message\": \"new\"}").empty());
+  CHECK(read_file(path) == "{\"message\": \"new\"}");
+  CHECK(mode_of(path) == 0600);
+  CHECK(entries_in(dir.path().string()) == 2048 + 1);  // no temporary left behind
+}
+
+TEST_CASE("temporary names are random: two writers in one process never collide", "[write_faults]") {
+  TempDir dir;
+  std::vector<std::thread> writers;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 4; ++t)
+    writers.emplace_back([&] {
+      for (int i = 0; i < 200; ++i)
+        if (!elastic::errors::detail::write_file_atomically(dir.file("error.json"), "{}").empty()) ++failures;
+    });
+  for (auto& writer : writers) writer.join();
+  CHECK(failures == 0);
+  CHECK(entries_in(dir.path().string()) == 1);
 }

@@ -1,10 +1,13 @@
 // A worker for the crash-capture tests: `crash_worker MODE` dies, for real, in
 // the way MODE names, inside a noinline function with a distinctive name that
 // the tests look for in the error file.
+#include <dirent.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -139,6 +142,35 @@ extern "C" void previous_segv_handler(int, siginfo_t* info, void*) {
   ::signal(SIGSEGV, SIG_DFL);
 }
 
+// A previous handler that takes its time (as a core dump or a runtime's own
+// report would) before the fault ends the process.
+extern "C" void slow_previous_segv_handler(int, siginfo_t*, void*) {
+  timespec pause{0, 300 * 1000 * 1000};
+  ::nanosleep(&pause, nullptr);
+  ::signal(SIGSEGV, SIG_DFL);
+}
+
+// A detached thread faults while the main thread throws into record(): which
+// comes first varies from run to run.
+void crash_races_throw() {
+  std::thread([] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    crash_here_on_purpose();
+  }).detach();
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  throw DistinctiveError("thrown while another thread crashes");
+}
+
+// The crash comes first for sure: the main thread throws only once the crash
+// record is on disk (the crash handler then lingers in a slow previous handler).
+void throw_after_crash() {
+  const char* path = std::getenv("TORCHELASTIC_ERROR_FILE");
+  std::thread(&crash_here_on_purpose).detach();
+  for (int waited = 0; waited < 10000 && path != nullptr && ::access(path, F_OK) != 0; ++waited)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  throw DistinctiveError("thrown after another thread crashed");
+}
+
 [[noreturn]] void previous_terminate_handler() {
   static const char text[] = "previous terminate handler ran\n";
   ssize_t ignored = ::write(STDERR_FILENO, text, sizeof(text) - 1);
@@ -181,6 +213,10 @@ int worker_main(int argc, char** argv) {
     out_of_range_in_library_on_purpose();
   else if (mode == "two_threads")
     two_threads_crash();
+  else if (mode == "crash_races_throw")
+    crash_races_throw();
+  else if (mode == "throw_after_crash")
+    throw_after_crash();
   else if (mode == "ok")
     return 0;
   else {
@@ -196,6 +232,67 @@ int main(int argc, char** argv) {
   if (argc > 2 && std::strcmp(argv[1], "previous_handler") == 0) {
     struct sigaction previous {};
     previous.sa_sigaction = &crash_worker::previous_segv_handler;
+    previous.sa_flags = SA_SIGINFO;
+    sigemptyset(&previous.sa_mask);
+    ::sigaction(SIGSEGV, &previous, nullptr);
+    return elastic::errors::detail::run_recorded_main("worker_main", worker_main, argc - 1, argv + 1);
+  }
+  // "startup_cost": what initialize() leaves behind on the happy path, and whether
+  // a throw before it is traced (it must not be: programs that never record pay
+  // nothing per throw). Prints "descriptors_before=N descriptors_after=M" and the
+  // callstacks of an exception thrown before and one thrown after initialize.
+  if (argc > 1 && std::strcmp(argv[1], "startup_cost") == 0) {
+    auto count_descriptors = [] {
+      int count = 0;
+      if (DIR* dir = ::opendir("/proc/self/fd")) {
+        while (::readdir(dir) != nullptr) ++count;
+        ::closedir(dir);
+      }
+      return count;
+    };
+    std::exception_ptr before, after;
+    try {
+      crash_worker::throw_here_on_purpose();
+    } catch (...) {
+      before = std::current_exception();
+    }
+    const int descriptors_before = count_descriptors();
+    elastic::get_error_handler()->initialize();
+    const int descriptors_after = count_descriptors();
+    try {
+      crash_worker::throw_here_on_purpose();
+    } catch (...) {
+      after = std::current_exception();
+    }
+    namespace detail = elastic::errors::detail;
+    std::printf("descriptors_before=%d descriptors_after=%d\n", descriptors_before, descriptors_after);
+    std::printf("before:\n%s\n", detail::format_exception_callstack(detail::describe_exception(before)).c_str());
+    std::printf("after:\n%s\n", detail::format_exception_callstack(detail::describe_exception(after)).c_str());
+    return 0;
+  }
+  // "limited_memory ok|segv": no memory can be mapped any more (RLIMIT_AS at the
+  // current size plus 64 KiB) when crash capture is initialized.
+  if (argc > 2 && std::strcmp(argv[1], "limited_memory") == 0) {
+    auto handler = elastic::get_error_handler();
+    const bool crash = std::strcmp(argv[2], "segv") == 0;
+    long pages = 0;
+    if (FILE* statm = std::fopen("/proc/self/statm", "r")) {
+      if (std::fscanf(statm, "%ld", &pages) != 1) pages = 0;
+      std::fclose(statm);
+    }
+    struct rlimit limit {};
+    limit.rlim_cur = limit.rlim_max = static_cast<rlim_t>(pages) * ::sysconf(_SC_PAGESIZE) + 64 * 1024;
+    if (pages <= 0 || ::setrlimit(RLIMIT_AS, &limit) != 0) return 3;
+    handler->initialize();
+    if (crash) crash_worker::crash_here_on_purpose();
+    static const char text[] = "initialized\n";
+    ssize_t ignored = ::write(STDOUT_FILENO, text, sizeof(text) - 1);
+    (void)ignored;
+    return 0;
+  }
+  if (argc > 2 && std::strcmp(argv[1], "slow_previous_handler") == 0) {
+    struct sigaction previous {};
+    previous.sa_sigaction = &crash_worker::slow_previous_segv_handler;
     previous.sa_flags = SA_SIGINFO;
     sigemptyset(&previous.sa_mask);
     ::sigaction(SIGSEGV, &previous, nullptr);

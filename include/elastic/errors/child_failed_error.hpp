@@ -36,10 +36,17 @@ inline std::size_t widest_line(std::string_view text) {
   }
 }
 
-inline std::string replace_all(std::string text, std::string_view from, std::string_view to) {
-  for (std::size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size()))
-    text.replace(at, from.size(), to);
-  return text;
+// Linear in the text's size (replacing in place would move the tail each time).
+inline std::string replace_all(const std::string& text, std::string_view from, std::string_view to) {
+  std::string out;
+  out.reserve(text.size());
+  std::size_t start = 0;
+  for (std::size_t at = text.find(from); at != std::string::npos; at = text.find(from, start)) {
+    out.append(text, start, at - start).append(to);
+    start = at + from.size();
+  }
+  out.append(text, start, std::string::npos);
+  return out;
 }
 
 // What the summary shows as a failure's traceback: a string message as is; for a
@@ -55,7 +62,7 @@ inline std::string traceback_text(const nlohmann::json& message) {
   std::string text = shown == nullptr     ? std::string(not_available)
                      : shown->is_string() ? shown->get<std::string>()
                                           : shown->dump();
-  return replace_all(std::move(text), "\n", "\n  ");
+  return replace_all(text, "\n", "\n  ");
 }
 
 }  // namespace errors::detail

@@ -55,6 +55,7 @@ struct CrashCaptureOptions {
   std::size_t alternate_stack_bytes = 256 * 1024;      // per thread, for stack overflows
   unsigned watchdog_seconds = 20;                      // a handler stuck longer ends the process by the same signal
   bool terminate_handler = true;                       // std::set_terminate: uncaught exceptions, noexcept violations
+  bool throw_traces = true;  // record throw sites from now on (ELASTIC_THROW_TRACES=0 overrides)
 };
 
 namespace errors::detail {
@@ -72,6 +73,11 @@ struct CrashState {
   // handler might be reading the other copy. -1: no path, trace on stderr only.
   char paths[2][4096] = {};
   std::atomic<int> active_path{-1};
+
+  // Threads writing an exception record now (their ids; 0: a free slot). A crash
+  // record is renamed into place only after they are done, so it is the last word.
+  static constexpr std::size_t max_record_writers = 16;
+  std::atomic<long> record_writers[max_record_writers] = {};
 
   struct sigaction previous[NSIG] = {};
   bool installed[NSIG] = {};
@@ -223,6 +229,87 @@ inline std::int64_t wall_clock_seconds() {
   return static_cast<std::int64_t>(now.tv_sec);
 }
 
+// ---- which record wins ------------------------------------------------------
+// The error file must describe what ended the process. A crash (fatal signal or
+// std::terminate) on one thread may race an exception record written by another:
+// - the exception path announces itself in `record_writers` before it checks for
+//   a crash, and the crash path claims `writer_thread` before it checks for
+//   writers (both sequentially consistent), so at least one sees the other;
+// - an exception path that sees a crash begun writes nothing and waits for the
+//   crash to end the process;
+// - a crash that sees exception writers waits for them to finish (bounded), then
+//   renames its own file over theirs.
+
+inline void pause_a_little() {
+  timespec pause{0, 2 * 1000 * 1000};
+  ::nanosleep(&pause, nullptr);
+}
+
+// A crash report begun or done on a thread other than the caller's.
+inline bool crash_on_other_thread(long self) {
+  const long writer = crash_state().writer_thread.load();
+  return writer != 0 && writer != self;
+}
+
+// Waits, bounded, until no thread but `self` writes an exception record.
+// Async-signal-safe.
+inline void wait_for_record_writers(long self) {
+  CrashState& state = crash_state();
+  for (unsigned waited = 0; waited < 2500; ++waited) {  // about 5 s
+    bool busy = false;
+    for (auto& writer : state.record_writers) {
+      const long id = writer.load();
+      if (id != 0 && id != self) busy = true;
+    }
+    if (!busy) return;
+    pause_a_little();
+  }
+}
+
+// Called by a thread that is about to let the process end otherwise (an exception
+// record written, exit()): when a crash began on another thread, waits for it to
+// end the process, so the process dies of the crash its record describes. Bounded
+// by the watchdog; a crash handler that lets the process live returns here.
+inline void wait_for_crash_on_other_thread(long self) {
+  CrashState& state = crash_state();
+  if (!crash_on_other_thread(self)) return;
+  unsigned after_report = 0;
+  const unsigned limit = (state.watchdog_seconds + 5) * 500;
+  for (unsigned waited = 0; waited < limit && after_report < 2500; ++waited) {
+    if (state.report_done.load()) ++after_report;  // then up to 5 s for the signal to end it
+    pause_a_little();
+  }
+}
+
+// Held by the exception path while it writes a record (see above).
+class ExceptionRecordScope {
+ public:
+  ExceptionRecordScope() : self_(current_thread_id()) {
+    for (auto& slot : crash_state().record_writers) {
+      long free = 0;
+      if (slot.compare_exchange_strong(free, self_)) {
+        slot_ = &slot;
+        break;
+      }
+    }
+    // With every slot taken (16 threads recording at once) the record is written
+    // unguarded: it may then lose a race with a crash, as without this scope.
+  }
+  ExceptionRecordScope(const ExceptionRecordScope&) = delete;
+  ExceptionRecordScope& operator=(const ExceptionRecordScope&) = delete;
+  ~ExceptionRecordScope() {
+    if (slot_ != nullptr) slot_->store(0);
+    wait_for_crash_on_other_thread(self_);
+  }
+
+  // False when a crash began on another thread: its record is the one to keep.
+  bool may_write() const { return !crash_on_other_thread(self_); }
+
+ private:
+  long self_;
+  std::atomic<long>* slot_ = nullptr;
+};
+
 inline void write_stderr(const char* text, std::size_t size) { write_all(STDERR_FILENO, text, size); }
 inline void write_stderr(const char* text) { write_stderr(text, safe_strlen(text)); }
 
@@ -259,9 +346,10 @@ inline void write_signal_report(int signo, const siginfo_t* info, const void* co
 
   const std::size_t captured = capture_stack(state.frames, max_crash_frames + 1);
   const std::size_t first = first_interrupted_frame(state.frames, captured, context);
+  const bool name = can_name_frames();  // else module and offset alone: still enough for addr2line
   for (std::size_t i = first; i < captured && i - first < max_crash_frames; ++i) {
     stack_text.append('\n');
-    append_frame(stack_text, i - first, state.frames[i]);
+    append_frame(stack_text, i - first, state.frames[i], name);
   }
   if (captured > max_crash_frames && captured - first >= max_crash_frames) stack_text.append("\n... (more frames)");
 
@@ -283,8 +371,8 @@ inline void write_signal_report(int signo, const siginfo_t* info, const void* co
     append_crash_json(state.report, stack_text.c_str(), headline_size, stack_text.c_str(), headline_size, now,
                       signal_name_cstr(signo), thread);
   }
-  const int error = safe_write_file_atomically(path, state.report.c_str(), state.report.size(),
-                                               static_cast<std::uint64_t>(thread), state.scratch);
+  wait_for_record_writers(thread);
+  const int error = safe_write_file_atomically(path, state.report.c_str(), state.report.size(), state.scratch);
   if (error != 0) {
     write_stderr("[elastic] ERROR: cannot write error file ");
     write_stderr(path);
@@ -413,7 +501,9 @@ inline void write_terminate_report(long thread) {
   nlohmann::ordered_json data;
   data["message"]["message"] = headline;
   data["message"]["extraInfo"] = std::move(extra);
-  std::string problem = write_file_atomically(path, python_json_dumps(data));
+  const std::string contents = python_json_dumps(data);
+  wait_for_record_writers(thread);
+  std::string problem = write_file_atomically(path, contents);
   if (!problem.empty()) log::error("cannot write error file {}: {}", path, problem);
 }
 
@@ -569,13 +659,15 @@ inline void install_crash_handlers(const CrashCaptureOptions& options = {}) {
   static bool warmed_up = false;
   const std::vector<int> signals = detail::crash_signals_from_environment(options.signals);
   if (!warmed_up && (!signals.empty() || options.terminate_handler)) {
-    // Binds and initializes everything the handlers call, so a crash finds it ready.
-    detail::executable_path();
-    warm_up_stacktrace();
+    // Binds and initializes what the handlers call, so a crash finds it ready. The
+    // symbol tables are read only when a report needs them (see prepare_stacktrace).
+    prepare_stacktrace();
     detail::current_thread_id();
     detail::wall_clock_seconds();
+    detail::safe_random_u64();
     warmed_up = true;
   }
+  errors::detail::arm_throw_traces(options.throw_traces);
   state.watchdog_seconds = options.watchdog_seconds;
   for (int signo : signals) {
     if (signo <= 0 || signo >= NSIG || state.installed[signo]) continue;
@@ -588,6 +680,12 @@ inline void install_crash_handlers(const CrashCaptureOptions& options = {}) {
       continue;
     }
     state.installed[signo] = true;
+  }
+  static bool exit_hook_installed = false;
+  if (!exit_hook_installed && (!signals.empty() || options.terminate_handler)) {
+    // exit() on one thread while another reports a crash: let the crash end the process.
+    std::atexit([] { detail::wait_for_crash_on_other_thread(detail::current_thread_id()); });
+    exit_hook_installed = true;
   }
   if (options.terminate_handler && !terminate_installed) {
     std::terminate_handler previous = std::set_terminate(&detail::crash_terminate_handler);

@@ -3,6 +3,9 @@
 // set_error_handler() to change where or how failures are recorded.
 #pragma once
 
+#include <sys/stat.h>
+
+#include <cstdint>
 #include <cstdlib>
 #include <elastic/errors/crash_handler.hpp>
 #include <elastic/errors/detail/exception_info.hpp>
@@ -25,6 +28,9 @@ class ErrorHandler {
  public:
   virtual ~ErrorHandler() = default;
 
+  // The most of a replaced error file that dump_error_file() echoes to the log.
+  static constexpr std::size_t max_echoed_bytes = 64 * 1024;
+
   // Called by record() before the wrapped function runs: points crash reports at
   // this process's error file and installs the crash handlers (fatal signals,
   // std::terminate) with an alternate signal stack for the calling thread. Cheap
@@ -45,8 +51,11 @@ class ErrorHandler {
     write_exception_record(errors::detail::describe_exception(error));
   }
 
-  // Called when the wrapped function returned. Writes nothing.
-  virtual void record_success() { log::debug("{} finished successfully", entrypoint_or_default()); }
+  // Called when the wrapped function returned. Writes nothing; says so at debug
+  // level when an entry point name is set.
+  virtual void record_success() {
+    if (!entrypoint_fn_name_.empty()) log::debug("{} finished successfully", entrypoint_fn_name_);
+  }
 
   virtual void set_entrypoint_fn_name(std::string name) { entrypoint_fn_name_ = std::move(name); }
   const std::string& entrypoint_fn_name() const noexcept { return entrypoint_fn_name_; }
@@ -93,6 +102,8 @@ class ErrorHandler {
       log::info("no error file defined for parent, to copy child error file ({})", child_file);
       return;
     }
+    errors::detail::ExceptionRecordScope scope;
+    if (!scope.may_write()) return;
     warn_if_overwriting(*destination);
     if (write_error_file(*destination, contents)) log::info("dumped error file to parent's {}", *destination);
   }
@@ -121,6 +132,7 @@ class ErrorHandler {
 
   void write_exception_record(const std::vector<errors::detail::ExceptionLevel>& levels) {
     const std::string headline = levels.empty() ? std::string("<no exception>") : levels.front().headline();
+    if (!entrypoint_fn_name_.empty()) log::debug("recording the exception raised by {}", entrypoint_fn_name_);
     nlohmann::ordered_json extra;
     extra["py_callstack"] = format_callstack(levels);
     extra["timestamp"] = std::to_string(errors::detail::now_seconds());
@@ -129,7 +141,9 @@ class ErrorHandler {
     data["message"]["extraInfo"] = std::move(extra);
     const std::string contents = errors::detail::python_json_dumps(data);
     if (auto path = error_file_path()) {
-      write_error_file(*path, contents);
+      // A crash on another thread meanwhile wins: its record is what ends the process.
+      errors::detail::ExceptionRecordScope scope;
+      if (scope.may_write()) write_error_file(*path, contents);
     } else {
       log::info("{} raised {} ({} not set, no error file written)", entrypoint_or_default(), headline, error_file_env);
     }
@@ -148,13 +162,43 @@ class ErrorHandler {
   }
 
  private:
-  // A file already at the destination is replaced; its contents are logged first
-  // so nothing is lost silently (the same error file may be shared by mistake).
+  // A file already at the destination is replaced; when it is an error file its
+  // contents are logged first, so a record is not lost silently (the same error
+  // file may be shared by mistake). Nothing else is echoed: a symlink is neither
+  // followed nor read (it is replaced), and bytes that are not a valid error file,
+  // or more than max_echoed_bytes of them, are not shown, so a planted path cannot
+  // make the log disclose another file.
   static void warn_if_overwriting(const std::string& path) {
-    auto existing = errors::detail::read_regular_file(path, ErrorFileLimits::max_bytes);
-    if (existing.status == errors::detail::ReadResult::Status::not_a_file) return;
-    log::warning("{} already exists and will be overwritten. Original contents:\n{}", path,
-                 existing.status == errors::detail::ReadResult::Status::ok ? existing.data : existing.reason);
+    namespace detail = errors::detail;
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0) return;
+    const std::string prefix = fmt::format("{} already exists and will be overwritten.", path);
+    if (S_ISLNK(st.st_mode)) {
+      log::warning("{} It is a symbolic link: replaced, not followed; its target is not read.", prefix);
+      return;
+    }
+    if (!S_ISREG(st.st_mode)) return;
+    if (static_cast<std::uint64_t>(st.st_size) > max_echoed_bytes) {
+      log::warning("{} Original contents not shown: {} bytes, over the {} shown.", prefix, st.st_size,
+                   max_echoed_bytes);
+      return;
+    }
+    auto existing = detail::read_regular_file(path, max_echoed_bytes, /*follow_symlinks=*/false);
+    if (existing.status != detail::ReadResult::Status::ok) {
+      if (existing.status == detail::ReadResult::Status::error)
+        log::warning("{} Original contents not shown: {}.", prefix, existing.reason);
+      return;
+    }
+    if (!detail::json_limits_problem(existing.data).empty()) {
+      log::warning("{} Original contents not shown: not an error file.", prefix);
+      return;
+    }
+    const auto data = nlohmann::ordered_json::parse(existing.data, nullptr, /*allow_exceptions=*/false);
+    if (!data.is_object() || !data.contains("message")) {
+      log::warning("{} Original contents not shown: not an error file.", prefix);
+      return;
+    }
+    log::warning("{} Original contents:\n{}", prefix, data.dump(2, ' ', /*ensure_ascii=*/true));
   }
 
   std::string entrypoint_fn_name_;

@@ -8,14 +8,17 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <ctime>
 #include <elastic/errors/detail/file_io.hpp>
 #include <elastic/errors/signals.hpp>
 #include <elastic/log.hpp>
+#include <istream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <stdexcept>
+#include <streambuf>
 #include <string>
 #include <string_view>
 
@@ -47,8 +50,15 @@ class ErrorFileError : public std::runtime_error {
 // bound the memory and time one hostile file can cost a parent: the bytes read,
 // the nesting (serializing and copying JSON recurse), and the number of values
 // (each parsed value costs tens of bytes, more than the text that spelled it).
+// Strings are kept up to max_string_bytes each, and once max_kept_bytes of
+// strings are kept, up to max_late_string_bytes each: the rest of a longer string
+// is read (and checked) but not kept, and the string ends in a note of how much
+// was left out. So a 60 MB trace costs a reader tens of MiB, not hundreds.
 struct ErrorFileLimits {
-  static constexpr std::size_t max_bytes = 64u << 20;    // 64 MiB
+  static constexpr std::size_t max_bytes = 64u << 20;  // 64 MiB
+  static constexpr std::size_t max_string_bytes = 8u << 20;
+  static constexpr std::size_t max_kept_bytes = 16u << 20;
+  static constexpr std::size_t max_late_string_bytes = 256;
   static constexpr std::size_t max_depth = 512;          // nesting of arrays/objects
   static constexpr std::size_t max_values = 1u << 20;    // arrays, objects and members
   static constexpr std::size_t max_reason_bytes = 1024;  // of ErrorFileError::reason()
@@ -105,6 +115,168 @@ inline std::string json_limits_problem(std::string_view text) {
     return fmt::format("JSON has more than {} values", ErrorFileLimits::max_values);
   return {};
 }
+
+// The JSON text of an open error file as a stream for the parser, read in blocks
+// (bounded memory whatever the file's size), with three jobs done on the way:
+// - strings longer than ErrorFileLimits allow are cut at a character boundary (never
+//   inside an escape, a surrogate pair or a UTF-8 sequence) and end in
+//   "\n... (N bytes cut)"; what is cut is still checked (control characters,
+//   escapes, UTF-8 lead and continuation bytes) and a fault there is handed to the
+//   parser, so a file is refused exactly when it is not valid JSON;
+// - nesting and values are counted as json_shape() does; past a limit the stream
+//   ends and problem() says why;
+// - at most `max_bytes` are read, then problem() says the file grew.
+class ShortenedJsonBuffer : public std::streambuf {
+ public:
+  ShortenedJsonBuffer(int fd, std::size_t max_bytes) : fd_(fd), max_bytes_(max_bytes) {}
+
+  const std::string& problem() const { return problem_; }
+
+ protected:
+  int_type underflow() override {
+    while (out_.empty() || out_position_ == out_.size()) {
+      out_.clear();
+      out_position_ = 0;
+      if (!problem_.empty() || at_end_) return traits_type::eof();
+      if (!fill()) {
+        at_end_ = true;
+        if (!problem_.empty() || out_.empty()) return traits_type::eof();
+        break;
+      }
+    }
+    setg(out_.data() + out_position_, out_.data() + out_position_, out_.data() + out_.size());
+    out_position_ = out_.size();
+    return traits_type::to_int_type(*gptr());
+  }
+
+ private:
+  // Reads one block and filters it into out_. False at end of file or on a problem.
+  bool fill() {
+    char block[64 * 1024];
+    ssize_t n;
+    do {
+      n = ::read(fd_, block, sizeof(block));
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      problem_ = std::strerror(errno);
+      return false;
+    }
+    if (n == 0) {
+      if (in_string_ && skipped_ > 0) note_cut();  // unterminated: the parser says so
+      return false;
+    }
+    read_ += static_cast<std::size_t>(n);
+    if (read_ > max_bytes_) {
+      problem_ = fmt::format("file grew over the limit of {} bytes while being read", max_bytes_);
+      return false;
+    }
+    for (ssize_t i = 0; i < n && problem_.empty(); ++i) take(static_cast<unsigned char>(block[i]));
+    return problem_.empty();
+  }
+
+  void take(unsigned char c) {
+    if (!in_string_) {
+      out_.push_back(static_cast<char>(c));
+      if (c == '"') {
+        in_string_ = true;
+        skipping_ = false;
+        kept_ = skipped_ = 0;
+        escape_left_ = utf8_left_ = 0;
+        high_surrogate_ = false;
+        limit_ = kept_total_ >= ErrorFileLimits::max_kept_bytes ? ErrorFileLimits::max_late_string_bytes
+                                                                : ErrorFileLimits::max_string_bytes;
+      } else if (c == '[' || c == '{') {
+        if (++depth_ > ErrorFileLimits::max_depth)
+          problem_ = fmt::format("JSON nested deeper than {} levels", ErrorFileLimits::max_depth);
+        else if (++values_ > ErrorFileLimits::max_values)
+          problem_ = fmt::format("JSON has more than {} values", ErrorFileLimits::max_values);
+      } else if (c == ',') {
+        if (++values_ > ErrorFileLimits::max_values)
+          problem_ = fmt::format("JSON has more than {} values", ErrorFileLimits::max_values);
+      } else if ((c == ']' || c == '}') && depth_ > 0) {
+        --depth_;
+      }
+      return;
+    }
+    const bool unit_start = escape_left_ == 0 && utf8_left_ == 0;
+    if (unit_start && c == '"') {
+      if (skipped_ > 0) note_cut();
+      out_.push_back('"');
+      kept_total_ += kept_;
+      in_string_ = false;
+      return;
+    }
+    // Decided at the start of each character (an escape, a UTF-8 sequence), never
+    // between the two halves of a surrogate pair.
+    if (unit_start && kept_ >= limit_ && !high_surrogate_) skipping_ = true;
+    const bool keep = !skipping_;
+    const char* fault = nullptr;  // what the parser is handed for a byte no valid JSON string has here
+    if (escape_left_ > 0) {
+      if (escape_left_ == 5) {  // the character after the backslash
+        if (c == 'u') {
+          escape_left_ = 4;
+          unicode_ = 0;
+        } else {
+          if (c == 0 || std::strchr("\"\\/bfnrt", c) == nullptr) fault = "\\q";
+          escape_left_ = 0;
+          high_surrogate_ = false;
+        }
+      } else {
+        const int digit = c >= '0' && c <= '9'   ? c - '0'
+                          : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                          : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                                 : -1;
+        if (digit < 0) fault = "\\uq";
+        unicode_ = unicode_ * 16 + (digit < 0 ? 0 : static_cast<unsigned>(digit));
+        if (--escape_left_ == 0) high_surrogate_ = unicode_ >= 0xD800 && unicode_ <= 0xDBFF;
+      }
+    } else if (utf8_left_ > 0) {
+      if ((c & 0xC0) != 0x80) fault = "\xff";
+      --utf8_left_;
+    } else if (c == '\\') {
+      escape_left_ = 5;
+    } else if (c < 0x20) {
+      fault = "\x01";
+    } else if (c >= 0x80) {
+      utf8_left_ = c >= 0xC2 && c < 0xE0 ? 1 : c >= 0xE0 && c < 0xF0 ? 2 : c >= 0xF0 && c < 0xF5 ? 3 : 0;
+      if (utf8_left_ == 0) fault = "\xff";
+      high_surrogate_ = false;
+    } else {
+      high_surrogate_ = false;
+    }
+    if (keep) {
+      out_.push_back(static_cast<char>(c));  // a fault here is the parser's to find, as it is
+      ++kept_;
+    } else if (fault != nullptr) {
+      note_cut();
+      out_.append(fault);  // makes the parser refuse the file at this point
+    } else {
+      ++skipped_;
+    }
+  }
+
+  void note_cut() {
+    const std::string note = fmt::format("\\n... ({} bytes cut)", skipped_);
+    out_.append(note);
+    skipped_ = 0;
+  }
+
+  int fd_;
+  std::size_t max_bytes_;
+  std::size_t read_ = 0;
+  std::string out_;
+  std::size_t out_position_ = 0;
+  std::string problem_;
+  bool at_end_ = false;
+  // Outside strings.
+  std::size_t depth_ = 0, values_ = 0;
+  // Inside a string.
+  bool in_string_ = false, skipping_ = false, high_surrogate_ = false;
+  int escape_left_ = 0;  // 5: just after a backslash; 4..1: hex digits of \uXXXX left
+  int utf8_left_ = 0;    // continuation bytes left
+  unsigned unicode_ = 0;
+  std::size_t kept_ = 0, skipped_ = 0, limit_ = 0, kept_total_ = 0;
+};
 
 // A reason fit to print and to put in JSON: printable ASCII, other bytes as \xHH
 // (a parser's message quotes the file's raw bytes), cut at `limit` bytes.
@@ -203,11 +375,12 @@ class ProcessFailure {
       : local_rank(local_rank_), pid(pid_), exitcode(exitcode_), error_file(std::move(error_file_path)) {
     error_file_data = empty_error_data();
     message = "";
-    auto read = errors::detail::read_regular_file(error_file, ErrorFileLimits::max_bytes);
-    switch (read.status) {
-      case errors::detail::ReadResult::Status::ok: load(read.data); break;
+    errors::detail::OpenedFile file;
+    errors::detail::open_regular_file(file, error_file, ErrorFileLimits::max_bytes);
+    switch (file.status) {
+      case errors::detail::ReadResult::Status::ok: load(file.fd); break;
       case errors::detail::ReadResult::Status::not_a_file: set_no_reply_file(); break;
-      case errors::detail::ReadResult::Status::error: fail(read.reason);
+      case errors::detail::ReadResult::Status::error: fail(file.reason);
     }
     if (message.is_string() && message.get_ref<const std::string&>().empty()) message = default_message();
   }
@@ -261,14 +434,19 @@ class ProcessFailure {
     timestamp = errors::detail::now_seconds();
   }
 
-  void load(const std::string& text) {
-    if (std::string problem = errors::detail::json_limits_problem(text); !problem.empty()) fail(problem);
+  // Parses the file as a stream, with bounded memory (see ShortenedJsonBuffer).
+  void load(int fd) {
+    errors::detail::ShortenedJsonBuffer buffer(fd, ErrorFileLimits::max_bytes);
+    std::istream stream(&buffer);
     nlohmann::json data;
+    std::string parse_error;
     try {
-      data = nlohmann::json::parse(text);
+      data = nlohmann::json::parse(stream);
     } catch (const nlohmann::json::exception& e) {
-      fail(fmt::format("not valid JSON ({})", e.what()));
+      parse_error = e.what();
     }
+    if (!buffer.problem().empty()) fail(buffer.problem());
+    if (!parse_error.empty()) fail(fmt::format("not valid JSON ({})", parse_error));
     if (!data.is_object()) fail("top level is not a JSON object");
     auto found = data.find("message");
     if (found == data.end()) fail("no \"message\" key");

@@ -1,7 +1,7 @@
 // Native stack traces: capture the return addresses of the current thread and
 // turn them into lines like
 //   #0 0x5622a1a07d67 in crash_here_on_purpose() (/path/to/worker+0x1d67)
-// Capturing and naming are both async-signal-safe once warm_up_stacktrace() has
+// Capturing and naming are both async-signal-safe once prepare_stacktrace() has
 // run, so the crash handler uses the same code as ordinary callers:
 // - unwinding is libgcc's _Unwind_Backtrace (DWARF call frame information, so
 //   code built without frame pointers unwinds too, and it steps through signal
@@ -17,10 +17,12 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <link.h>
+#include <sys/mman.h>
 #include <unistd.h>
 #include <unwind.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <elastic/errors/detail/signal_safe.hpp>
@@ -59,17 +61,22 @@ inline _Unwind_Reason_Code collect_frame(_Unwind_Context* context, void* argumen
   return _URC_NO_REASON;
 }
 
-// The executable's own path: its link map has an empty name. Read once, before any
-// crash, because readlink of /proc/self/exe is the only way to learn it.
+// The executable's own path: its link map has an empty name. Read from
+// /proc/self/exe at the first need (readlink is async-signal-safe; no guard
+// variable, so a signal handler may be the first). Names /proc/self/exe itself
+// while another thread is reading it.
 inline const char* executable_path() {
   static char path[4096] = {};
-  static const bool loaded = [] {
-    ssize_t n = ::readlink("/proc/self/exe", path, sizeof(path) - 1);
+  static std::atomic<int> state{0};  // 0: not read, 1: being read, 2: ready
+  if (state.load(std::memory_order_acquire) == 2) return path;
+  int unread = 0;
+  if (state.compare_exchange_strong(unread, 1, std::memory_order_acq_rel)) {
+    const ssize_t n = ::readlink("/proc/self/exe", path, sizeof(path) - 1);
     path[n > 0 ? n : 0] = '\0';
-    return true;
-  }();
-  (void)loaded;
-  return path;
+    state.store(2, std::memory_order_release);
+    return path;
+  }
+  return state.load(std::memory_order_acquire) == 2 ? path : "/proc/self/exe";
 }
 
 struct ModuleOfAddress {
@@ -134,13 +141,38 @@ inline std::size_t capture_stack(StackFrame* frames, std::size_t capacity) {
   return state.count;
 }
 
+namespace errors::detail {
+
+// Whether naming frames may go ahead: set by prepare_stacktrace(), cleared when
+// the symbolizer cannot be made safe here.
+inline std::atomic<bool>& symbolizer_ready() {
+  static std::atomic<bool> ready{false};
+  return ready;
+}
+
+// The first name lookup sets up abseil's symbolizer, whose allocator ends the
+// process when mmap fails. Whether 1 MiB could be mapped now (it is given back at
+// once) tells it apart from a process at its RLIMIT_AS or out of memory: then
+// frames go without names (module and offset only). Async-signal-safe.
+inline bool memory_to_name_frames() {
+  constexpr std::size_t probe = 1u << 20;
+  void* mapping = ::mmap(nullptr, probe, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (mapping == MAP_FAILED) return false;
+  ::munmap(mapping, probe);
+  return true;
+}
+
+}  // namespace errors::detail
+
 // Appends "#index 0xpc in name (module+0xoffset)" without a newline. Parts that
-// cannot be found are left out. Async-signal-safe after warm-up.
-inline void append_frame(errors::detail::FixedText& out, std::size_t index, const StackFrame& frame) {
+// cannot be found are left out; with `name` false, the name is not looked up.
+// Async-signal-safe after prepare_stacktrace().
+inline void append_frame(errors::detail::FixedText& out, std::size_t index, const StackFrame& frame, bool name = true) {
   const std::uintptr_t address = frame.lookup_address();
   out.append('#').append_unsigned(index).append(' ').append_hex(frame.pc);
-  char name[1024];
-  if (absl::Symbolize(reinterpret_cast<const void*>(address), name, sizeof(name))) out.append(" in ").append(name);
+  char symbol[1024];
+  if (name && absl::Symbolize(reinterpret_cast<const void*>(address), symbol, sizeof(symbol)))
+    out.append(" in ").append(symbol);
   const errors::detail::ModuleOfAddress module = errors::detail::find_module(address);
   if (module.path != nullptr) {
     // The offset of the pc as printed, for `addr2line -e module offset` (for a
@@ -150,17 +182,30 @@ inline void append_frame(errors::detail::FixedText& out, std::size_t index, cons
   }
 }
 
+// Whether frames can be named now (see memory_to_name_frames). Async-signal-safe.
+inline bool can_name_frames() {
+  return errors::detail::symbolizer_ready().load() && errors::detail::memory_to_name_frames();
+}
+
+inline void prepare_stacktrace();
+
 // The frames as text, one a line, each line ending in '\n'. Not for signal handlers.
 inline std::string format_stack(const StackFrame* frames, std::size_t count) {
   std::string text;
   std::vector<char> storage(8192);
   errors::detail::FixedText line(storage.data(), storage.size());
+  prepare_stacktrace();
+  const bool name = can_name_frames();
+  // The symbolizer keeps object files open for later lookups (a crash's), without
+  // O_CLOEXEC: those descriptors must not leak into the worker's own children.
+  const std::vector<int> open_before = name ? errors::detail::open_descriptors() : std::vector<int>();
   for (std::size_t i = 0; i < count; ++i) {
     line.clear();
-    append_frame(line, i, frames[i]);
+    append_frame(line, i, frames[i], name);
     text.append(line.c_str(), line.size());
     text += '\n';
   }
+  if (name) errors::detail::set_close_on_exec_except(open_before);
   return text;
 }
 
@@ -185,29 +230,30 @@ __attribute__((noinline)) inline std::vector<StackFrame> current_stack(std::size
   return frames;
 }
 
-// Runs each step once so that lazy binding, the unwinder's caches and the
-// symbolizer's memory are set up now and never allocate during a crash.
-inline void warm_up_stacktrace() {
+// Makes capturing and naming frames ready for a signal handler, cheaply: binds
+// the unwinder (one capture) and initializes abseil's symbolizer. The
+// costly part, reading symbol tables, is left to the first lookup: on the error
+// path or inside the crash handler itself (absl::Symbolize is async-signal-safe
+// and takes its memory with mmap), so a run that never fails never pays for it.
+// Safe to call repeatedly; later calls cost an atomic load.
+inline void prepare_stacktrace() {
   static const bool done = [] {
-    // The symbolizer keeps object files open for use during a crash, without
-    // O_CLOEXEC: those descriptors must not leak into the worker's own children.
-    const std::vector<int> open_before = errors::detail::open_descriptors();
-    struct MarkNewDescriptorsCloseOnExec {
-      const std::vector<int>& before;
-      ~MarkNewDescriptorsCloseOnExec() { errors::detail::set_close_on_exec_except(before); }
-    } mark_new{open_before};
-    absl::InitializeSymbolizer(errors::detail::executable_path());
-    StackFrame frames[8];
-    std::size_t count = capture_stack(frames, 8);
-    char line_storage[2048];
-    errors::detail::FixedText line(line_storage, sizeof(line_storage));
-    for (std::size_t i = 0; i < count; ++i) {
-      line.clear();
-      append_frame(line, i, frames[i]);
-    }
+    StackFrame frames[4];
+    capture_stack(frames, 4);
+    // Without argv0: abseil reads the executable through /proc/self/exe, and uses
+    // argv0 only where that cannot be opened.
+    absl::InitializeSymbolizer(nullptr);
+    errors::detail::symbolizer_ready().store(true);
     return true;
   }();
   (void)done;
+}
+
+// The same as prepare_stacktrace(), then one lookup, so the symbol tables are read
+// now (a first crash report is then faster). Optional.
+inline void warm_up_stacktrace() {
+  prepare_stacktrace();
+  (void)format_stack(current_stack(4));
 }
 
 }  // namespace elastic

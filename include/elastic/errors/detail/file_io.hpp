@@ -9,11 +9,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <atomic>
+#include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <elastic/detail/suppress_signal.hpp>
 #include <elastic/detail/write_all.hpp>
+#include <elastic/errors/detail/signal_safe.hpp>
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -41,41 +43,67 @@ inline const char* file_kind(mode_t mode) {
   return "not a regular file";
 }
 
-// Reads a regular file of at most `max_bytes`. O_NONBLOCK keeps a FIFO from
-// blocking the open; anything but a regular file counts as absent, as
-// os.path.isfile() makes it for PyTorch.
-inline ReadResult read_regular_file(const std::string& path, std::size_t max_bytes) {
-  ReadResult result;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+// An open regular file of at most `max_bytes` (from fstat), or why there is none.
+// O_NONBLOCK keeps a FIFO from blocking the open; anything but a regular file
+// counts as absent, as os.path.isfile() makes it for PyTorch. Without
+// `follow_symlinks`, a symlink at `path` counts as absent (O_NOFOLLOW).
+struct OpenedFile {
+  ReadResult::Status status = ReadResult::Status::error;
+  int fd = -1;  // owned: closed by the destructor
+  std::uint64_t size = 0;
+  std::string reason;
+
+  OpenedFile() = default;
+  OpenedFile(const OpenedFile&) = delete;
+  OpenedFile& operator=(const OpenedFile&) = delete;
+  ~OpenedFile() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+inline void open_regular_file(OpenedFile& file, const std::string& path, std::size_t max_bytes,
+                              bool follow_symlinks = true) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | (follow_symlinks ? 0 : O_NOFOLLOW));
   if (fd < 0) {
     int err = errno;
-    result.reason = std::strerror(err);
-    result.status = (err == ENOENT || err == ENOTDIR || err == ELOOP || err == ENAMETOOLONG || err == ENXIO)
-                        ? ReadResult::Status::not_a_file
-                        : ReadResult::Status::error;
-    return result;
+    file.reason = std::strerror(err);
+    file.status = (err == ENOENT || err == ENOTDIR || err == ELOOP || err == ENAMETOOLONG || err == ENXIO)
+                      ? ReadResult::Status::not_a_file
+                      : ReadResult::Status::error;
+    return;
   }
-  struct FdCloser {
-    int fd;
-    ~FdCloser() { ::close(fd); }
-  } closer{fd};
-
+  file.fd = fd;
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
-    result.reason = std::strerror(errno);
-    return result;
+    file.reason = std::strerror(errno);
+    return;
   }
   if (!S_ISREG(st.st_mode)) {
-    result.status = ReadResult::Status::not_a_file;
-    result.reason = file_kind(st.st_mode);
-    return result;
+    file.status = ReadResult::Status::not_a_file;
+    file.reason = file_kind(st.st_mode);
+    return;
   }
   if (static_cast<std::uint64_t>(st.st_size) > max_bytes) {
-    result.reason = fmt::format("file is {} bytes, over the limit of {} bytes", st.st_size, max_bytes);
+    file.reason = fmt::format("file is {} bytes, over the limit of {} bytes", st.st_size, max_bytes);
+    return;
+  }
+  file.size = static_cast<std::uint64_t>(st.st_size);
+  file.status = ReadResult::Status::ok;
+}
+
+// Reads a regular file of at most `max_bytes` whole (see open_regular_file).
+inline ReadResult read_regular_file(const std::string& path, std::size_t max_bytes, bool follow_symlinks = true) {
+  ReadResult result;
+  OpenedFile file;
+  open_regular_file(file, path, max_bytes, follow_symlinks);
+  if (file.status != ReadResult::Status::ok) {
+    result.status = file.status;
+    result.reason = file.reason;
     return result;
   }
+  const int fd = file.fd;
   // The file may still grow while we read: never take more than max_bytes + 1.
-  result.data.resize(static_cast<std::size_t>(st.st_size) + 1);
+  result.data.resize(static_cast<std::size_t>(file.size) + 1);
   std::size_t used = 0;
   for (;;) {
     if (used == result.data.size()) {
@@ -126,7 +154,8 @@ inline std::string make_directories(const std::string& dir) {
 
 // Writes `data` to `path` atomically, creating missing parent directories.
 // Returns an empty string on success, else why it failed (the path is named).
-// The file gets mode 0600. The temporary is opened with O_EXCL|O_NOFOLLOW and the
+// The file gets mode 0600. The temporary has a random name and is opened with
+// O_EXCL|O_NOFOLLOW (a name already taken is skipped, see safe_open_temporary); the
 // final step is rename(2), which replaces a symlink at `path` instead of following it.
 inline std::string write_file_atomically(const std::string& path, std::string_view data) {
   namespace fs = std::filesystem;
@@ -136,14 +165,13 @@ inline std::string write_file_atomically(const std::string& path, std::string_vi
   const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
   if (std::string problem = make_directories(parent.string()); !problem.empty()) return problem;
 
-  // The temporary's name must fit NAME_MAX even when the target's name nearly fills it.
-  static std::atomic<unsigned> counter{0};
-  const std::string name = target.filename().string().substr(0, 200);
-  const std::string temp = (parent / fmt::format(".{}.tmp.{}.{}", name, ::getpid(), counter.fetch_add(1))).string();
   // Past RLIMIT_FSIZE the write fails with EFBIG rather than SIGXFSZ killing the worker.
   elastic::detail::SuppressSignal no_sigxfsz(SIGXFSZ);
-  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) return fmt::format("cannot create {}: {}", temp, std::strerror(errno));
+  std::string temp(path.size() + 64, '\0');
+  StaticText<256> unused_scratch;  // the directories exist already
+  const int fd = safe_open_temporary(path.c_str(), temp.data(), temp.size(), unused_scratch);
+  temp.resize(safe_strlen(temp.c_str()));
+  if (fd < 0) return fmt::format("cannot create {}: {}", temp, std::strerror(-fd));
   bool written = write_all(fd, data.data(), data.size());
   int write_errno = errno;
   if (::close(fd) != 0 && written) {

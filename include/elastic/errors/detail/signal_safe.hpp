@@ -4,9 +4,13 @@
 #pragma once
 
 #include <fcntl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -177,6 +181,35 @@ class StaticText : public FixedText {
 
 using ::elastic::detail::write_all;
 
+// The mode of every file and directory the error path creates, on the exception
+// path and the crash path alike: an error file may hold data its owner alone should read.
+inline constexpr mode_t error_file_mode = 0600;
+inline constexpr mode_t error_directory_mode = 0700;
+
+// 64 unpredictable bits for a temporary file's name: getrandom(2) (a system call,
+// so async-signal-safe), else the clock, the thread and an address, mixed.
+inline std::uint64_t safe_random_u64() {
+  std::uint64_t value = 0;
+  if (::syscall(SYS_getrandom, &value, sizeof(value), GRND_NONBLOCK) == static_cast<long>(sizeof(value))) return value;
+  timespec now{};
+  ::clock_gettime(CLOCK_MONOTONIC, &now);
+  static std::atomic<std::uint64_t> mix{0};  // lock-free, so async-signal-safe
+  value = mix.load(std::memory_order_relaxed) ^ (static_cast<std::uint64_t>(now.tv_nsec) << 20) ^
+          static_cast<std::uint64_t>(now.tv_sec) ^ (static_cast<std::uint64_t>(::syscall(SYS_gettid)) << 40) ^
+          reinterpret_cast<std::uintptr_t>(&now);
+  // splitmix64's finalizer spreads every input bit over the result.
+  value += 0x9e3779b97f4a7c15ULL;
+  value = (value ^ (value >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  value = (value ^ (value >> 27)) * 0x94d049bb133111ebULL;
+  value ^= value >> 31;
+  mix.store(value, std::memory_order_relaxed);
+  return value;
+}
+
+// How many random names a writer tries before giving up: a name already taken
+// (planted, or left by a killed writer) is skipped, never written through.
+inline constexpr int temporary_name_attempts = 64;
+
 // mkdir -p of the directories above `path`, in place on a copy in `scratch`.
 inline void safe_create_parent_directories(const char* path, FixedText& scratch) {
   scratch.clear();
@@ -186,35 +219,52 @@ inline void safe_create_parent_directories(const char* path, FixedText& scratch)
   for (std::size_t i = 1; i < scratch.size(); ++i) {
     if (text[i] != '/') continue;
     text[i] = '\0';
-    ::mkdir(text, 0755);  // an existing directory (EEXIST) is the common case
+    ::mkdir(text, error_directory_mode);  // an existing directory (EEXIST) is the common case
     text[i] = '/';
   }
 }
 
-// Writes `size` bytes to `path` so that a reader sees the whole file or none:
-// a new temporary file in the same directory (named from `path`, the pid and a
-// `unique` number), written and renamed over `path`. `scratch` holds the names.
-// Returns 0 on success, else the errno of the step that failed.
-inline int safe_write_file_atomically(const char* path, const char* data, std::size_t size, std::uint64_t unique,
-                                      FixedText& scratch) {
+// Opens a new temporary file next to `path` under a random name (`.<name>.tmp.<16 hex>`),
+// written into `temp` (of `temp_size` bytes); O_EXCL|O_NOFOLLOW, so a file or symlink
+// already at a name is never opened: another name is tried. Missing parent directories
+// are created (through `scratch`). Returns the descriptor, or -errno.
+inline int safe_open_temporary(const char* path, char* temp, std::size_t temp_size, FixedText& scratch) {
   const std::size_t path_length = safe_strlen(path);
   std::size_t slash = path_length;
   while (slash > 0 && path[slash - 1] != '/') --slash;
-  scratch.clear();
-  scratch.append(path, slash).append('.').append(path + slash).append(".crash.");
-  scratch.append_unsigned(static_cast<std::uint64_t>(::getpid())).append('.').append_unsigned(unique);
-  // The temporary name is kept apart from the scratch buffer the directory walk uses.
-  char temp[4096];
-  if (scratch.truncated() || scratch.size() >= sizeof(temp)) return ENAMETOOLONG;
-  for (std::size_t i = 0; i <= scratch.size(); ++i) temp[i] = scratch.c_str()[i];
-
+  const std::size_t name_length = path_length - slash < 200 ? path_length - slash : 200;  // fits NAME_MAX
   const int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW;
-  int fd = ::open(temp, flags, 0644);
-  if (fd < 0 && errno == ENOENT) {
-    safe_create_parent_directories(path, scratch);
-    fd = ::open(temp, flags, 0644);
+  bool created_directories = false;
+  int error = EEXIST;
+  for (int attempt = 0; attempt < temporary_name_attempts; ++attempt) {
+    FixedText name(temp, temp_size);
+    name.append(path, slash).append('.').append(path + slash, name_length).append(".tmp.");
+    const std::uint64_t random = safe_random_u64();
+    static const char hex[] = "0123456789abcdef";
+    for (int shift = 60; shift >= 0; shift -= 4) name.append(hex[(random >> shift) & 0xF]);
+    if (name.truncated()) return -ENAMETOOLONG;
+    const int fd = ::open(temp, flags, error_file_mode);
+    if (fd >= 0) return fd;
+    error = errno;
+    if (error == ENOENT && !created_directories) {
+      safe_create_parent_directories(path, scratch);
+      created_directories = true;
+      --attempt;
+      continue;
+    }
+    if (error != EEXIST) break;
   }
-  if (fd < 0) return errno;
+  return -error;
+}
+
+// Writes `size` bytes to `path` so that a reader sees the whole file or none:
+// a new temporary file in the same directory (see safe_open_temporary), written
+// and renamed over `path` (rename(2) replaces a symlink there, never follows it).
+// `scratch` is working space. Returns 0 on success, else the errno of the step that failed.
+inline int safe_write_file_atomically(const char* path, const char* data, std::size_t size, FixedText& scratch) {
+  char temp[4096];
+  const int fd = safe_open_temporary(path, temp, sizeof(temp), scratch);
+  if (fd < 0) return -fd;
   const bool written = write_all(fd, data, size);
   int error = written ? 0 : errno;
   if (::close(fd) != 0 && error == 0) error = errno;

@@ -208,3 +208,118 @@ TEST_CASE("an entry that cannot be started fails with a message") {
   CHECK(r.exitcode == 1);
   CHECK(r.err.find("/nonexistent/worker") != std::string::npos);
 }
+
+TEST_CASE("unambiguous prefixes of long options work as in argparse, in either spelling") {
+  TempDir dir;
+  auto r = elastic_run(concat({"--nproc=2", "--no_py", "--redirect=3", "--log-d", dir.file("logs")},
+                              {"/bin/sh", "-c", "echo out-$RANK; touch \"" + dir.path().string() + "/$RANK\""}),
+                       quiet());
+  REQUIRE(r.exitcode == 0);
+  CHECK(file_exists(dir.file("0")));
+  CHECK(file_exists(dir.file("1")));
+  // --redirect=3 sent stdout to the log files, not the console.
+  CHECK(r.out.find("out-") == std::string::npos);
+  std::size_t logs = 0;
+  for (const auto& entry : fs::recursive_directory_iterator(dir.file("logs")))
+    if (entry.path().filename() == "stdout.log") ++logs;
+  CHECK(logs == 2);
+
+  // A short option with its value attached or apart, and a prefix of the other spelling.
+  TempDir dir2;
+  auto s =
+      elastic_run({"-r3", "--nproc_per=2", "--log_dir", dir2.file("logs"), "/bin/sh", "-c", "echo out-$RANK"}, quiet());
+  REQUIRE(s.exitcode == 0);
+  CHECK(s.out.find("out-") == std::string::npos);
+}
+
+TEST_CASE("an ambiguous prefix is a usage error listing the candidates") {
+  TempDir dir;
+  auto r = elastic_run(concat({"--n=2"}, touch_worker(dir)), quiet());
+  CHECK(r.exitcode == 2);
+  CHECK_THAT(r.err, Catch::Contains("ambiguous option: --n could match --nnodes, --nproc-per-node"));
+  CHECK_THAT(r.err, Catch::Contains("--node-rank"));
+  CHECK(files_in(dir) == 0);
+  // Options after the entry belong to the workers, prefixes or not.
+  auto w = elastic_run({"/bin/sh", "-c", "test \"$1\" = --n", "sh", "--n"}, quiet());
+  CHECK(w.exitcode == 0);
+}
+
+TEST_CASE("a typo suggests the nearest option and --help") {
+  TempDir dir;
+  auto r = elastic_run(concat({"--nprc-per-node=2"}, touch_worker(dir)), quiet());
+  CHECK(r.exitcode == 2);
+  CHECK_THAT(r.err,
+             Catch::Contains(
+                 "unrecognized arguments: --nprc-per-node (did you mean --nproc-per-node?); see elastic-run --help"));
+  CHECK(files_in(dir) == 0);
+  auto far = elastic_run(concat({"--zzzzzzzz"}, touch_worker(dir)), quiet());
+  CHECK(far.exitcode == 2);
+  CHECK_THAT(far.err, Catch::Contains("unrecognized arguments: --zzzzzzzz; see elastic-run --help"));
+}
+
+TEST_CASE("out-of-range ports, an endpoint without a port and unforwardable signals are usage errors") {
+  TempDir dir;
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  };
+  std::vector<Case> cases = {
+      {{"--master-port=-1"}, "--master-port must be a port number from 1 to 65535, got -1"},
+      {{"--master-port=999999999"}, "--master-port must be a port number from 1 to 65535, got 999999999"},
+      {{"--master-port=0"}, "--master-port must be a port number from 1 to 65535, got 0"},
+      {{"--rdzv-endpoint", "host:"}, "--rdzv-endpoint 'host:': the port must be a number from 1 to 65535"},
+      {{"--rdzv-endpoint", "host:70000"}, "the port must be a number from 1 to 65535"},
+      {{"--signals-to-handle", "SIGTERM,SIGCHLD"}, "SIGCHLD cannot be forwarded to the workers"},
+      {{"--signals-to-handle", "SIGKILL"}, "SIGKILL cannot be forwarded"},
+      {{"--signals-to-handle", "STOP"}, "SIGSTOP cannot be forwarded"},
+      {{"--signals-to-handle", "SIGSEGV"}, "SIGSEGV cannot be forwarded"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.args.front());
+    auto r = elastic_run(concat(c.args, touch_worker(dir)), quiet());
+    CHECK(r.exitcode == 2);
+    CHECK_THAT(r.err, Catch::Contains(c.message));
+    CHECK(files_in(dir) == 0);
+  }
+}
+
+TEST_CASE("a value with a newline does not split the one-line usage error") {
+  TempDir dir;
+  for (std::string option : {"--nnodes=1\nfake line", "--rdzv-conf=a\nb", "--bogus\nx=1"}) {
+    INFO(option);
+    auto r = elastic_run(concat({option}, touch_worker(dir)), quiet());
+    CHECK(r.exitcode == 2);
+    CHECK(r.err.rfind("elastic-run: error: ", 0) == 0);
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+    CHECK_THAT(r.err, Catch::Contains("\\n"));
+    CHECK(files_in(dir) == 0);
+  }
+}
+
+TEST_CASE("an entry that is not executable and not .py gets a hint") {
+  TempDir dir;
+  write_file(dir.file("train"), "print('hello')\n");
+  auto r = elastic_run({dir.file("train")}, quiet());
+  CHECK(r.exitcode == 1);
+  CHECK_THAT(r.err, Catch::Contains("Permission denied"));
+  CHECK_THAT(r.err, Catch::Contains("run a Python script with a .py name, --run-path or -m"));
+}
+
+TEST_CASE("shutdown timeout: --shutdown-timeout and its sources: negative and non-numbers are usage errors, 0 allowed") {
+  TempDir dir;
+  for (std::string option : {"--shutdown-timeout=-1", "--term-timeout=-5", "--shutdown-timeout=x"}) {
+    INFO(option);
+    auto r = elastic_run(concat({option}, touch_worker(dir)), quiet());
+    CHECK(r.exitcode == 2);
+    CHECK_THAT(r.err, Catch::Contains("must be a number of seconds from 0 to 1e9"));
+  }
+  auto options = quiet();
+  options.set_env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = "-3";
+  auto env = elastic_run(touch_worker(dir), options);
+  CHECK(env.exitcode == 2);
+  CHECK_THAT(env.err, Catch::Contains("TORCH_ELASTIC_SHUTDOWN_TIMEOUT must be a number of seconds"));
+  CHECK(files_in(dir) == 0);
+  auto zero = elastic_run(concat({"--shutdown-timeout=0"}, touch_worker(dir)), quiet());
+  CHECK(zero.exitcode == 0);
+  CHECK(files_in(dir) == 1);
+}

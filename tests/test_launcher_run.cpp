@@ -1,12 +1,17 @@
 // Real runs of elastic-run: worker environment, logs and tee, failures and their
 // summary, restarts, many workers.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <filesystem>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <set>
 
 #include "support/launcher.hpp"
 
@@ -39,6 +44,44 @@ std::vector<std::string> lines_of(const std::string& text) {
   for (std::string line; std::getline(in, line);) lines.push_back(line);
   return lines;
 }
+
+const std::regex uuid_pattern("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}");
+
+// A TCP socket listening on a free port of the loopback address.
+struct Listener {
+  int fd = -1;
+  int port = 0;
+  Listener() {
+    fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+    REQUIRE(::listen(fd, 8) == 0);
+    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+    port = ntohs(addr.sin_port);
+  }
+  ~Listener() { ::close(fd); }
+  // A client connects and is accepted: the listener still works.
+  bool serves() const {
+    int client = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    bool ok = ::connect(client, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+    int accepted = ok ? ::accept(fd, nullptr, nullptr) : -1;
+    ok = ok && accepted >= 0;
+    if (accepted >= 0) ::close(accepted);
+    ::close(client);
+    return ok;
+  }
+};
+
+// A port nobody listens on now.
+int free_port() { return Listener().port; }
 
 fs::path only_subdir(const fs::path& dir) {
   std::vector<fs::path> found;
@@ -78,10 +121,12 @@ TEST_CASE("worker environment is torchrun's, with the inherited environment kept
     CHECK(env["GROUP_WORLD_SIZE"] == "1");
     CHECK(env["ROLE_WORLD_SIZE"] == "2");
     CHECK(env["MASTER_ADDR"] == "127.0.0.1");
-    CHECK(env["MASTER_PORT"] == "29500");
+    // A single node given no port: a free one and a run id of its own (as newest torchrun).
+    CHECK(env["MASTER_PORT"] != "29500");
+    CHECK(std::stoi(env["MASTER_PORT"]) > 0);
     CHECK(env["TORCHELASTIC_RESTART_COUNT"] == "0");
     CHECK(env["TORCHELASTIC_MAX_RESTARTS"] == "0");
-    CHECK(env["TORCHELASTIC_RUN_ID"] == "none");
+    CHECK(std::regex_match(env["TORCHELASTIC_RUN_ID"], uuid_pattern));
     CHECK(env["TORCHELASTIC_USE_AGENT_STORE"] == "False");
     CHECK(env["NCCL_ASYNC_ERROR_HANDLING"] == "1");
     CHECK(env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1");
@@ -90,7 +135,7 @@ TEST_CASE("worker environment is torchrun's, with the inherited environment kept
     CHECK(env["open_fds"] == "0,1,2");
     CHECK(env["is_torchelastic_launched"] == "true");
     const std::string error_file = env["TORCHELASTIC_ERROR_FILE"];
-    CHECK(error_file.rfind(dir.file("logs") + "/none_", 0) == 0);
+    CHECK(error_file.rfind(dir.file("logs") + "/" + env["TORCHELASTIC_RUN_ID"] + "_", 0) == 0);
     const std::string tail = "/attempt_0/" + lr + "/error.json";
     REQUIRE(error_file.size() > tail.size());
     CHECK(error_file.substr(error_file.size() - tail.size()) == tail);
@@ -328,7 +373,13 @@ TEST_CASE("64 workers at once") {
 }
 
 TEST_CASE("without --log-dir a private temporary directory is used and printed") {
-  auto r = elastic_run({"/bin/true"}, base_options());
+  // At INFO, as torchrun: the default threshold (WARNING) keeps a healthy run quiet.
+  auto quiet_run = elastic_run({"/bin/true"}, base_options());
+  REQUIRE(quiet_run.exitcode == 0);
+  CHECK(quiet_run.err.find("logs go to") == std::string::npos);
+  auto options = base_options();
+  options.set_env["ELASTIC_LOG_LEVEL"] = "INFO";
+  auto r = elastic_run({"/bin/true"}, options);
   REQUIRE(r.exitcode == 0);
   std::smatch m;
   REQUIRE(std::regex_search(r.err, m, std::regex("logs go to (\\S+)")));
@@ -392,4 +443,89 @@ TEST_CASE("the summary has torchrun's layout for the same command line") {
   REQUIRE(shape_a.size() > 8);
   CHECK(shape_a == shape_b);
   CHECK(std::find(shape_a.begin(), shape_a.end(), "PATH FAILED") != shape_a.end());
+}
+
+TEST_CASE("a given master port and run id are kept, from the command line or PET_*") {
+  TempDir dir;
+  const std::string port = std::to_string(free_port());
+  auto options = base_options();
+  options.set_env["PET_MASTER_PORT"] = port;
+  auto r = elastic_run({"--nproc-per-node=2", worker, dir.path().string()}, options);
+  REQUIRE(r.exitcode == 0);
+  auto env = read_env_file(dir.file("1"));
+  CHECK(env["MASTER_PORT"] == port);
+  CHECK(env["TORCHELASTIC_RUN_ID"] == "none");
+
+  auto e = elastic_run({"--rdzv-endpoint=localhost:" + port, worker, dir.path().string()}, base_options());
+  REQUIRE(e.exitcode == 0);
+  CHECK(read_env_file(dir.file("0"))["MASTER_PORT"] == port);
+  CHECK(read_env_file(dir.file("0"))["TORCHELASTIC_RUN_ID"] == "none");
+}
+
+TEST_CASE("concurrent single-node jobs without a port each get their own") {
+  TempDir dir;
+  // Each job's workers wait for a file, so all four jobs run at once.
+  std::vector<std::unique_ptr<Background>> jobs;
+  for (int job = 0; job < 4; ++job) {
+    const std::string sub = dir.file("job" + std::to_string(job));
+    fs::create_directory(sub);
+    jobs.push_back(
+        std::make_unique<Background>(std::vector<std::string>{"--nproc-per-node=2", "/bin/sh", "-c",
+                                                              "echo $MASTER_PORT $TORCHELASTIC_RUN_ID > \"$0/$RANK\"; "
+                                                              "while [ ! -e \"$0/../go\" ]; do sleep 0.05; done",
+                                                              sub},
+                                     sub + ".out", sub + ".err", base_options()));
+  }
+  for (int job = 0; job < 4; ++job)
+    REQUIRE(wait_until([&] { return file_exists(dir.file("job" + std::to_string(job) + "/1")); }));
+  write_file(dir.file("go"), "");
+  std::set<std::string> ports, run_ids;
+  for (int job = 0; job < 4; ++job) {
+    CHECK(jobs[static_cast<std::size_t>(job)]->wait() == 0);
+    const std::string sub = dir.file("job" + std::to_string(job));
+    std::istringstream rank0(read_file(sub + "/0")), rank1(read_file(sub + "/1"));
+    std::string port0, id0, port1, id1;
+    rank0 >> port0 >> id0;
+    rank1 >> port1 >> id1;
+    CHECK(port0 == port1);
+    CHECK(id0 == id1);
+    ports.insert(port0);
+    run_ids.insert(id0);
+  }
+  CHECK(ports.size() == 4);
+  CHECK(run_ids.size() == 4);
+}
+
+TEST_CASE("a master port another process listens on fails clearly and leaves the listener alone") {
+  TempDir dir;
+  Listener listener;
+  const std::string port = std::to_string(listener.port);
+  auto r = elastic_run(
+      {"--nproc-per-node=2", "--master-port=" + port, "/bin/sh", "-c", "touch \"$0/$RANK\"", dir.path().string()},
+      base_options());
+  CHECK(r.exitcode == 1);
+  CHECK_THAT(r.err, Catch::Contains("elastic-run: error: master port " + port +
+                                    " is busy on this host (a process listens on it)"));
+  CHECK(fs::is_empty(dir.path()));
+  CHECK(listener.serves());
+}
+
+TEST_CASE("a master port another elastic-run job holds fails clearly and the job runs on") {
+  TempDir dir;
+  const std::string port = std::to_string(free_port());
+  fs::create_directory(dir.file("a"));
+  fs::create_directory(dir.file("b"));
+  Background first({"--nproc-per-node=2", "--master-port=" + port, "/bin/sh", "-c",
+                    "touch \"$0/a/$RANK\"; while [ ! -e \"$0/go\" ]; do sleep 0.05; done", dir.path().string()},
+                   dir.file("a.out"), dir.file("a.err"), base_options());
+  REQUIRE(wait_until([&] { return file_exists(dir.file("a/1")); }));
+  auto second = elastic_run(
+      {"--nproc-per-node=2", "--master-port=" + port, "/bin/sh", "-c", "touch \"$0/b/$RANK\"", dir.path().string()},
+      base_options());
+  CHECK(second.exitcode == 1);
+  CHECK_THAT(second.err,
+             Catch::Contains("master port " + port + " is busy on this host (another elastic-run job holds it)"));
+  CHECK(fs::is_empty(dir.file("b")));
+  write_file(dir.file("go"), "");
+  CHECK(first.wait() == 0);
 }

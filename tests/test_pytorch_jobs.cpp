@@ -12,12 +12,14 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <filesystem>
 #include <future>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support/subprocess.hpp"
@@ -405,4 +407,59 @@ TEST_CASE("the README's DDP example trains under elastic-run", "[pytorch][jobs][
   CHECK_THAT(result.out, Catch::Contains("step 4 loss "));
   CHECK_THAT(result.out, Catch::Contains("rank 0/2 (attempt 0): done, replicas in sync"));
   CHECK_THAT(result.out, Catch::Contains("rank 1/2 (attempt 0): done, replicas in sync"));
+}
+
+TEST_CASE("six concurrent single-node jobs on one host all form their own group", "[pytorch][jobs]") {
+  // No --master-port, no PET_MASTER_PORT: each launcher holds a free port of its own,
+  // so no job's ranks join another's group or find its port taken.
+  std::vector<TempDir> outs(6);
+  std::vector<std::future<RunResult>> jobs;
+  for (auto& out : outs)
+    jobs.push_back(std::async(std::launch::async, [&out] {
+      return launch({"--nproc-per-node=2", job_worker, "--out-dir", out.path().string()},
+                    job_options({}, {"PET_MASTER_PORT", "MASTER_PORT"}));
+    }));
+  std::set<std::string> ports, run_ids;
+  for (std::size_t job = 0; job < jobs.size(); ++job) {
+    INFO("job " << job);
+    auto result = jobs[job].get();
+    check_group_formed(outs[job], result, 2);
+    ports.insert(seen_by(outs[job], 0)["MASTER_PORT"].get<std::string>());
+    run_ids.insert(seen_by(outs[job], 0)["TORCHELASTIC_RUN_ID"].get<std::string>());
+    CHECK(seen_by(outs[job], 1)["MASTER_PORT"] == seen_by(outs[job], 0)["MASTER_PORT"]);
+  }
+  CHECK(ports.size() == 6);
+  CHECK(run_ids.size() == 6);
+}
+
+TEST_CASE("a busy explicit master port fails clearly and never disturbs the job holding it", "[pytorch][jobs]") {
+  TempDir out, other, hold;
+  const std::string port = std::to_string(free_port());
+  const std::string release = hold.file("release");
+  auto holder = std::async(std::launch::async, [&] {
+    return launch({"--nproc-per-node=2", "--master-port=" + port, job_worker, "--out-dir", out.path().string(),
+                   "--hold-until", release});
+  });
+  // The holder's group has formed once its rank 0 store answers on the port and its ranks
+  // reported the all_reduce; they then wait for `release`.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(90);
+  auto connects = [&] {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(std::stoi(port)));
+    bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+    ::close(fd);
+    return ok;
+  };
+  while (!connects() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auto second = launch({"--nproc-per-node=2", "--master-port=" + port, job_worker, "--out-dir", other.path().string(),
+                        "--timeout", "10"});
+  CHECK(second.exitcode == 1);
+  CHECK_THAT(second.err, Catch::Contains("master port " + port + " is busy on this host"));
+  CHECK(files_in(other.path()).empty());
+  write_file(release, "");
+  check_group_formed(out, holder.get(), 2);
 }

@@ -6,14 +6,19 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <elastic/errors.hpp>
 #include <elastic/launcher.hpp>
+#include <elastic/launcher/cli.hpp>
+#include <elastic/launcher/port.hpp>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <set>
 #include <string>
+#include <system_error>
 #include <vector>
 
 namespace {
@@ -47,7 +52,11 @@ struct Args {
   bool virtual_local_rank = false;
   std::string signals_to_handle = "SIGTERM,SIGINT,SIGHUP,SIGQUIT";
   std::string logs_specs = "default";
-  double term_timeout = 30;
+  // Empty: not given (PET_TERM_TIMEOUT, TORCH_ELASTIC_SHUTDOWN_TIMEOUT, then 30 s).
+  std::string shutdown_timeout;
+  // Set by main from the parser: whether --master-port (or PET_MASTER_PORT) was given.
+  bool master_port_given = false;
+  bool rdzv_id_given = false;
 };
 
 // "--nproc-per-node,--nproc_per_node" with PET_NPROC_PER_NODE.
@@ -76,21 +85,6 @@ CLI::Option* flag(CLI::App& app, const std::string& dashed, bool& value, const s
   return app.add_flag(names(dashed, short_name), value, help)->envname(pet(dashed));
 }
 
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return 29500;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  int port = 29500;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0)
-    port = ntohs(addr.sin_port);
-  ::close(fd);
-  return port;
-}
-
 std::string new_uuid() {
   std::ifstream in("/proc/sys/kernel/random/uuid");
   std::string id;
@@ -101,15 +95,28 @@ std::string new_uuid() {
 int parse_signal(std::string name) {
   for (auto& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   if (name.rfind("SIG", 0) != 0) name = "SIG" + name;
-  for (int sig = 1; sig < NSIG; ++sig)
-    if (elastic::signal_name(sig) == name) return sig;
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (elastic::signal_name(sig) != name) continue;
+    // KILL and STOP cannot be caught; the launcher itself needs CHLD to watch its workers,
+    // PIPE ignored to outlive a closed console, and a fault signal blocked in the launcher
+    // would end it at its own first fault.
+    for (int refused : {SIGKILL, SIGSTOP, SIGCHLD, SIGPIPE, SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS})
+      if (sig == refused) throw UsageError("--signals-to-handle: " + name + " cannot be forwarded to the workers");
+    return sig;
+  }
   throw UsageError("--signals-to-handle: unknown signal " + name);
+}
+
+// A usage error on one line, whatever the values it quotes hold.
+void usage_error(const std::string& message) {
+  std::fprintf(stderr, "elastic-run: error: %s\n", elastic::launcher::one_line(message).c_str());
 }
 
 struct Command {
   std::string entrypoint;
   std::vector<std::string> args;
   std::string name;
+  bool direct = false;  // executed itself, not under Python
 };
 
 Command make_command(const Args& a, const std::string& script, const std::vector<std::string>& script_args) {
@@ -127,10 +134,36 @@ Command make_command(const Args& a, const std::string& script, const std::vector
     command.args.push_back(script);
   } else {
     command.entrypoint = script;
+    command.direct = true;
   }
   command.name = script;
   command.args.insert(command.args.end(), script_args.begin(), script_args.end());
   return command;
+}
+
+// --shutdown-timeout (alias --term-timeout), PET_SHUTDOWN_TIMEOUT, PET_TERM_TIMEOUT,
+// TORCH_ELASTIC_SHUTDOWN_TIMEOUT, then 30 s: the time between the stop signal and SIGKILL.
+std::chrono::milliseconds shutdown_timeout(std::string text) {
+  std::string source = "--shutdown-timeout";
+  for (const char* name : {"PET_TERM_TIMEOUT", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"}) {
+    if (!text.empty()) break;
+    if (const char* value = std::getenv(name); value != nullptr && *value != '\0') {
+      text = value;
+      source = name;
+    }
+  }
+  if (text.empty()) return std::chrono::seconds(30);
+  double seconds = -1;
+  std::size_t used = 0;
+  try {
+    seconds = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  // Converting NaN, infinity or a huge value to an integer is undefined: refuse them.
+  if (used != text.size() || !(seconds >= 0 && seconds <= 1e9))
+    throw UsageError(source + " must be a number of seconds from 0 to 1e9 (--term-timeout is its alias), got " + text);
+  return std::chrono::milliseconds(static_cast<long long>(seconds * 1000));
 }
 
 elastic::launcher::LaunchConfig make_config(Args& a) {
@@ -144,13 +177,32 @@ elastic::launcher::LaunchConfig make_config(Args& a) {
   config.rdzv_endpoint = a.rdzv_endpoint;
   config.run_id = a.rdzv_id;
   config.rdzv_configs = launcher::parse_rendezvous_config(a.rdzv_conf);
+  if (a.master_port_given && (a.master_port < 1 || a.master_port > 65535))
+    throw UsageError("--master-port must be a port number from 1 to 65535, got " + std::to_string(a.master_port));
+  if (!config.rdzv_endpoint.empty()) {
+    auto colon = config.rdzv_endpoint.rfind(':');
+    auto bracket = config.rdzv_endpoint.rfind(']');
+    if (colon != std::string::npos && (bracket == std::string::npos || colon > bracket)) {
+      const std::string port = config.rdzv_endpoint.substr(colon + 1);
+      if (!launcher::all_digits(port) || std::stoi(port) < 1 || std::stoi(port) > 65535)
+        throw UsageError("--rdzv-endpoint '" + config.rdzv_endpoint + "': the port must be a number from 1 to 65535");
+    }
+  }
   if (a.standalone) {
     if (config.max_nodes != 1) throw launcher::NotSupportedError("--standalone with more than one node");
     config.rdzv_backend = "static";
     config.rdzv_endpoint.clear();
     config.master_addr = "localhost";
-    config.master_port = free_port();
+    config.master_port = 0;  // main holds a free one
     config.run_id = new_uuid();
+  } else if (config.rdzv_backend == "static" && config.rdzv_endpoint.empty() && !a.master_port_given &&
+             config.max_nodes == 1) {
+    // As newest torchrun: a single node given no port gets a free one and a run id of its
+    // own, so that concurrent jobs on one host never join each other's group.
+    config.master_addr = a.master_addr;
+    config.master_port = 0;  // main holds a free one
+    // torchrun replaces a given --rdzv-id here too; a name the user chose is kept.
+    if (!a.rdzv_id_given) config.run_id = new_uuid();
   } else {
     config.master_addr = a.master_addr;
     config.master_port = a.master_port;
@@ -161,10 +213,7 @@ elastic::launcher::LaunchConfig make_config(Args& a) {
   config.start_method = a.start_method;
   config.role = a.role;
   config.virtual_local_rank = a.virtual_local_rank;
-  // Converting NaN, infinity or a huge value to an integer is undefined: refuse them.
-  if (!(a.term_timeout >= 0 && a.term_timeout <= 1e9))
-    throw UsageError("--term-timeout must be a number of seconds between 0 and 1e9");
-  config.term_timeout = std::chrono::milliseconds(static_cast<long long>(a.term_timeout * 1000));
+  config.term_timeout = shutdown_timeout(a.shutdown_timeout);
   if (!a.log_line_prefix_template.empty()) config.log_line_prefix_template = a.log_line_prefix_template;
   config.signals_to_handle.clear();
   std::stringstream list(a.signals_to_handle);
@@ -246,24 +295,43 @@ int main(int argc, char** argv) {
   flag(app, "virtual-local-rank", a.virtual_local_rank, "Every worker sees LOCAL_RANK=0 and its own device");
   option(app, "signals-to-handle", a.signals_to_handle, "Signals forwarded to the workers");
   option(app, "logs-specs", a.logs_specs, "Name of a registered logs specs (built in: default)");
-  option(app, "term-timeout", a.term_timeout, "Seconds between SIGTERM and SIGKILL when stopping workers");
+  app.add_option("--shutdown-timeout,--shutdown_timeout,--term-timeout,--term_timeout", a.shutdown_timeout,
+                 "Seconds between the stop signal and SIGKILL when stopping workers (default: "
+                 "TORCH_ELASTIC_SHUTDOWN_TIMEOUT, else 30)")
+      ->envname("PET_SHUTDOWN_TIMEOUT");
 
+  // argparse's conveniences first: prefixes spelled out, typos and ambiguities reported.
+  std::vector<elastic::launcher::OptionSpelling> spellings;
+  for (const CLI::Option* option : app.get_options())
+    spellings.push_back({option->get_lnames(), option->get_snames(), option->get_items_expected_max() > 0});
+  std::vector<std::string> args;
   try {
-    app.parse(argc, argv);
+    args = elastic::launcher::expand_option_prefixes(std::vector<std::string>(argv + 1, argv + argc), spellings);
+  } catch (const UsageError& e) {
+    usage_error(e.what());
+    return 2;
+  }
+  std::vector<char*> expanded = {argv[0]};
+  for (auto& arg : args) expanded.push_back(arg.data());
+  expanded.push_back(nullptr);
+  try {
+    app.parse(static_cast<int>(expanded.size() - 1), expanded.data());
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "elastic-run: error: %s\n", e.what());
+    usage_error(e.what());
     return 2;
   }
+  a.master_port_given = app.get_option("--master-port")->count() > 0;
+  a.rdzv_id_given = app.get_option("--rdzv-id")->count() > 0;
   std::vector<std::string> rest = app.remaining();
   if (!rest.empty() && rest.front() == "--") rest.erase(rest.begin());
   if (rest.empty()) {
-    std::fprintf(stderr, "elastic-run: error: the following arguments are required: training_script\n");
+    usage_error("the following arguments are required: training_script");
     return 2;
   }
   if (!rest.front().empty() && rest.front()[0] == '-' && rest.front() != "-") {
-    std::fprintf(stderr, "elastic-run: error: unrecognized arguments: %s\n", rest.front().c_str());
+    usage_error("unrecognized arguments: " + rest.front() + "; see elastic-run --help");
     return 2;
   }
   const std::string script = rest.front();
@@ -276,13 +344,37 @@ int main(int argc, char** argv) {
     command = make_command(a, script, script_args);
     elastic::launcher::validate(config);
   } catch (const UsageError& e) {
-    std::fprintf(stderr, "elastic-run: error: %s\n", e.what());
+    usage_error(e.what());
     return 2;
   }
 
+  // Node 0 runs rank 0, which hosts the store on the master port: hold the port for the
+  // whole job, so that no other job on this host takes it (see port.hpp).
+  elastic::launcher::PortReservation port;
+  if (config.node_rank == 0 && config.rdzv_backend == "static") {
+    try {
+      if (config.master_port == 0) {
+        port = elastic::launcher::PortReservation::any();
+        config.master_port = port.port();
+        elastic::log::info("single node without a master port: using port {} and run id {}", config.master_port,
+                           config.run_id);
+      } else {
+        int wanted = config.master_port;
+        if (!config.rdzv_endpoint.empty())
+          wanted = elastic::launcher::detail::split_endpoint(config.rdzv_endpoint, config.master_port).second;
+        port = elastic::launcher::PortReservation::hold(wanted);
+      }
+    } catch (const elastic::launcher::PortBusyError& e) {
+      std::fprintf(stderr,
+                   "elastic-run: error: master %s; give another --master-port, or none on a single node to get a free "
+                   "one\n",
+                   e.what());
+      return 1;
+    }
+  }
+
   if (std::getenv("OMP_NUM_THREADS") == nullptr && config.nproc_per_node > 1) {
-    elastic::log::detail::write_line(
-        elastic::log::Level::warning,
+    elastic::log::warning(
         "Setting OMP_NUM_THREADS environment variable for each process to be 1 in default, to avoid your system "
         "being overloaded, please further tune the variable for optimal performance in your application as needed.");
     ::setenv("OMP_NUM_THREADS", "1", 1);
@@ -300,6 +392,16 @@ int main(int argc, char** argv) {
     return 1;
   } catch (const elastic::launcher::SignalException& e) {
     return 128 + e.signum();
+  } catch (const std::system_error& e) {
+    std::string hint;
+    const int code = e.code().value();
+    if (command.direct && (code == EACCES || code == ENOEXEC) &&
+        std::string(e.what()).find("cannot start " + command.entrypoint) != std::string::npos)
+      hint =
+          " (it is run as a program: make it executable, or run a Python script with a .py name, --run-path or "
+          "-m)";
+    std::fprintf(stderr, "elastic-run: error: %s%s\n", e.what(), hint.c_str());
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "elastic-run: error: %s\n", e.what());
     return 1;

@@ -97,7 +97,7 @@ class DefaultLogsSpecs : public LogsSpecs {
         root_ = *log_dir_;
       } else {
         root_ = detail::make_temp_dir(std::filesystem::temp_directory_path().string(), "torchelastic_");
-        log::warning("log directory not set; logs go to {}", *root_);
+        log::info("log directory not set; logs go to {}", *root_);
       }
     }
     return *root_;

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -528,4 +529,103 @@ TEST_CASE("a master port another elastic-run job holds fails clearly and the job
   CHECK(fs::is_empty(dir.file("b")));
   write_file(dir.file("go"), "");
   CHECK(first.wait() == 0);
+}
+
+TEST_CASE("shutdown timeout after a worker failure: TORCH_ELASTIC_SHUTDOWN_TIMEOUT, --shutdown-timeout wins") {
+  // Rank 1 fails at once; rank 0 ignores SIGTERM and would sleep 100 s: only SIGKILL, after
+  // the shutdown timeout, ends it. Generous bounds tell 1 s from 100 s.
+  const std::vector<std::string> job = {"--nproc-per-node=2", "/bin/sh", "-c",
+                                        "if [ $RANK = 1 ]; then exit 3; fi; trap '' TERM; sleep 100"};
+  auto options = base_options();
+  options.set_env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = "1";
+  auto start = std::chrono::steady_clock::now();
+  auto r = elastic_run(job, options);
+  CHECK(r.exitcode == 1);
+  CHECK_THAT(r.err, Catch::Contains("forcefully exiting via SIGKILL"));
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(60));
+
+  options.set_env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = "1000";
+  std::vector<std::string> zero = {"--shutdown-timeout=0"};
+  zero.insert(zero.end(), job.begin(), job.end());
+  start = std::chrono::steady_clock::now();
+  auto z = elastic_run(zero, options);
+  CHECK(z.exitcode == 1);
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(60));
+}
+
+TEST_CASE("shutdown timeout on the signal path: PET_SHUTDOWN_TIMEOUT") {
+  TempDir dir;
+  auto options = base_options();
+  options.set_env["PET_SHUTDOWN_TIMEOUT"] = "1";
+  Background launcher(
+      {"--nproc-per-node=2", "/bin/sh", "-c", "trap '' TERM; touch \"$0/$RANK\"; sleep 100", dir.path().string()},
+      dir.file("out"), dir.file("err"), options);
+  REQUIRE(wait_until([&] { return file_exists(dir.file("0")) && file_exists(dir.file("1")); }));
+  launcher.signal(SIGTERM);
+  CHECK(launcher.wait(std::chrono::seconds(60)) == 128 + SIGTERM);
+}
+
+TEST_CASE("the OMP_NUM_THREADS warning obeys ELASTIC_LOG_LEVEL") {
+  auto options = base_options();
+  options.set_env["ELASTIC_LOG_LEVEL"] = "ERROR";
+  auto r = elastic_run({"--nproc-per-node=2", "/bin/sh", "-c", "test \"$OMP_NUM_THREADS\" = 1"}, options);
+  CHECK(r.exitcode == 0);
+  CHECK(r.err.find("OMP_NUM_THREADS") == std::string::npos);
+}
+
+namespace {
+// The JSON objects on whole lines of `err`.
+std::vector<nlohmann::json> events_in(const std::string& err) {
+  std::vector<nlohmann::json> events;
+  for (const auto& line : lines_of(err))
+    if (!line.empty() && line.front() == '{') events.push_back(nlohmann::json::parse(line));
+  return events;
+}
+}  // namespace
+
+TEST_CASE("event log handler console: one JSON object per worker status on stderr; null discards") {
+  auto r = elastic_run({"--event-log-handler=console", "--nproc-per-node=2", "--rdzv-id=job9", "/bin/sh", "-c",
+                        "if [ $RANK = 1 ]; then exit 3; fi; sleep 30"},
+                       base_options());
+  CHECK(r.exitcode == 1);
+  auto events = events_in(r.err);
+  REQUIRE(events.size() == 2);
+  std::map<int, nlohmann::json> by_rank;
+  for (const auto& event : events) {
+    CHECK(event["source"] == "WORKER");
+    by_rank[event["metadata"]["global_rank"].get<int>()] = event;
+  }
+  CHECK(by_rank[1]["name"] == "torchelastic.worker.status.FAILED");
+  CHECK(by_rank[1]["metadata"]["state"] == "FAILED");
+  CHECK(by_rank[1]["metadata"]["raw_error"].is_string());
+  CHECK(by_rank[0]["name"] == "torchelastic.worker.status.TERMINATED");
+  CHECK(by_rank[0]["metadata"]["raw_error"].is_null());
+  for (auto& [rank, event] : by_rank) {
+    const auto& md = event["metadata"];
+    CHECK(md["run_id"] == "job9");
+    CHECK(md["group_rank"] == 0);
+    CHECK(md["role"] == "default");
+    CHECK(md["rdzv_backend"] == "static");
+    CHECK(md["agent_restarts"] == 0);
+    CHECK(std::stoi(md["worker_id"].get<std::string>()) > 0);
+    auto inner = nlohmann::json::parse(md["metadata"].get<std::string>());
+    CHECK(inner["group_world_size"] == 1);
+    CHECK(inner["entry_point"] == "/bin/sh");
+    CHECK(inner["local_rank"] == nlohmann::json::array({rank}));
+  }
+
+  auto options = base_options();
+  options.set_env["PET_EVENT_LOG_HANDLER"] = "console";
+  auto ok = elastic_run({"--nproc-per-node=2", "--max-restarts=1", "/bin/true"}, options);
+  CHECK(ok.exitcode == 0);
+  auto succeeded = events_in(ok.err);
+  REQUIRE(succeeded.size() == 2);
+  for (const auto& event : succeeded) CHECK(event["name"] == "torchelastic.worker.status.SUCCEEDED");
+
+  auto quiet_run = elastic_run({"--nproc-per-node=2", "/bin/true"}, base_options());
+  CHECK(quiet_run.exitcode == 0);
+  CHECK(events_in(quiet_run.err).empty());
+  auto bad = elastic_run({"--event-log-handler=file", "/bin/true"}, base_options());
+  CHECK(bad.exitcode == 2);
+  CHECK_THAT(bad.err, Catch::Contains("--event-log-handler must be null or console, got file"));
 }

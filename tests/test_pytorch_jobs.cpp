@@ -463,3 +463,23 @@ TEST_CASE("a busy explicit master port fails clearly and never disturbs the job 
   write_file(release, "");
   check_group_formed(out, holder.get(), 2);
 }
+
+TEST_CASE("PyTorch's FileTimerClient against elastic-run's timer server", "[pytorch][jobs][timer]") {
+  const std::string timer_worker = jobs_dir + "/timer_worker.py";
+  // Every rank's step ends inside its timer, which is then released: the job succeeds.
+  TempDir ok;
+  auto fine = launch({"--nproc-per-node=2", timer_worker, ok.path().string(), "-1"},
+                     job_options({{"TORCHELASTIC_ENABLE_FILE_TIMER", "1"}}));
+  CHECK(fine.exitcode == 0);
+  CHECK(files_in(ok.path()) == std::set<std::string>{"0", "0.timer", "1", "1.timer"});
+
+  // Rank 1 hangs inside a 1 s timer: the launcher kills it and reports why.
+  TempDir hung;
+  auto r = launch({"--nproc-per-node=2", timer_worker, hung.path().string(), "1"},
+                  job_options({{"TORCHELASTIC_ENABLE_FILE_TIMER", "1"}}));
+  CHECK(r.exitcode == 1);
+  CHECK(files_in(hung.path()) == std::set<std::string>{"0", "0.timer", "1.timer"});
+  CHECK_THAT(r.err, Catch::Contains("rank      : 1 (local_rank: 1)"));
+  CHECK_THAT(r.err, Catch::Contains("exitcode  : -9"));
+  CHECK_THAT(r.err, Catch::Contains("timer expired (scope 'train_step')"));
+}

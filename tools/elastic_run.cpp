@@ -12,9 +12,14 @@
 #include <elastic/errors.hpp>
 #include <elastic/launcher.hpp>
 #include <elastic/launcher/cli.hpp>
+#include <elastic/launcher/events.hpp>
 #include <elastic/launcher/port.hpp>
+#include <elastic/launcher/timer_server.hpp>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -54,6 +59,7 @@ struct Args {
   std::string logs_specs = "default";
   // Empty: not given (PET_TERM_TIMEOUT, TORCH_ELASTIC_SHUTDOWN_TIMEOUT, then 30 s).
   std::string shutdown_timeout;
+  std::string event_log_handler = "null";
   // Set by main from the parser: whether --master-port (or PET_MASTER_PORT) was given.
   bool master_port_given = false;
   bool rdzv_id_given = false;
@@ -299,6 +305,8 @@ int main(int argc, char** argv) {
                  "Seconds between the stop signal and SIGKILL when stopping workers (default: "
                  "TORCH_ELASTIC_SHUTDOWN_TIMEOUT, else 30)")
       ->envname("PET_SHUTDOWN_TIMEOUT");
+  option(app, "event-log-handler", a.event_log_handler,
+         "Where worker status events go: null, or console (one JSON object per line on stderr)");
 
   // argparse's conveniences first: prefixes spelled out, typos and ambiguities reported.
   std::vector<elastic::launcher::OptionSpelling> spellings;
@@ -348,6 +356,12 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  if (a.event_log_handler != "null" && a.event_log_handler != "console" &&
+      a.event_log_handler != "dynamic_rendezvous") {
+    usage_error("--event-log-handler must be null or console, got " + a.event_log_handler);
+    return 2;
+  }
+
   // Node 0 runs rank 0, which hosts the store on the master port: hold the port for the
   // whole job, so that no other job on this host takes it (see port.hpp).
   elastic::launcher::PortReservation port;
@@ -379,6 +393,47 @@ int main(int argc, char** argv) {
         "being overloaded, please further tune the variable for optimal performance in your application as needed.");
     ::setenv("OMP_NUM_THREADS", "1", 1);
   }
+
+  // Worker hang timers, as torchrun serves them when TORCHELASTIC_ENABLE_FILE_TIMER=1.
+  std::unique_ptr<elastic::launcher::TimerServer> timers;
+  if (const char* enabled = std::getenv("TORCHELASTIC_ENABLE_FILE_TIMER");
+      enabled != nullptr && std::string(enabled) == "1") {
+    const char* given = std::getenv("TORCHELASTIC_TIMER_FILE");
+    const std::string path = given != nullptr && *given != '\0'
+                                 ? std::string(given)
+                                 : (std::filesystem::temp_directory_path() / ("watchdog_timer_" + new_uuid())).string();
+    try {
+      timers = std::make_unique<elastic::launcher::TimerServer>(path);
+    } catch (const std::system_error& e) {
+      std::fprintf(stderr, "elastic-run: error: %s\n", e.what());
+      return 1;
+    }
+    ::setenv("TORCHELASTIC_TIMER_FILE", path.c_str(), 1);
+  }
+  std::map<int, pid_t> worker_pids;
+  const auto started_at = std::chrono::steady_clock::now();
+  const bool console_events = a.event_log_handler == "console";
+  config.on_workers_started = [&](int, const std::map<int, pid_t>& pids) {
+    worker_pids = pids;
+    if (timers) timers->set_workers(pids);
+  };
+  config.on_workers_ended = [&](int restart_count, elastic::multiprocessing::RunProcsResult& result, bool final) {
+    if (timers) timers->end_attempt();
+    if (timers)
+      for (auto& [local_rank, failure] : result.failures)
+        if (auto why = timers->expired(failure.pid);
+            why && failure.error_file == elastic::not_available && failure.message.is_string())
+          failure.message = failure.message.get<std::string>() + ": " + *why;
+    if (final && console_events) {
+      const long seconds = static_cast<long>(
+          std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started_at).count());
+      for (const auto& event :
+           elastic::launcher::worker_status_events(config, command.name, result, worker_pids, restart_count, seconds)) {
+        const std::string line = event.dump() + "\n";
+        elastic::multiprocessing::detail::write_all(STDERR_FILENO, line.data(), line.size());
+      }
+    }
+  };
 
   try {
     auto run = elastic::record(

@@ -8,6 +8,8 @@
 #include <csignal>
 #include <cstdlib>
 #include <elastic/multiprocessing/logs_specs.hpp>
+#include <elastic/multiprocessing/pcontext.hpp>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -56,6 +58,12 @@ struct LaunchConfig {
   // For a launcher process of its own: become a subreaper and kill any
   // descendant left over at the end. Off for library use inside a bigger program.
   bool own_process_tree = false;
+  // Hooks for services that live beside the workers (timer server, event log): called
+  // with an attempt's worker pids (by local rank) once they run, and with its result
+  // before the launcher acts on it, which they may amend (e.g. say why a worker died).
+  // `final`: no restart follows.
+  std::function<void(int restart_count, const std::map<int, pid_t>& pids)> on_workers_started;
+  std::function<void(int restart_count, multiprocessing::RunProcsResult& result, bool final)> on_workers_ended;
 };
 
 inline bool all_digits(const std::string& text) {

@@ -264,6 +264,7 @@ inline std::map<int, int> launch(const LaunchConfig& config, const std::string& 
                                       std::move(prefixes));
     context.watch_fd(signals.fd());
     context.start();
+    if (config.on_workers_started) config.on_workers_started(restart_count, context.pids());
     if (restart_count == 0)
       if (auto* defaults = dynamic_cast<multiprocessing::DefaultLogsSpecs*>(logs_specs.get()))
         log::info("log directory set to: {}", defaults->run_log_dir().value_or(""));
@@ -281,6 +282,8 @@ inline std::map<int, int> launch(const LaunchConfig& config, const std::string& 
       }
     }
     if (config.own_process_tree) detail::kill_strays();
+    if (config.on_workers_ended)
+      config.on_workers_ended(restart_count, *result, !result->is_failed() || restart_count >= config.max_restarts);
     if (!result->is_failed()) {
       std::map<int, int> values;
       for (const auto& [local_rank, code] : result->return_values)

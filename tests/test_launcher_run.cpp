@@ -129,7 +129,8 @@ TEST_CASE("worker environment is torchrun's, with the inherited environment kept
     CHECK(env["TORCHELASTIC_MAX_RESTARTS"] == "0");
     CHECK(std::regex_match(env["TORCHELASTIC_RUN_ID"], uuid_pattern));
     CHECK(env["TORCHELASTIC_USE_AGENT_STORE"] == "False");
-    CHECK(env["NCCL_ASYNC_ERROR_HANDLING"] == "1");
+    // A native worker gets only PyTorch 2.2's name (the old one makes 2.2+ warn).
+    CHECK(env.count("NCCL_ASYNC_ERROR_HANDLING") == 0);
     CHECK(env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1");
     CHECK(env["OMP_NUM_THREADS"] == "1");
     CHECK(env["MY_INHERITED"] == "kept");
@@ -532,10 +533,14 @@ TEST_CASE("a master port another elastic-run job holds fails clearly and the job
 }
 
 TEST_CASE("shutdown timeout after a worker failure: TORCH_ELASTIC_SHUTDOWN_TIMEOUT, --shutdown-timeout wins") {
-  // Rank 1 fails at once; rank 0 ignores SIGTERM and would sleep 100 s: only SIGKILL, after
+  // Rank 1 fails once rank 0 ignores SIGTERM; rank 0 would sleep 100 s: only SIGKILL, after
   // the shutdown timeout, ends it. Generous bounds tell 1 s from 100 s.
-  const std::vector<std::string> job = {"--nproc-per-node=2", "/bin/sh", "-c",
-                                        "if [ $RANK = 1 ]; then exit 3; fi; trap '' TERM; sleep 100"};
+  TempDir dir;
+  const std::vector<std::string> job = {
+      "--nproc-per-node=2", "/bin/sh", "-c",
+      "if [ $RANK = 1 ]; then while [ ! -e \"$0/trapped\" ]; do sleep 0.02; done; rm \"$0/trapped\"; exit 3; fi; "
+      "trap '' TERM; touch \"$0/trapped\"; sleep 100",
+      dir.path().string()};
   auto options = base_options();
   options.set_env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = "1";
   auto start = std::chrono::steady_clock::now();
@@ -628,4 +633,36 @@ TEST_CASE("event log handler console: one JSON object per worker status on stder
   auto bad = elastic_run({"--event-log-handler=file", "/bin/true"}, base_options());
   CHECK(bad.exitcode == 2);
   CHECK_THAT(bad.err, Catch::Contains("--event-log-handler must be null or console, got file"));
+}
+
+TEST_CASE("NCCL_ASYNC_ERROR_HANDLING only for a Python whose torch is older than 2.2") {
+  // Two interpreter prefixes, each with a torch/version.py where a venv keeps it; the
+  // interpreter itself is the system's Python, which only reports the environment.
+  TempDir dir;
+  auto make_prefix = [&](const std::string& name, const std::string& version) {
+    const std::string prefix = dir.file(name);
+    fs::create_directories(prefix + "/bin");
+    fs::create_directories(prefix + "/lib/python3.11/site-packages/torch");
+    fs::create_symlink("/usr/bin/python3", prefix + "/bin/python3");
+    write_file(prefix + "/lib/python3.11/site-packages/torch/version.py", "__version__ = '" + version + "'\n");
+    return prefix + "/bin/python3";
+  };
+  write_file(dir.file("report.py"),
+             "import os, sys\n"
+             "print('legacy=' + os.environ.get('NCCL_ASYNC_ERROR_HANDLING', 'unset'))\n"
+             "print('new=' + os.environ.get('TORCH_NCCL_ASYNC_ERROR_HANDLING', 'unset'))\n");
+  struct Case {
+    std::string version, legacy;
+  };
+  for (const Case& c :
+       {Case{"1.13.1", "1"}, Case{"2.1.2+cu121", "1"}, Case{"2.2.0", "unset"}, Case{"2.11.0", "unset"}}) {
+    INFO(c.version);
+    auto options = base_options();
+    options.set_env["PYTHON_EXEC"] = make_prefix("v" + c.version, c.version);
+    options.set_env["HOME"] = dir.path().string();
+    auto r = elastic_run({dir.file("report.py")}, options);
+    REQUIRE(r.exitcode == 0);
+    CHECK_THAT(r.out, Catch::Contains("legacy=" + c.legacy));
+    CHECK_THAT(r.out, Catch::Contains("new=1"));
+  }
 }

@@ -483,3 +483,13 @@ TEST_CASE("PyTorch's FileTimerClient against elastic-run's timer server", "[pyto
   CHECK_THAT(r.err, Catch::Contains("exitcode  : -9"));
   CHECK_THAT(r.err, Catch::Contains("timer expired (scope 'train_step')"));
 }
+
+TEST_CASE("Debian's torch 1.13 workers get NCCL_ASYNC_ERROR_HANDLING, the name it reads", "[pytorch][jobs]") {
+  TempDir out;
+  auto result = launch({"--nproc-per-node=1", job_worker, "--no-group", "--out-dir", out.path().string()},
+                       job_options({}, {"NCCL_ASYNC_ERROR_HANDLING", "TORCH_NCCL_ASYNC_ERROR_HANDLING"}));
+  REQUIRE(result.exitcode == 0);
+  auto seen = seen_by(out, 0);
+  CHECK(seen["NCCL_ASYNC_ERROR_HANDLING"] == "1");
+  CHECK(seen["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1");
+}

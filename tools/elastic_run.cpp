@@ -15,6 +15,7 @@
 #include <elastic/launcher/events.hpp>
 #include <elastic/launcher/port.hpp>
 #include <elastic/launcher/timer_server.hpp>
+#include <elastic/launcher/torch_env.hpp>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -350,6 +351,8 @@ int main(int argc, char** argv) {
   try {
     config = make_config(a);
     command = make_command(a, script, script_args);
+    config.legacy_nccl_async_error_handling =
+        !command.direct && elastic::launcher::needs_legacy_nccl_name(command.entrypoint);
     elastic::launcher::validate(config);
   } catch (const UsageError& e) {
     usage_error(e.what());

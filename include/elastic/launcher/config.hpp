@@ -51,6 +51,10 @@ struct LaunchConfig {
   std::shared_ptr<multiprocessing::LogsSpecs> logs_specs;  // null: DefaultLogsSpecs()
   std::optional<std::string> log_line_prefix_template;
   bool virtual_local_rank = false;
+  // Also give NCCL_ASYNC_ERROR_HANDLING=1 (unless set), the name torch before 2.2 reads;
+  // TORCH_NCCL_ASYNC_ERROR_HANDLING is always given. elastic-run decides from the torch
+  // a Python entry would import (torch_env.hpp).
+  bool legacy_nccl_async_error_handling = true;
   // How long workers get between SIGTERM and SIGKILL.
   std::chrono::milliseconds term_timeout{std::chrono::seconds(30)};
   // Signals forwarded to the workers; the launch then ends with SignalException.

@@ -201,9 +201,11 @@ inline multiprocessing::Env worker_environment(const LaunchConfig& config, int l
   env["TORCHELASTIC_RUN_ID"] = config.run_id;
   // We host no c10d store: with True, PyTorch workers would wait for one forever.
   env["TORCHELASTIC_USE_AGENT_STORE"] = "False";
-  // The names of PyTorch 1.x and 2.x; a value the user set is kept.
-  env["NCCL_ASYNC_ERROR_HANDLING"] = detail::getenv_or("NCCL_ASYNC_ERROR_HANDLING", "1");
+  // PyTorch 2.2's name, and the older one only for workers that read it (it makes 2.2+ warn);
+  // a value the user set is kept.
   env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = detail::getenv_or("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1");
+  if (config.legacy_nccl_async_error_handling)
+    env["NCCL_ASYNC_ERROR_HANDLING"] = detail::getenv_or("NCCL_ASYNC_ERROR_HANDLING", "1");
   if (config.virtual_local_rank) {
     // Each worker sees only its own device; an existing list is narrowed, not replaced.
     std::string device = std::to_string(local_rank);

@@ -81,7 +81,7 @@ def main(argv=None):
         for name in (
             "RANK", "LOCAL_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
             "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_USE_AGENT_STORE",
-            "ELASTIC_TEST_INTERPRETER",
+            "ELASTIC_TEST_INTERPRETER", "NCCL_ASYNC_ERROR_HANDLING", "TORCH_NCCL_ASYNC_ERROR_HANDLING",
         )
     }
     seen["executable"] = sys.executable

@@ -305,7 +305,8 @@ TEST_CASE("an entry that is not executable and not .py gets a hint") {
   CHECK_THAT(r.err, Catch::Contains("run a Python script with a .py name, --run-path or -m"));
 }
 
-TEST_CASE("shutdown timeout: --shutdown-timeout and its sources: negative and non-numbers are usage errors, 0 allowed") {
+TEST_CASE(
+    "shutdown timeout: --shutdown-timeout and its sources: negative and non-numbers are usage errors, 0 allowed") {
   TempDir dir;
   for (std::string option : {"--shutdown-timeout=-1", "--term-timeout=-5", "--shutdown-timeout=x"}) {
     INFO(option);
@@ -322,4 +323,51 @@ TEST_CASE("shutdown timeout: --shutdown-timeout and its sources: negative and no
   auto zero = elastic_run(concat({"--shutdown-timeout=0"}, touch_worker(dir)), quiet());
   CHECK(zero.exitcode == 0);
   CHECK(files_in(dir) == 1);
+}
+
+TEST_CASE("GPU counting: CUDA_VISIBLE_DEVICES with indices, UUIDs and MIG ids") {
+  using elastic::multiprocessing::gpu_count;
+  using elastic::multiprocessing::GpuInventory;
+  using elastic::multiprocessing::visible_devices;
+  GpuInventory four;  // as NVML reports it
+  four.count = 4;
+  four.uuids = {"GPU-aaaa1111", "GPU-aaaa2222", "GPU-bbbb3333", "GPU-cccc4444"};
+  CHECK(gpu_count(four, nullptr) == 4);
+  CHECK(gpu_count(four, "") == 0);
+  CHECK(visible_devices("2,0", four) == std::vector<int>{2, 0});
+  CHECK(visible_devices(" 1 , 3 ", four) == std::vector<int>{1, 3});
+  // Entries up to the first invalid one: an index out of range, -1, a repeat, garbage.
+  CHECK(visible_devices("0,7,1", four) == std::vector<int>{0});
+  CHECK(visible_devices("-1,0", four).empty());
+  CHECK(visible_devices("1,1,2", four) == std::vector<int>{1});
+  CHECK(visible_devices("0,x,1", four) == std::vector<int>{0});
+  // UUIDs, whole or a unique prefix; an ambiguous or unknown one ends the list.
+  CHECK(visible_devices("GPU-bbbb3333,GPU-cccc", four) == std::vector<int>{2, 3});
+  CHECK(visible_devices("GPU-aaaa,1", four).empty());
+  CHECK(visible_devices("0,GPU-dddd", four) == std::vector<int>{0});
+  CHECK(visible_devices("GPU-aaaa2222,1", four) == std::vector<int>{1});
+  // MIG instances count one each, beyond the number of whole GPUs.
+  GpuInventory one;
+  one.count = 1;
+  one.uuids = {"GPU-aaaa1111"};
+  CHECK(gpu_count(one, "MIG-11111111-2222-3333-4444-555555555555,MIG-66666666-7777-8888-9999-000000000000") == 2);
+  CHECK(gpu_count(one, "MIG-GPU-aaaa1111/1/0") == 1);
+
+  // Without NVML: the device nodes, any GPU-... entry counts, never more than there are nodes.
+  GpuInventory nodes;
+  nodes.count = 2;
+  CHECK(gpu_count(nodes, "GPU-anything,1") == 2);
+  CHECK(gpu_count(nodes, "0,1,GPU-x") == 2);
+  CHECK(gpu_count(GpuInventory{}, "0,1") == 0);
+}
+
+TEST_CASE("GPU counting falls back to /dev/nvidiaN nodes without NVML") {
+  TempDir dev;
+  for (const char* name : {"nvidia0", "nvidia1", "nvidia12", "nvidiactl", "nvidia-uvm", "nvidia-modeset", "null"})
+    write_file(dev.file(name), "");
+  CHECK(elastic::multiprocessing::detail::nvidia_device_nodes(dev.path().string()) == 3);
+  // A library that is not there is no inventory; this machine's answer is NVML's or the nodes'.
+  CHECK_FALSE(elastic::multiprocessing::detail::nvml_inventory("libnvidia-ml-does-not-exist.so.1"));
+  if (!elastic::multiprocessing::detail::nvml_inventory())
+    CHECK(elastic::multiprocessing::gpu_inventory(dev.path().string()).count == 3);
 }

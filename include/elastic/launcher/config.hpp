@@ -1,12 +1,12 @@
 // What a launch needs to know, and the parsing of torchrun's values for it.
 #pragma once
 
-#include <dirent.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
+#include <elastic/multiprocessing/gpus.hpp>
 #include <elastic/multiprocessing/logs_specs.hpp>
 #include <elastic/multiprocessing/pcontext.hpp>
 #include <functional>
@@ -91,46 +91,8 @@ inline std::pair<int, int> parse_min_max_nnodes(const std::string& nnodes) {
   return result;
 }
 
-namespace detail {
-
-// NVIDIA device nodes /dev/nvidia0, /dev/nvidia1, ... (not nvidiactl, nvidia-uvm).
-inline int nvidia_device_nodes(const std::string& dev_dir = "/dev") {
-  int count = 0;
-  if (DIR* dir = ::opendir(dev_dir.c_str())) {
-    while (dirent* entry = ::readdir(dir)) {
-      std::string name = entry->d_name;
-      if (name.rfind("nvidia", 0) == 0 && all_digits(name.substr(6))) ++count;
-    }
-    ::closedir(dir);
-  }
-  return count;
-}
-
-}  // namespace detail
-
-// GPUs this process may use: the device nodes, narrowed by CUDA_VISIBLE_DEVICES
-// as CUDA reads it (entries up to the first invalid one).
-inline int gpu_count() {
-  const int devices = detail::nvidia_device_nodes();
-  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
-  if (visible == nullptr) return devices;
-  int count = 0;
-  std::string list = visible;
-  std::size_t start = 0;
-  while (start < list.size()) {
-    std::size_t comma = list.find(',', start);
-    std::string item = list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    while (!item.empty() && item.front() == ' ') item.erase(0, 1);
-    while (!item.empty() && item.back() == ' ') item.pop_back();
-    bool valid =
-        item.rfind("GPU-", 0) == 0 || item.rfind("MIG-", 0) == 0 || (all_digits(item) && std::stoi(item) < devices);
-    if (!valid) break;
-    ++count;
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  return std::min(count, devices);
-}
+// GPUs this process may use (NVML or the device nodes, narrowed by CUDA_VISIBLE_DEVICES).
+inline int gpu_count() { return multiprocessing::gpu_count(); }
 
 inline int cpu_count() {
   long n = ::sysconf(_SC_NPROCESSORS_ONLN);

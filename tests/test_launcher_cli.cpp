@@ -2,6 +2,7 @@
 // errors (exit 2, nothing started), and how the entry is run.
 #include <catch2/catch.hpp>
 #include <elastic/launcher.hpp>
+#include <elastic/multiprocessing/numa.hpp>
 #include <filesystem>
 
 #include "support/launcher.hpp"
@@ -370,4 +371,120 @@ TEST_CASE("GPU counting falls back to /dev/nvidiaN nodes without NVML") {
   CHECK_FALSE(elastic::multiprocessing::detail::nvml_inventory("libnvidia-ml-does-not-exist.so.1"));
   if (!elastic::multiprocessing::detail::nvml_inventory())
     CHECK(elastic::multiprocessing::gpu_inventory(dev.path().string()).count == 3);
+}
+
+namespace {
+
+// A sysfs tree of a two-socket machine: node0 (CPUs 0-3 with hyperthreads 8-11, two L3
+// caches) and node1 (4-7, 12-15, one L3) on socket 0; node2 (16-19, no hyperthreads) on
+// socket 1. GPUs 0 and 1 sit on node0, GPU 2 on node1, GPU 3 on node2.
+elastic::multiprocessing::numa::Topology fake_topology(const TempDir& root) {
+  auto put = [&](const std::string& path, const std::string& text) {
+    fs::create_directories(fs::path(root.file(path.substr(1))).parent_path());
+    write_file(root.file(path.substr(1)), text + "\n");
+  };
+  put("/devices/system/node/possible", "0-2");
+  put("/devices/system/node/node0/cpulist", "0-3,8-11");
+  put("/devices/system/node/node1/cpulist", "4-7,12-15");
+  put("/devices/system/node/node2/cpulist", "16-19");
+  for (int cpu = 0; cpu < 20; ++cpu) {
+    const std::string dir = "/devices/system/cpu/cpu" + std::to_string(cpu);
+    const int core = cpu < 16 ? cpu % 8 : cpu;
+    put(dir + "/topology/physical_package_id", cpu < 16 ? "0" : "1");
+    put(dir + "/topology/thread_siblings_list",
+        cpu < 16 ? std::to_string(core) + "," + std::to_string(core + 8) : std::to_string(cpu));
+    std::string l3 = core < 2 ? "0-1,8-9" : core < 4 ? "2-3,10-11" : cpu < 16 ? "4-7,12-15" : "16-19";
+    put(dir + "/cache/index0/type", "Instruction");
+    put(dir + "/cache/index0/level", "1");
+    put(dir + "/cache/index0/shared_cpu_list", std::to_string(cpu));
+    put(dir + "/cache/index1/type", "Data");
+    put(dir + "/cache/index1/level", "1");
+    put(dir + "/cache/index1/shared_cpu_list", std::to_string(cpu));
+    put(dir + "/cache/index3/type", "Unified");
+    put(dir + "/cache/index3/level", "3");
+    put(dir + "/cache/index3/shared_cpu_list", l3);
+    put(dir + "/cache/index2/type", "Unified");
+    put(dir + "/cache/index2/level", "2");
+    put(dir + "/cache/index2/shared_cpu_list", std::to_string(cpu));
+  }
+  elastic::multiprocessing::numa::Topology topology;
+  topology.sys_root = root.path().string();
+  for (int cpu = 0; cpu < 20; ++cpu) topology.allowed_cpus.insert(cpu);
+  topology.gpu_numa_nodes = {0, 0, 1, 2};
+  return topology;
+}
+
+}  // namespace
+
+TEST_CASE("NUMA binding modes choose newest PyTorch's CPUs from the sysfs topology") {
+  namespace numa = elastic::multiprocessing::numa;
+  using numa::format_ranges;
+  TempDir root;
+  auto topology = fake_topology(root);
+  CHECK(numa::parse_ranges("0-2,4, 6-7\n") == std::set<int>{0, 1, 2, 4, 6, 7});
+  CHECK(format_ranges({0, 1, 2, 4, 6, 7}) == "0-2,4,6-7");
+  CHECK_FALSE(numa::parse_mode("numa"));
+
+  CHECK(format_ranges(numa::cpus_for_gpu(topology, numa::Mode::node, 1)) == "0-3,8-11");
+  CHECK(format_ranges(numa::cpus_for_gpu(topology, numa::Mode::node, 3)) == "16-19");
+  CHECK(format_ranges(numa::cpus_for_gpu(topology, numa::Mode::socket, 0)) == "0-15");
+  CHECK(format_ranges(numa::cpus_for_gpu(topology, numa::Mode::socket, 3)) == "16-19");
+  // Two GPUs share node0's four physical cores (with their hyperthreads).
+  CHECK(format_ranges(numa::cpus_for_gpu(topology, numa::Mode::exclusive, 0)) == "0-1,8-9");
+  CHECK(format_ranges(numa::cpus_for_gpu(topology, numa::Mode::exclusive, 1)) == "2-3,10-11");
+  CHECK(format_ranges(numa::cpus_for_gpu(topology, numa::Mode::exclusive, 2)) == "4-7,12-15");
+  CHECK(format_ranges(numa::cpus_for_gpu(topology, numa::Mode::core_complex, 0)) == "0-1,8-9");
+  CHECK(format_ranges(numa::cpus_for_gpu(topology, numa::Mode::core_complex, 1)) == "2-3,10-11");
+
+  // Only CPUs this process may use: with CPU 0 and its hyperthread 8 taken away, node0 has
+  // three cores; the lower GPU gets the extra one, and the fuller cache comes first.
+  topology.allowed_cpus.erase(0);
+  topology.allowed_cpus.erase(8);
+  CHECK(format_ranges(numa::cpus_for_gpu(topology, numa::Mode::exclusive, 0)) == "1-2,9-10");
+  CHECK(format_ranges(numa::cpus_for_gpu(topology, numa::Mode::exclusive, 1)) == "3,11");
+  CHECK(format_ranges(numa::cpus_for_gpu(topology, numa::Mode::core_complex, 0)) == "2-3,10-11");
+  CHECK(format_ranges(numa::cpus_for_gpu(topology, numa::Mode::core_complex, 1)) == "1,9");
+
+  CHECK_THROWS_AS(numa::cpus_for_gpu(topology, numa::Mode::node, 4), numa::NumaError);
+  topology.gpu_numa_nodes = {0, 0, 0, 0, 0};  // five GPUs for node0's three cores
+  CHECK_THROWS_WITH(numa::cpus_for_gpu(topology, numa::Mode::exclusive, 0),
+                    Catch::Contains("has 3 physical cores for 5 GPUs"));
+}
+
+TEST_CASE("numa binding without a GPU fails with a NUMA message and starts no worker") {
+  TempDir dir;
+  auto options = quiet();
+  options.set_env["CUDA_VISIBLE_DEVICES"] = "";  // no GPU, whatever the machine has
+  for (std::string mode : {"node", "socket", "exclusive", "core-complex"}) {
+    INFO(mode);
+    auto r = elastic_run(concat({"--numa-binding=" + mode, "--nproc-per-node=2"}, touch_worker(dir)), options);
+    CHECK(r.exitcode == 1);
+    CHECK_THAT(r.err, Catch::Contains("elastic-run: error: NUMA binding (--numa-binding " + mode +
+                                      "): local rank 0 has no GPU of its own"));
+    CHECK(files_in(dir) == 0);
+  }
+  auto bad = elastic_run(concat({"--numa-binding=numa"}, touch_worker(dir)), options);
+  CHECK(bad.exitcode == 2);
+  CHECK_THAT(bad.err, Catch::Contains("--numa-binding must be node, socket, exclusive or core-complex, got numa"));
+  CHECK(files_in(dir) == 0);
+}
+
+TEST_CASE("binding a process sets the affinity of all its threads") {
+  namespace numa = elastic::multiprocessing::numa;
+  cpu_set_t mine;
+  REQUIRE(::sched_getaffinity(0, sizeof(mine), &mine) == 0);
+  int first = 0;
+  while (!CPU_ISSET(first, &mine)) ++first;
+  pid_t child = ::fork();
+  if (child == 0) {
+    ::pause();
+    _exit(0);
+  }
+  numa::bind_process(child, {first});
+  cpu_set_t got;
+  REQUIRE(::sched_getaffinity(child, sizeof(got), &got) == 0);
+  CHECK(CPU_COUNT(&got) == 1);
+  CHECK(CPU_ISSET(first, &got));
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
 }

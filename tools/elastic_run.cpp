@@ -16,6 +16,7 @@
 #include <elastic/launcher/port.hpp>
 #include <elastic/launcher/timer_server.hpp>
 #include <elastic/launcher/torch_env.hpp>
+#include <elastic/multiprocessing/numa.hpp>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -61,6 +62,7 @@ struct Args {
   // Empty: not given (PET_TERM_TIMEOUT, TORCH_ELASTIC_SHUTDOWN_TIMEOUT, then 30 s).
   std::string shutdown_timeout;
   std::string event_log_handler = "null";
+  std::string numa_binding;
   // Set by main from the parser: whether --master-port (or PET_MASTER_PORT) was given.
   bool master_port_given = false;
   bool rdzv_id_given = false;
@@ -306,6 +308,8 @@ int main(int argc, char** argv) {
                  "Seconds between the stop signal and SIGKILL when stopping workers (default: "
                  "TORCH_ELASTIC_SHUTDOWN_TIMEOUT, else 30)")
       ->envname("PET_SHUTDOWN_TIMEOUT");
+  option(app, "numa-binding", a.numa_binding,
+         "Bind each local rank to CPUs near its GPU: node, socket, exclusive or core-complex");
   option(app, "event-log-handler", a.event_log_handler,
          "Where worker status events go: null, or console (one JSON object per line on stderr)");
 
@@ -365,6 +369,43 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  std::optional<elastic::multiprocessing::numa::Mode> numa_mode;
+  if (!a.numa_binding.empty()) {
+    numa_mode = elastic::multiprocessing::numa::parse_mode(a.numa_binding);
+    if (!numa_mode) {
+      usage_error("--numa-binding must be node, socket, exclusive or core-complex, got " + a.numa_binding);
+      return 2;
+    }
+  }
+  // The CPUs of each local rank, found before any worker starts: a binding that cannot be
+  // made fails the launch.
+  std::map<int, std::set<int>> numa_cpus;
+  if (numa_mode) {
+    namespace numa = elastic::multiprocessing::numa;
+    try {
+      const auto gpus = elastic::multiprocessing::gpu_inventory();
+      if (gpus.count > 0 && gpus.pci_bus_ids.empty())
+        throw numa::NumaError("the GPUs' places need NVML (libnvidia-ml.so.1), which is not available");
+      const numa::Topology topology = numa::this_machine(gpus);
+      std::vector<int> devices;  // CUDA index -> NVML index
+      if (const char* visible = std::getenv("CUDA_VISIBLE_DEVICES"))
+        devices = elastic::multiprocessing::visible_devices(visible, gpus);
+      else
+        for (int i = 0; i < gpus.count; ++i) devices.push_back(i);
+      for (int local_rank = 0; local_rank < config.nproc_per_node; ++local_rank) {
+        if (local_rank >= static_cast<int>(devices.size()) || devices[static_cast<std::size_t>(local_rank)] < 0)
+          throw numa::NumaError("local rank " + std::to_string(local_rank) + " has no GPU of its own (" +
+                                std::to_string(devices.size()) +
+                                " visible): NUMA binding places each local rank near the GPU of its index");
+        numa_cpus[local_rank] = numa::cpus_for_gpu(topology, *numa_mode, devices[static_cast<std::size_t>(local_rank)]);
+      }
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "elastic-run: error: NUMA binding (--numa-binding %s): %s\n", a.numa_binding.c_str(),
+                   e.what());
+      return 1;
+    }
+  }
+
   // Node 0 runs rank 0, which hosts the store on the master port: hold the port for the
   // whole job, so that no other job on this host takes it (see port.hpp).
   elastic::launcher::PortReservation port;
@@ -419,6 +460,12 @@ int main(int argc, char** argv) {
   config.on_workers_started = [&](int, const std::map<int, pid_t>& pids) {
     worker_pids = pids;
     if (timers) timers->set_workers(pids);
+    for (const auto& [local_rank, cpus] : numa_cpus)
+      if (auto pid = pids.find(local_rank); pid != pids.end()) {
+        elastic::multiprocessing::numa::bind_process(pid->second, cpus);
+        elastic::log::info("local rank {} (pid {}) bound to CPUs {}", local_rank, pid->second,
+                           elastic::multiprocessing::numa::format_ranges(cpus));
+      }
   };
   config.on_workers_ended = [&](int restart_count, elastic::multiprocessing::RunProcsResult& result, bool final) {
     if (timers) timers->end_attempt();

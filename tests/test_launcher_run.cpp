@@ -666,3 +666,33 @@ TEST_CASE("NCCL_ASYNC_ERROR_HANDLING only for a Python whose torch is older than
     CHECK_THAT(r.out, Catch::Contains("new=1"));
   }
 }
+
+TEST_CASE("duplicate filters: matching teed lines also go, prefixed, to attempt_<n>/filtered_*.log") {
+  TempDir dir;
+  auto r = elastic_run({"--nproc-per-node=2", "--tee=3", "--log-dir", dir.file("logs"),
+                        "--duplicate-stdout-filters=apple,a,,b", "--duplicate_stderr_filters", "warn", "/bin/sh", "-c",
+                        "echo apple $RANK; echo pear $RANK; echo \"a,b $RANK\"; echo a $RANK; "
+                        "echo warn$RANK >&2; echo quiet >&2; printf apple-end"},
+                       base_options());
+  REQUIRE(r.exitcode == 0);
+  const fs::path attempt = only_subdir(dir.file("logs")) / "attempt_0";
+  auto sorted_lines = [](const std::string& text) {
+    auto lines = lines_of(text);
+    std::sort(lines.begin(), lines.end());
+    return lines;
+  };
+  // ",," is a literal comma: "a,b" matches, a bare "a" does not.
+  CHECK(sorted_lines(read_file((attempt / "filtered_stdout.log").string())) ==
+        std::vector<std::string>{"[default0]:a,b 0", "[default0]:apple 0", "[default0]:apple-end", "[default1]:a,b 1",
+                                 "[default1]:apple 1", "[default1]:apple-end"});
+  CHECK(sorted_lines(read_file((attempt / "filtered_stderr.log").string())) ==
+        std::vector<std::string>{"[default0]:warn0", "[default1]:warn1"});
+  // The console and the per-rank logs are unchanged.
+  CHECK_THAT(r.out, Catch::Contains("[default1]:pear 1"));
+  CHECK(read_file((attempt / "0" / "stdout.log").string()) == "apple 0\npear 0\na,b 0\na 0\napple-end");
+
+  TempDir none;
+  auto plain = elastic_run({"--tee=3", "--log-dir", none.file("logs"), "/bin/sh", "-c", "echo apple"}, base_options());
+  REQUIRE(plain.exitcode == 0);
+  CHECK_FALSE(fs::exists(only_subdir(none.file("logs")) / "attempt_0" / "filtered_stdout.log"));
+}

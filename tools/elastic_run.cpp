@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
@@ -63,6 +64,8 @@ struct Args {
   std::string shutdown_timeout;
   std::string event_log_handler = "null";
   std::string numa_binding;
+  std::string duplicate_stdout_filters;
+  std::string duplicate_stderr_filters;
   // Set by main from the parser: whether --master-port (or PET_MASTER_PORT) was given.
   bool master_port_given = false;
   bool rdzv_id_given = false;
@@ -175,6 +178,23 @@ std::chrono::milliseconds shutdown_timeout(std::string text) {
   return std::chrono::milliseconds(static_cast<long long>(seconds * 1000));
 }
 
+// "apple,orange" -> {apple, orange}; ",," is a literal comma; empty items are dropped.
+std::vector<std::string> comma_separated_list(const std::string& text) {
+  std::vector<std::string> items(1);
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if (text[i] != ',') {
+      items.back() += text[i];
+    } else if (i + 1 < text.size() && text[i + 1] == ',') {
+      items.back() += ',';
+      ++i;
+    } else {
+      items.emplace_back();
+    }
+  }
+  items.erase(std::remove(items.begin(), items.end(), std::string()), items.end());
+  return items;
+}
+
 elastic::launcher::LaunchConfig make_config(Args& a) {
   using namespace elastic;
   launcher::LaunchConfig config;
@@ -259,6 +279,8 @@ elastic::launcher::LaunchConfig make_config(Args& a) {
   } catch (const multiprocessing::UnknownLogsSpecsError& e) {
     throw UsageError(std::string("--logs-specs: ") + e.what());
   }
+  config.duplicate_stdout_filters = comma_separated_list(a.duplicate_stdout_filters);
+  config.duplicate_stderr_filters = comma_separated_list(a.duplicate_stderr_filters);
   config.own_process_tree = true;
   return config;
 }
@@ -308,6 +330,11 @@ int main(int argc, char** argv) {
                  "Seconds between the stop signal and SIGKILL when stopping workers (default: "
                  "TORCH_ELASTIC_SHUTDOWN_TIMEOUT, else 30)")
       ->envname("PET_SHUTDOWN_TIMEOUT");
+  option(app, "duplicate-stdout-filters", a.duplicate_stdout_filters,
+         "Teed stdout lines containing any of these (comma list, ',,' for a comma) also go to "
+         "attempt_<n>/filtered_stdout.log");
+  option(app, "duplicate-stderr-filters", a.duplicate_stderr_filters,
+         "The same for stderr (attempt_<n>/filtered_stderr.log)");
   option(app, "numa-binding", a.numa_binding,
          "Bind each local rank to CPUs near its GPU: node, socket, exclusive or core-complex");
   option(app, "event-log-handler", a.event_log_handler,

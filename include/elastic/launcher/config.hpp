@@ -55,6 +55,9 @@ struct LaunchConfig {
   // TORCH_NCCL_ASYNC_ERROR_HANDLING is always given. elastic-run decides from the torch
   // a Python entry would import (torch_env.hpp).
   bool legacy_nccl_async_error_handling = true;
+  // Teed lines containing any of these also go to attempt_<n>/filtered_std{out,err}.log.
+  std::vector<std::string> duplicate_stdout_filters;
+  std::vector<std::string> duplicate_stderr_filters;
   // How long workers get between SIGTERM and SIGKILL.
   std::chrono::milliseconds term_timeout{std::chrono::seconds(30)};
   // Signals forwarded to the workers; the launch then ends with SignalException.

@@ -262,8 +262,11 @@ inline std::map<int, int> launch(const LaunchConfig& config, const std::string& 
         a.push_back(detail::substitute(arg, {{"local_rank", std::to_string(local_rank)}}, false));
       worker_args[local_rank] = std::move(a);
     }
+    multiprocessing::PContextOptions options;
+    options.duplicate_stdout_filters = config.duplicate_stdout_filters;
+    options.duplicate_stderr_filters = config.duplicate_stderr_filters;
     multiprocessing::PContext context(name, entrypoint, std::move(worker_args), std::move(envs), *logs_specs,
-                                      std::move(prefixes));
+                                      std::move(prefixes), options);
     context.watch_fd(signals.fd());
     context.start();
     if (config.on_workers_started) config.on_workers_started(restart_count, context.pids());

@@ -42,6 +42,10 @@ struct PContextOptions {
   // Console fds for teed output.
   int console_stdout = STDOUT_FILENO;
   int console_stderr = STDERR_FILENO;
+  // Teed lines containing any of these are also written to the logs specs'
+  // filtered_stdout / filtered_stderr file.
+  std::vector<std::string> duplicate_stdout_filters;
+  std::vector<std::string> duplicate_stderr_filters;
 };
 
 class PContext {
@@ -206,6 +210,14 @@ class PContext {
     stream.file = open_log_file(file);
     auto prefix = prefixes_.find(worker.local_rank);
     stream.console = LinePrefixer(console_fd, prefix == prefixes_.end() ? std::string() : prefix->second);
+    const bool is_out = &stream == &worker.out;
+    const auto& filters = is_out ? options_.duplicate_stdout_filters : options_.duplicate_stderr_filters;
+    const std::string& filtered_path = is_out ? dest_.filtered_stdout : dest_.filtered_stderr;
+    detail::Fd& filtered = is_out ? filtered_stdout_ : filtered_stderr_;
+    if (!filters.empty() && !filtered_path.empty()) {
+      if (!filtered) filtered = open_log_file(filtered_path);
+      stream.console.duplicate_to(filtered.get(), &filters);
+    }
   }
 
   void add_to_epoll(int fd, std::uint32_t kind, std::size_t index) {
@@ -411,6 +423,7 @@ class PContext {
   std::map<int, std::string> prefixes_;
   PContextOptions options_;
   LogsDest dest_;
+  detail::Fd filtered_stdout_, filtered_stderr_;  // shared by the ranks' tees; outlive them
   detail::Fd epoll_;
   Watchdog watchdog_;
   std::vector<std::unique_ptr<Worker>> workers_;

@@ -10,6 +10,7 @@
 #include <elastic/detail/write_all.hpp>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace elastic::multiprocessing {
 
@@ -26,6 +27,13 @@ class LinePrefixer {
   LinePrefixer(int console_fd, std::string prefix) : fd_(console_fd), prefix_(std::move(prefix)) {}
 
   bool enabled() const { return fd_ >= 0; }
+
+  // Lines containing any of `filters` (plain substrings) are also written, with their
+  // prefix, to `fd` (shared by the ranks: each write() holds whole lines of one rank).
+  void duplicate_to(int fd, const std::vector<std::string>* filters) {
+    duplicate_fd_ = fd;
+    filters_ = filters;
+  }
 
   void feed(std::string_view data) {
     if (fd_ < 0 || data.empty()) return;
@@ -68,11 +76,31 @@ class LinePrefixer {
 
  private:
   void emit() {
+    if (duplicate_fd_ >= 0 && filters_ != nullptr && !filters_->empty()) duplicate_matching();
     if (!detail::write_all(fd_, out_.data(), out_.size())) fd_ = -1;  // console gone: keep the file only
     out_.clear();
   }
 
+  void duplicate_matching() {
+    std::string matching;
+    for (std::size_t start = 0; start < out_.size();) {
+      std::size_t end = out_.find('\n', start);
+      end = end == std::string::npos ? out_.size() : end + 1;
+      // The filters see the worker's line, not the prefix.
+      const std::string_view line = std::string_view(out_).substr(start + prefix_.size(), end - start - prefix_.size());
+      for (const auto& filter : *filters_)
+        if (line.find(filter) != std::string_view::npos) {
+          matching.append(out_, start, end - start);
+          break;
+        }
+      start = end;
+    }
+    if (!matching.empty() && !detail::write_all(duplicate_fd_, matching.data(), matching.size())) duplicate_fd_ = -1;
+  }
+
   int fd_ = -1;
+  int duplicate_fd_ = -1;
+  const std::vector<std::string>* filters_ = nullptr;
   std::string prefix_;
   std::string partial_;
   std::string out_;

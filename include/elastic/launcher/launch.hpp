@@ -255,6 +255,8 @@ inline std::map<int, int> launch(const LaunchConfig& config, const std::string& 
   detail::SignalReader signals(config.signals_to_handle);
   multiprocessing::PContextOptions options;
   options.reap_orphans = config.own_process_tree;
+  options.duplicate_stdout_filters = config.duplicate_stdout_filters;
+  options.duplicate_stderr_filters = config.duplicate_stderr_filters;
   detail::ConsoleLog console_log(options.console_stall_limit);
 
   for (int restart_count = 0;; ++restart_count) {
@@ -272,9 +274,6 @@ inline std::map<int, int> launch(const LaunchConfig& config, const std::string& 
         a.push_back(detail::substitute(arg, {{"local_rank", std::to_string(local_rank)}}, false));
       worker_args[local_rank] = std::move(a);
     }
-    multiprocessing::PContextOptions options;
-    options.duplicate_stdout_filters = config.duplicate_stdout_filters;
-    options.duplicate_stderr_filters = config.duplicate_stderr_filters;
     multiprocessing::PContext context(name, entrypoint, std::move(worker_args), std::move(envs), *logs_specs,
                                       std::move(prefixes), options);
     context.watch_fd(signals.fd());

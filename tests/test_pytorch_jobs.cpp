@@ -412,12 +412,15 @@ TEST_CASE("the README's DDP example trains under elastic-run", "[pytorch][jobs][
 TEST_CASE("six concurrent single-node jobs on one host all form their own group", "[pytorch][jobs]") {
   // No --master-port, no PET_MASTER_PORT: each launcher holds a free port of its own,
   // so no job's ranks join another's group or find its port taken.
+  // Twelve workers importing torch at once: on a loaded 2-core host this takes minutes,
+  // so the deadline is longer than other cases' (still far below a hang's).
   std::vector<TempDir> outs(6);
   std::vector<std::future<RunResult>> jobs;
+  auto options = job_options({}, {"PET_MASTER_PORT", "MASTER_PORT"});
+  options.with_timeout(std::chrono::seconds(280));
   for (auto& out : outs)
-    jobs.push_back(std::async(std::launch::async, [&out] {
-      return launch({"--nproc-per-node=2", job_worker, "--out-dir", out.path().string()},
-                    job_options({}, {"PET_MASTER_PORT", "MASTER_PORT"}));
+    jobs.push_back(std::async(std::launch::async, [&out, &options] {
+      return launch({"--nproc-per-node=2", job_worker, "--out-dir", out.path().string(), "--timeout", "240"}, options);
     }));
   std::set<std::string> ports, run_ids;
   for (std::size_t job = 0; job < jobs.size(); ++job) {

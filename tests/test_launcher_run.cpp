@@ -1,12 +1,18 @@
 // Real runs of elastic-run: worker environment, logs and tee, failures and their
 // summary, restarts, many workers.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <filesystem>
+#include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <set>
 
 #include "support/launcher.hpp"
 
@@ -39,6 +45,44 @@ std::vector<std::string> lines_of(const std::string& text) {
   for (std::string line; std::getline(in, line);) lines.push_back(line);
   return lines;
 }
+
+const std::regex uuid_pattern("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}");
+
+// A TCP socket listening on a free port of the loopback address.
+struct Listener {
+  int fd = -1;
+  int port = 0;
+  Listener() {
+    fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+    REQUIRE(::listen(fd, 8) == 0);
+    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+    port = ntohs(addr.sin_port);
+  }
+  ~Listener() { ::close(fd); }
+  // A client connects and is accepted: the listener still works.
+  bool serves() const {
+    int client = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    bool ok = ::connect(client, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+    int accepted = ok ? ::accept(fd, nullptr, nullptr) : -1;
+    ok = ok && accepted >= 0;
+    if (accepted >= 0) ::close(accepted);
+    ::close(client);
+    return ok;
+  }
+};
+
+// A port nobody listens on now.
+int free_port() { return Listener().port; }
 
 fs::path only_subdir(const fs::path& dir) {
   std::vector<fs::path> found;
@@ -78,19 +122,22 @@ TEST_CASE("worker environment is torchrun's, with the inherited environment kept
     CHECK(env["GROUP_WORLD_SIZE"] == "1");
     CHECK(env["ROLE_WORLD_SIZE"] == "2");
     CHECK(env["MASTER_ADDR"] == "127.0.0.1");
-    CHECK(env["MASTER_PORT"] == "29500");
+    // A single node given no port: a free one and a run id of its own (as newest torchrun).
+    CHECK(env["MASTER_PORT"] != "29500");
+    CHECK(std::stoi(env["MASTER_PORT"]) > 0);
     CHECK(env["TORCHELASTIC_RESTART_COUNT"] == "0");
     CHECK(env["TORCHELASTIC_MAX_RESTARTS"] == "0");
-    CHECK(env["TORCHELASTIC_RUN_ID"] == "none");
+    CHECK(std::regex_match(env["TORCHELASTIC_RUN_ID"], uuid_pattern));
     CHECK(env["TORCHELASTIC_USE_AGENT_STORE"] == "False");
-    CHECK(env["NCCL_ASYNC_ERROR_HANDLING"] == "1");
+    // A native worker gets only PyTorch 2.2's name (the old one makes 2.2+ warn).
+    CHECK(env.count("NCCL_ASYNC_ERROR_HANDLING") == 0);
     CHECK(env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1");
     CHECK(env["OMP_NUM_THREADS"] == "1");
     CHECK(env["MY_INHERITED"] == "kept");
     CHECK(env["open_fds"] == "0,1,2");
     CHECK(env["is_torchelastic_launched"] == "true");
     const std::string error_file = env["TORCHELASTIC_ERROR_FILE"];
-    CHECK(error_file.rfind(dir.file("logs") + "/none_", 0) == 0);
+    CHECK(error_file.rfind(dir.file("logs") + "/" + env["TORCHELASTIC_RUN_ID"] + "_", 0) == 0);
     const std::string tail = "/attempt_0/" + lr + "/error.json";
     REQUIRE(error_file.size() > tail.size());
     CHECK(error_file.substr(error_file.size() - tail.size()) == tail);
@@ -328,7 +375,13 @@ TEST_CASE("64 workers at once") {
 }
 
 TEST_CASE("without --log-dir a private temporary directory is used and printed") {
-  auto r = elastic_run({"/bin/true"}, base_options());
+  // At INFO, as torchrun: the default threshold (WARNING) keeps a healthy run quiet.
+  auto quiet_run = elastic_run({"/bin/true"}, base_options());
+  REQUIRE(quiet_run.exitcode == 0);
+  CHECK(quiet_run.err.find("logs go to") == std::string::npos);
+  auto options = base_options();
+  options.set_env["ELASTIC_LOG_LEVEL"] = "INFO";
+  auto r = elastic_run({"/bin/true"}, options);
   REQUIRE(r.exitcode == 0);
   std::smatch m;
   REQUIRE(std::regex_search(r.err, m, std::regex("logs go to (\\S+)")));
@@ -392,4 +445,254 @@ TEST_CASE("the summary has torchrun's layout for the same command line") {
   REQUIRE(shape_a.size() > 8);
   CHECK(shape_a == shape_b);
   CHECK(std::find(shape_a.begin(), shape_a.end(), "PATH FAILED") != shape_a.end());
+}
+
+TEST_CASE("a given master port and run id are kept, from the command line or PET_*") {
+  TempDir dir;
+  const std::string port = std::to_string(free_port());
+  auto options = base_options();
+  options.set_env["PET_MASTER_PORT"] = port;
+  auto r = elastic_run({"--nproc-per-node=2", worker, dir.path().string()}, options);
+  REQUIRE(r.exitcode == 0);
+  auto env = read_env_file(dir.file("1"));
+  CHECK(env["MASTER_PORT"] == port);
+  CHECK(env["TORCHELASTIC_RUN_ID"] == "none");
+
+  auto e = elastic_run({"--rdzv-endpoint=localhost:" + port, worker, dir.path().string()}, base_options());
+  REQUIRE(e.exitcode == 0);
+  CHECK(read_env_file(dir.file("0"))["MASTER_PORT"] == port);
+  CHECK(read_env_file(dir.file("0"))["TORCHELASTIC_RUN_ID"] == "none");
+}
+
+TEST_CASE("concurrent single-node jobs without a port each get their own") {
+  TempDir dir;
+  // Each job's workers wait for a file, so all four jobs run at once.
+  std::vector<std::unique_ptr<Background>> jobs;
+  for (int job = 0; job < 4; ++job) {
+    const std::string sub = dir.file("job" + std::to_string(job));
+    fs::create_directory(sub);
+    jobs.push_back(
+        std::make_unique<Background>(std::vector<std::string>{"--nproc-per-node=2", "/bin/sh", "-c",
+                                                              "echo $MASTER_PORT $TORCHELASTIC_RUN_ID > \"$0/$RANK\"; "
+                                                              "while [ ! -e \"$0/../go\" ]; do sleep 0.05; done",
+                                                              sub},
+                                     sub + ".out", sub + ".err", base_options()));
+  }
+  for (int job = 0; job < 4; ++job)
+    REQUIRE(wait_until([&] { return file_exists(dir.file("job" + std::to_string(job) + "/1")); }));
+  write_file(dir.file("go"), "");
+  std::set<std::string> ports, run_ids;
+  for (int job = 0; job < 4; ++job) {
+    CHECK(jobs[static_cast<std::size_t>(job)]->wait() == 0);
+    const std::string sub = dir.file("job" + std::to_string(job));
+    std::istringstream rank0(read_file(sub + "/0")), rank1(read_file(sub + "/1"));
+    std::string port0, id0, port1, id1;
+    rank0 >> port0 >> id0;
+    rank1 >> port1 >> id1;
+    CHECK(port0 == port1);
+    CHECK(id0 == id1);
+    ports.insert(port0);
+    run_ids.insert(id0);
+  }
+  CHECK(ports.size() == 4);
+  CHECK(run_ids.size() == 4);
+}
+
+TEST_CASE("a master port another process listens on fails clearly and leaves the listener alone") {
+  TempDir dir;
+  Listener listener;
+  const std::string port = std::to_string(listener.port);
+  auto r = elastic_run(
+      {"--nproc-per-node=2", "--master-port=" + port, "/bin/sh", "-c", "touch \"$0/$RANK\"", dir.path().string()},
+      base_options());
+  CHECK(r.exitcode == 1);
+  CHECK_THAT(r.err, Catch::Contains("elastic-run: error: master port " + port +
+                                    " is busy on this host (a process listens on it)"));
+  CHECK(fs::is_empty(dir.path()));
+  CHECK(listener.serves());
+}
+
+TEST_CASE("a master port another elastic-run job holds fails clearly and the job runs on") {
+  TempDir dir;
+  const std::string port = std::to_string(free_port());
+  fs::create_directory(dir.file("a"));
+  fs::create_directory(dir.file("b"));
+  Background first({"--nproc-per-node=2", "--master-port=" + port, "/bin/sh", "-c",
+                    "touch \"$0/a/$RANK\"; while [ ! -e \"$0/go\" ]; do sleep 0.05; done", dir.path().string()},
+                   dir.file("a.out"), dir.file("a.err"), base_options());
+  REQUIRE(wait_until([&] { return file_exists(dir.file("a/1")); }));
+  auto second = elastic_run(
+      {"--nproc-per-node=2", "--master-port=" + port, "/bin/sh", "-c", "touch \"$0/b/$RANK\"", dir.path().string()},
+      base_options());
+  CHECK(second.exitcode == 1);
+  CHECK_THAT(second.err,
+             Catch::Contains("master port " + port + " is busy on this host (another elastic-run job holds it)"));
+  CHECK(fs::is_empty(dir.file("b")));
+  write_file(dir.file("go"), "");
+  CHECK(first.wait() == 0);
+}
+
+TEST_CASE("shutdown timeout after a worker failure: TORCH_ELASTIC_SHUTDOWN_TIMEOUT, --shutdown-timeout wins") {
+  // Rank 1 fails once rank 0 ignores SIGTERM; rank 0 would sleep 100 s: only SIGKILL, after
+  // the shutdown timeout, ends it. Generous bounds tell 1 s from 100 s.
+  TempDir dir;
+  const std::vector<std::string> job = {
+      "--nproc-per-node=2", "/bin/sh", "-c",
+      "if [ $RANK = 1 ]; then while [ ! -e \"$0/trapped\" ]; do sleep 0.02; done; rm \"$0/trapped\"; exit 3; fi; "
+      "trap '' TERM; touch \"$0/trapped\"; sleep 100",
+      dir.path().string()};
+  auto options = base_options();
+  options.set_env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = "1";
+  auto start = std::chrono::steady_clock::now();
+  auto r = elastic_run(job, options);
+  CHECK(r.exitcode == 1);
+  CHECK_THAT(r.err, Catch::Contains("forcefully exiting via SIGKILL"));
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(60));
+
+  options.set_env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = "1000";
+  std::vector<std::string> zero = {"--shutdown-timeout=0"};
+  zero.insert(zero.end(), job.begin(), job.end());
+  start = std::chrono::steady_clock::now();
+  auto z = elastic_run(zero, options);
+  CHECK(z.exitcode == 1);
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(60));
+}
+
+TEST_CASE("shutdown timeout on the signal path: PET_SHUTDOWN_TIMEOUT") {
+  TempDir dir;
+  auto options = base_options();
+  options.set_env["PET_SHUTDOWN_TIMEOUT"] = "1";
+  Background launcher(
+      {"--nproc-per-node=2", "/bin/sh", "-c", "trap '' TERM; touch \"$0/$RANK\"; sleep 100", dir.path().string()},
+      dir.file("out"), dir.file("err"), options);
+  REQUIRE(wait_until([&] { return file_exists(dir.file("0")) && file_exists(dir.file("1")); }));
+  launcher.signal(SIGTERM);
+  CHECK(launcher.wait(std::chrono::seconds(60)) == 128 + SIGTERM);
+}
+
+TEST_CASE("the OMP_NUM_THREADS warning obeys ELASTIC_LOG_LEVEL") {
+  auto options = base_options();
+  options.set_env["ELASTIC_LOG_LEVEL"] = "ERROR";
+  auto r = elastic_run({"--nproc-per-node=2", "/bin/sh", "-c", "test \"$OMP_NUM_THREADS\" = 1"}, options);
+  CHECK(r.exitcode == 0);
+  CHECK(r.err.find("OMP_NUM_THREADS") == std::string::npos);
+}
+
+namespace {
+// The JSON objects on whole lines of `err`.
+std::vector<nlohmann::json> events_in(const std::string& err) {
+  std::vector<nlohmann::json> events;
+  for (const auto& line : lines_of(err))
+    if (!line.empty() && line.front() == '{') events.push_back(nlohmann::json::parse(line));
+  return events;
+}
+}  // namespace
+
+TEST_CASE("event log handler console: one JSON object per worker status on stderr; null discards") {
+  auto r = elastic_run({"--event-log-handler=console", "--nproc-per-node=2", "--rdzv-id=job9", "/bin/sh", "-c",
+                        "if [ $RANK = 1 ]; then exit 3; fi; sleep 30"},
+                       base_options());
+  CHECK(r.exitcode == 1);
+  auto events = events_in(r.err);
+  REQUIRE(events.size() == 2);
+  std::map<int, nlohmann::json> by_rank;
+  for (const auto& event : events) {
+    CHECK(event["source"] == "WORKER");
+    by_rank[event["metadata"]["global_rank"].get<int>()] = event;
+  }
+  CHECK(by_rank[1]["name"] == "torchelastic.worker.status.FAILED");
+  CHECK(by_rank[1]["metadata"]["state"] == "FAILED");
+  CHECK(by_rank[1]["metadata"]["raw_error"].is_string());
+  CHECK(by_rank[0]["name"] == "torchelastic.worker.status.TERMINATED");
+  CHECK(by_rank[0]["metadata"]["raw_error"].is_null());
+  for (auto& [rank, event] : by_rank) {
+    const auto& md = event["metadata"];
+    CHECK(md["run_id"] == "job9");
+    CHECK(md["group_rank"] == 0);
+    CHECK(md["role"] == "default");
+    CHECK(md["rdzv_backend"] == "static");
+    CHECK(md["agent_restarts"] == 0);
+    CHECK(std::stoi(md["worker_id"].get<std::string>()) > 0);
+    auto inner = nlohmann::json::parse(md["metadata"].get<std::string>());
+    CHECK(inner["group_world_size"] == 1);
+    CHECK(inner["entry_point"] == "/bin/sh");
+    CHECK(inner["local_rank"] == nlohmann::json::array({rank}));
+  }
+
+  auto options = base_options();
+  options.set_env["PET_EVENT_LOG_HANDLER"] = "console";
+  auto ok = elastic_run({"--nproc-per-node=2", "--max-restarts=1", "/bin/true"}, options);
+  CHECK(ok.exitcode == 0);
+  auto succeeded = events_in(ok.err);
+  REQUIRE(succeeded.size() == 2);
+  for (const auto& event : succeeded) CHECK(event["name"] == "torchelastic.worker.status.SUCCEEDED");
+
+  auto quiet_run = elastic_run({"--nproc-per-node=2", "/bin/true"}, base_options());
+  CHECK(quiet_run.exitcode == 0);
+  CHECK(events_in(quiet_run.err).empty());
+  auto bad = elastic_run({"--event-log-handler=file", "/bin/true"}, base_options());
+  CHECK(bad.exitcode == 2);
+  CHECK_THAT(bad.err, Catch::Contains("--event-log-handler must be null or console, got file"));
+}
+
+TEST_CASE("NCCL_ASYNC_ERROR_HANDLING only for a Python whose torch is older than 2.2") {
+  // Two interpreter prefixes, each with a torch/version.py where a venv keeps it; the
+  // interpreter itself is the system's Python, which only reports the environment.
+  TempDir dir;
+  auto make_prefix = [&](const std::string& name, const std::string& version) {
+    const std::string prefix = dir.file(name);
+    fs::create_directories(prefix + "/bin");
+    fs::create_directories(prefix + "/lib/python3.11/site-packages/torch");
+    fs::create_symlink("/usr/bin/python3", prefix + "/bin/python3");
+    write_file(prefix + "/lib/python3.11/site-packages/torch/version.py", "__version__ = '" + version + "'\n");
+    return prefix + "/bin/python3";
+  };
+  write_file(dir.file("report.py"),
+             "import os, sys\n"
+             "print('legacy=' + os.environ.get('NCCL_ASYNC_ERROR_HANDLING', 'unset'))\n"
+             "print('new=' + os.environ.get('TORCH_NCCL_ASYNC_ERROR_HANDLING', 'unset'))\n");
+  struct Case {
+    std::string version, legacy;
+  };
+  for (const Case& c :
+       {Case{"1.13.1", "1"}, Case{"2.1.2+cu121", "1"}, Case{"2.2.0", "unset"}, Case{"2.11.0", "unset"}}) {
+    INFO(c.version);
+    auto options = base_options();
+    options.set_env["PYTHON_EXEC"] = make_prefix("v" + c.version, c.version);
+    options.set_env["HOME"] = dir.path().string();
+    auto r = elastic_run({dir.file("report.py")}, options);
+    REQUIRE(r.exitcode == 0);
+    CHECK_THAT(r.out, Catch::Contains("legacy=" + c.legacy));
+    CHECK_THAT(r.out, Catch::Contains("new=1"));
+  }
+}
+
+TEST_CASE("duplicate filters: matching teed lines also go, prefixed, to attempt_<n>/filtered_*.log") {
+  TempDir dir;
+  auto r = elastic_run({"--nproc-per-node=2", "--tee=3", "--log-dir", dir.file("logs"),
+                        "--duplicate-stdout-filters=apple,a,,b", "--duplicate_stderr_filters", "warn", "/bin/sh", "-c",
+                        "echo apple $RANK; echo pear $RANK; echo \"a,b $RANK\"; echo a $RANK; "
+                        "echo warn$RANK >&2; echo quiet >&2; printf apple-end"},
+                       base_options());
+  REQUIRE(r.exitcode == 0);
+  const fs::path attempt = only_subdir(dir.file("logs")) / "attempt_0";
+  auto sorted_lines = [](const std::string& text) {
+    auto lines = lines_of(text);
+    std::sort(lines.begin(), lines.end());
+    return lines;
+  };
+  // ",," is a literal comma: "a,b" matches, a bare "a" does not.
+  CHECK(sorted_lines(read_file((attempt / "filtered_stdout.log").string())) ==
+        std::vector<std::string>{"[default0]:a,b 0", "[default0]:apple 0", "[default0]:apple-end", "[default1]:a,b 1",
+                                 "[default1]:apple 1", "[default1]:apple-end"});
+  CHECK(sorted_lines(read_file((attempt / "filtered_stderr.log").string())) ==
+        std::vector<std::string>{"[default0]:warn0", "[default1]:warn1"});
+  // The console and the per-rank logs are unchanged.
+  CHECK_THAT(r.out, Catch::Contains("[default1]:pear 1"));
+  CHECK(read_file((attempt / "0" / "stdout.log").string()) == "apple 0\npear 0\na,b 0\na 0\napple-end");
+
+  TempDir none;
+  auto plain = elastic_run({"--tee=3", "--log-dir", none.file("logs"), "/bin/sh", "-c", "echo apple"}, base_options());
+  REQUIRE(plain.exitcode == 0);
+  CHECK_FALSE(fs::exists(only_subdir(none.file("logs")) / "attempt_0" / "filtered_stdout.log"));
 }

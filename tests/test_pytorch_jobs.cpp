@@ -12,12 +12,14 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <filesystem>
 #include <future>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support/subprocess.hpp"
@@ -405,4 +407,92 @@ TEST_CASE("the README's DDP example trains under elastic-run", "[pytorch][jobs][
   CHECK_THAT(result.out, Catch::Contains("step 4 loss "));
   CHECK_THAT(result.out, Catch::Contains("rank 0/2 (attempt 0): done, replicas in sync"));
   CHECK_THAT(result.out, Catch::Contains("rank 1/2 (attempt 0): done, replicas in sync"));
+}
+
+TEST_CASE("six concurrent single-node jobs on one host all form their own group", "[pytorch][jobs]") {
+  // No --master-port, no PET_MASTER_PORT: each launcher holds a free port of its own,
+  // so no job's ranks join another's group or find its port taken.
+  // Twelve workers importing torch at once: on a loaded 2-core host this takes minutes,
+  // so the deadline is longer than other cases' (still far below a hang's).
+  std::vector<TempDir> outs(6);
+  std::vector<std::future<RunResult>> jobs;
+  auto options = job_options({}, {"PET_MASTER_PORT", "MASTER_PORT"});
+  options.with_timeout(std::chrono::seconds(280));
+  for (auto& out : outs)
+    jobs.push_back(std::async(std::launch::async, [&out, &options] {
+      return launch({"--nproc-per-node=2", job_worker, "--out-dir", out.path().string(), "--timeout", "240"}, options);
+    }));
+  std::set<std::string> ports, run_ids;
+  for (std::size_t job = 0; job < jobs.size(); ++job) {
+    INFO("job " << job);
+    auto result = jobs[job].get();
+    check_group_formed(outs[job], result, 2);
+    ports.insert(seen_by(outs[job], 0)["MASTER_PORT"].get<std::string>());
+    run_ids.insert(seen_by(outs[job], 0)["TORCHELASTIC_RUN_ID"].get<std::string>());
+    CHECK(seen_by(outs[job], 1)["MASTER_PORT"] == seen_by(outs[job], 0)["MASTER_PORT"]);
+  }
+  CHECK(ports.size() == 6);
+  CHECK(run_ids.size() == 6);
+}
+
+TEST_CASE("a busy explicit master port fails clearly and never disturbs the job holding it", "[pytorch][jobs]") {
+  TempDir out, other, hold;
+  const std::string port = std::to_string(free_port());
+  const std::string release = hold.file("release");
+  auto holder = std::async(std::launch::async, [&] {
+    return launch({"--nproc-per-node=2", "--master-port=" + port, job_worker, "--out-dir", out.path().string(),
+                   "--hold-until", release});
+  });
+  // The holder's group has formed once its rank 0 store answers on the port and its ranks
+  // reported the all_reduce; they then wait for `release`.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(90);
+  auto connects = [&] {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(std::stoi(port)));
+    bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+    ::close(fd);
+    return ok;
+  };
+  while (!connects() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auto second = launch({"--nproc-per-node=2", "--master-port=" + port, job_worker, "--out-dir", other.path().string(),
+                        "--timeout", "10"});
+  CHECK(second.exitcode == 1);
+  CHECK_THAT(second.err, Catch::Contains("master port " + port + " is busy on this host"));
+  CHECK(files_in(other.path()).empty());
+  write_file(release, "");
+  check_group_formed(out, holder.get(), 2);
+}
+
+TEST_CASE("PyTorch's FileTimerClient against elastic-run's timer server", "[pytorch][jobs][timer]") {
+  const std::string timer_worker = jobs_dir + "/timer_worker.py";
+  // Every rank's step ends inside its timer, which is then released: the job succeeds.
+  TempDir ok;
+  auto fine = launch({"--nproc-per-node=2", timer_worker, ok.path().string(), "-1"},
+                     job_options({{"TORCHELASTIC_ENABLE_FILE_TIMER", "1"}}));
+  CHECK(fine.exitcode == 0);
+  CHECK(files_in(ok.path()) == std::set<std::string>{"0", "0.timer", "1", "1.timer"});
+
+  // Rank 1 hangs inside a 1 s timer: the launcher kills it and reports why.
+  TempDir hung;
+  auto r = launch({"--nproc-per-node=2", timer_worker, hung.path().string(), "1"},
+                  job_options({{"TORCHELASTIC_ENABLE_FILE_TIMER", "1"}}));
+  CHECK(r.exitcode == 1);
+  CHECK(files_in(hung.path()) == std::set<std::string>{"0", "0.timer", "1.timer"});
+  CHECK_THAT(r.err, Catch::Contains("rank      : 1 (local_rank: 1)"));
+  CHECK_THAT(r.err, Catch::Contains("exitcode  : -9"));
+  CHECK_THAT(r.err, Catch::Contains("timer expired (scope 'train_step')"));
+}
+
+TEST_CASE("Debian's torch 1.13 workers get NCCL_ASYNC_ERROR_HANDLING, the name it reads", "[pytorch][jobs]") {
+  TempDir out;
+  auto result = launch({"--nproc-per-node=1", job_worker, "--no-group", "--out-dir", out.path().string()},
+                       job_options({}, {"NCCL_ASYNC_ERROR_HANDLING", "TORCH_NCCL_ASYNC_ERROR_HANDLING"}));
+  REQUIRE(result.exitcode == 0);
+  auto seen = seen_by(out, 0);
+  CHECK(seen["NCCL_ASYNC_ERROR_HANDLING"] == "1");
+  CHECK(seen["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1");
 }

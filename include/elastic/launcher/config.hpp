@@ -1,13 +1,15 @@
 // What a launch needs to know, and the parsing of torchrun's values for it.
 #pragma once
 
-#include <dirent.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
+#include <elastic/multiprocessing/gpus.hpp>
 #include <elastic/multiprocessing/logs_specs.hpp>
+#include <elastic/multiprocessing/pcontext.hpp>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -49,6 +51,13 @@ struct LaunchConfig {
   std::shared_ptr<multiprocessing::LogsSpecs> logs_specs;  // null: DefaultLogsSpecs()
   std::optional<std::string> log_line_prefix_template;
   bool virtual_local_rank = false;
+  // Also give NCCL_ASYNC_ERROR_HANDLING=1 (unless set), the name torch before 2.2 reads;
+  // TORCH_NCCL_ASYNC_ERROR_HANDLING is always given. elastic-run decides from the torch
+  // a Python entry would import (torch_env.hpp).
+  bool legacy_nccl_async_error_handling = true;
+  // Teed lines containing any of these also go to attempt_<n>/filtered_std{out,err}.log.
+  std::vector<std::string> duplicate_stdout_filters;
+  std::vector<std::string> duplicate_stderr_filters;
   // How long workers get between SIGTERM and SIGKILL.
   std::chrono::milliseconds term_timeout{std::chrono::seconds(30)};
   // Signals forwarded to the workers; the launch then ends with SignalException.
@@ -56,6 +65,12 @@ struct LaunchConfig {
   // For a launcher process of its own: become a subreaper and kill any
   // descendant left over at the end. Off for library use inside a bigger program.
   bool own_process_tree = false;
+  // Hooks for services that live beside the workers (timer server, event log): called
+  // with an attempt's worker pids (by local rank) once they run, and with its result
+  // before the launcher acts on it, which they may amend (e.g. say why a worker died).
+  // `final`: no restart follows.
+  std::function<void(int restart_count, const std::map<int, pid_t>& pids)> on_workers_started;
+  std::function<void(int restart_count, multiprocessing::RunProcsResult& result, bool final)> on_workers_ended;
 };
 
 inline bool all_digits(const std::string& text) {
@@ -79,46 +94,8 @@ inline std::pair<int, int> parse_min_max_nnodes(const std::string& nnodes) {
   return result;
 }
 
-namespace detail {
-
-// NVIDIA device nodes /dev/nvidia0, /dev/nvidia1, ... (not nvidiactl, nvidia-uvm).
-inline int nvidia_device_nodes(const std::string& dev_dir = "/dev") {
-  int count = 0;
-  if (DIR* dir = ::opendir(dev_dir.c_str())) {
-    while (dirent* entry = ::readdir(dir)) {
-      std::string name = entry->d_name;
-      if (name.rfind("nvidia", 0) == 0 && all_digits(name.substr(6))) ++count;
-    }
-    ::closedir(dir);
-  }
-  return count;
-}
-
-}  // namespace detail
-
-// GPUs this process may use: the device nodes, narrowed by CUDA_VISIBLE_DEVICES
-// as CUDA reads it (entries up to the first invalid one).
-inline int gpu_count() {
-  const int devices = detail::nvidia_device_nodes();
-  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
-  if (visible == nullptr) return devices;
-  int count = 0;
-  std::string list = visible;
-  std::size_t start = 0;
-  while (start < list.size()) {
-    std::size_t comma = list.find(',', start);
-    std::string item = list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    while (!item.empty() && item.front() == ' ') item.erase(0, 1);
-    while (!item.empty() && item.back() == ' ') item.pop_back();
-    bool valid =
-        item.rfind("GPU-", 0) == 0 || item.rfind("MIG-", 0) == 0 || (all_digits(item) && std::stoi(item) < devices);
-    if (!valid) break;
-    ++count;
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  return std::min(count, devices);
-}
+// GPUs this process may use (NVML or the device nodes, narrowed by CUDA_VISIBLE_DEVICES).
+inline int gpu_count() { return multiprocessing::gpu_count(); }
 
 inline int cpu_count() {
   long n = ::sysconf(_SC_NPROCESSORS_ONLN);

@@ -208,9 +208,11 @@ inline multiprocessing::Env worker_environment(const LaunchConfig& config, int l
   env["TORCHELASTIC_RUN_ID"] = config.run_id;
   // We host no c10d store: with True, PyTorch workers would wait for one forever.
   env["TORCHELASTIC_USE_AGENT_STORE"] = "False";
-  // The names of PyTorch 1.x and 2.x; a value the user set is kept.
-  env["NCCL_ASYNC_ERROR_HANDLING"] = detail::getenv_or("NCCL_ASYNC_ERROR_HANDLING", "1");
+  // PyTorch 2.2's name, and the older one only for workers that read it (it makes 2.2+ warn);
+  // a value the user set is kept.
   env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = detail::getenv_or("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1");
+  if (config.legacy_nccl_async_error_handling)
+    env["NCCL_ASYNC_ERROR_HANDLING"] = detail::getenv_or("NCCL_ASYNC_ERROR_HANDLING", "1");
   if (config.virtual_local_rank) {
     // Each worker sees only its own device; an existing list is narrowed, not replaced.
     std::string device = std::to_string(local_rank);
@@ -253,6 +255,8 @@ inline std::map<int, int> launch(const LaunchConfig& config, const std::string& 
   detail::SignalReader signals(config.signals_to_handle);
   multiprocessing::PContextOptions options;
   options.reap_orphans = config.own_process_tree;
+  options.duplicate_stdout_filters = config.duplicate_stdout_filters;
+  options.duplicate_stderr_filters = config.duplicate_stderr_filters;
   detail::ConsoleLog console_log(options.console_stall_limit);
 
   for (int restart_count = 0;; ++restart_count) {
@@ -274,6 +278,7 @@ inline std::map<int, int> launch(const LaunchConfig& config, const std::string& 
                                       std::move(prefixes), options);
     context.watch_fd(signals.fd());
     context.start();
+    if (config.on_workers_started) config.on_workers_started(restart_count, context.pids());
     if (restart_count == 0)
       if (auto* defaults = dynamic_cast<multiprocessing::DefaultLogsSpecs*>(logs_specs.get()))
         log::info("log directory set to: {}", defaults->run_log_dir().value_or(""));
@@ -304,6 +309,9 @@ inline std::map<int, int> launch(const LaunchConfig& config, const std::string& 
     for (int sig = signals.next(); sig != 0; sig = signals.next()) late_signal = sig;
     if (late_signal != 0 && result->is_failed())
       log::warning("Received {} death signal while stopping workers after a failure; not restarting", late_signal);
+    if (config.on_workers_ended)
+      config.on_workers_ended(restart_count, *result,
+                              !result->is_failed() || restart_count >= config.max_restarts || late_signal != 0);
     if (!result->is_failed()) {
       std::map<int, int> values;
       for (const auto& [local_rank, code] : result->return_values)

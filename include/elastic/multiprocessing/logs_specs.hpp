@@ -33,6 +33,10 @@ struct LogsDest {
   std::map<int, std::string> tee_stdouts;
   std::map<int, std::string> tee_stderrs;
   std::map<int, std::string> error_files;
+  // Where teed lines that match --duplicate-std{out,err}-filters are also written, one
+  // file for all ranks (made only when there are filters).
+  std::string filtered_stdout;
+  std::string filtered_stderr;
 };
 
 class LogsSpecs {
@@ -97,7 +101,7 @@ class DefaultLogsSpecs : public LogsSpecs {
         root_ = *log_dir_;
       } else {
         root_ = detail::make_temp_dir(std::filesystem::temp_directory_path().string(), "torchelastic_");
-        log::warning("log directory not set; logs go to {}", *root_);
+        log::info("log directory not set; logs go to {}", *root_);
       }
     }
     return *root_;
@@ -118,6 +122,8 @@ class DefaultLogsSpecs : public LogsSpecs {
     std::filesystem::remove_all(attempt, ec);
     detail::make_private_dir(attempt);
 
+    dest.filtered_stdout = attempt + "/filtered_stdout.log";
+    dest.filtered_stderr = attempt + "/filtered_stderr.log";
     const int nprocs = static_cast<int>(envs.rbegin()->first) + 1;
     auto redirects = to_map(redirects_, nprocs);
     auto tees = to_map(tee_, nprocs);

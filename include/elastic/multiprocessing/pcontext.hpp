@@ -68,6 +68,10 @@ struct PContextOptions {
   // Console fds for teed output (written through Console::of(fd)).
   int console_stdout = STDOUT_FILENO;
   int console_stderr = STDERR_FILENO;
+  // Teed lines containing any of these are also written to the logs specs'
+  // filtered_stdout / filtered_stderr file.
+  std::vector<std::string> duplicate_stdout_filters;
+  std::vector<std::string> duplicate_stderr_filters;
   // When the workers are done, queued console output gets this long without the
   // console taking a single byte before it is left behind.
   std::chrono::milliseconds console_stall_limit{std::chrono::seconds(30)};
@@ -264,6 +268,14 @@ class PContext {
     stream.file_path = file;
     auto prefix = prefixes_.find(worker.local_rank);
     stream.console = LinePrefixer(console_fd, prefix == prefixes_.end() ? std::string() : prefix->second);
+    const bool is_out = &stream == &worker.out;
+    const auto& filters = is_out ? options_.duplicate_stdout_filters : options_.duplicate_stderr_filters;
+    const std::string& filtered_path = is_out ? dest_.filtered_stdout : dest_.filtered_stderr;
+    detail::Fd& filtered = is_out ? filtered_stdout_ : filtered_stderr_;
+    if (!filters.empty() && !filtered_path.empty()) {
+      if (!filtered) filtered = open_log_file(filtered_path);
+      stream.console.duplicate_to(filtered.get(), &filters);
+    }
     if (Console* console = stream.console.console()) {
       // Told when a full console has room again, to resume the paused streams.
       if (console_rooms_.insert(console->room_fd()).second)
@@ -560,6 +572,7 @@ class PContext {
   std::map<int, std::string> prefixes_;
   PContextOptions options_;
   LogsDest dest_;
+  detail::Fd filtered_stdout_, filtered_stderr_;  // shared by the ranks' tees; outlive them
   detail::Fd epoll_;
   JobCgroup cgroup_;
   Watchdog watchdog_;

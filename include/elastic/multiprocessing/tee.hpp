@@ -26,6 +26,7 @@
 #include <string_view>
 #include <system_error>
 #include <thread>
+#include <vector>
 
 namespace elastic::multiprocessing {
 
@@ -192,6 +193,13 @@ class LinePrefixer {
   bool enabled() const { return console_ != nullptr; }
   Console* console() const { return console_; }
 
+  // Lines containing any of `filters` (plain substrings) are also written, with their
+  // prefix, to `fd` (shared by the ranks: each write() holds whole lines of one rank).
+  void duplicate_to(int fd, const std::vector<std::string>* filters) {
+    duplicate_fd_ = fd;
+    filters_ = filters;
+  }
+
   void feed(std::string_view data) {
     if (console_ == nullptr || data.empty()) return;
     // The newline that ends a line just cut at max_line was shown with it.
@@ -242,11 +250,31 @@ class LinePrefixer {
   }
 
   void emit() {
+    if (duplicate_fd_ >= 0 && filters_ != nullptr && !filters_->empty()) duplicate_matching();
     console_->write(out_);
     out_.clear();
   }
 
+  void duplicate_matching() {
+    std::string matching;
+    for (std::size_t start = 0; start < out_.size();) {
+      std::size_t end = out_.find('\n', start);
+      end = end == std::string::npos ? out_.size() : end + 1;
+      // The filters see the worker's line, not the prefix.
+      const std::string_view line = std::string_view(out_).substr(start + prefix_.size(), end - start - prefix_.size());
+      for (const auto& filter : *filters_)
+        if (line.find(filter) != std::string_view::npos) {
+          matching.append(out_, start, end - start);
+          break;
+        }
+      start = end;
+    }
+    if (!matching.empty() && !detail::write_all(duplicate_fd_, matching.data(), matching.size())) duplicate_fd_ = -1;
+  }
+
   Console* console_ = nullptr;
+  int duplicate_fd_ = -1;
+  const std::vector<std::string>* filters_ = nullptr;
   std::string prefix_;
   std::string partial_;
   std::string out_;

@@ -28,6 +28,7 @@ def parse_args(argv):
     parser.add_argument("--fail-rank", type=int, default=-1, help="this rank raises after joining the group")
     parser.add_argument("--fail-attempt", type=int, default=0, help="... on this restart count only")
     parser.add_argument("--launched-file", help="write is_torchelastic_launched() here and stop")
+    parser.add_argument("--hold-until", help="after the all_reduce, wait (within --timeout) until this file exists")
     return parser.parse_args(argv)
 
 
@@ -80,7 +81,7 @@ def main(argv=None):
         for name in (
             "RANK", "LOCAL_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
             "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_USE_AGENT_STORE",
-            "ELASTIC_TEST_INTERPRETER",
+            "ELASTIC_TEST_INTERPRETER", "NCCL_ASYNC_ERROR_HANDLING", "TORCH_NCCL_ASYNC_ERROR_HANDLING",
         )
     }
     seen["executable"] = sys.executable
@@ -90,6 +91,10 @@ def main(argv=None):
         # The init time is reported for measurements only; no test asserts on it.
         seen["all_reduce"], seen["init_seconds"] = join_and_reduce(args, rank, world_size, attempt)
         print(f"rank {rank}/{world_size} attempt {attempt}: all_reduce ok", flush=True)
+        if args.hold_until:
+            deadline = time.monotonic() + args.timeout
+            while not os.path.exists(args.hold_until) and time.monotonic() < deadline:
+                time.sleep(0.05)
         if rank == args.fail_rank and attempt == args.fail_attempt:
             raise RuntimeError(f"rank {rank} fails on attempt {attempt} after joining the group")
         # Nobody leaves (taking rank 0's store with it) before all are done;

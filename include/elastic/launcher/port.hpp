@@ -1,0 +1,160 @@
+// The master port of a job on this host, held for as long as the job runs.
+//
+// Worker rank 0 hosts the c10d store on MASTER_PORT (TORCHELASTIC_USE_AGENT_STORE=False),
+// so the launcher cannot keep the port open by listening on it. It holds it instead with
+// sockets that are bound but never listen, with SO_REUSEADDR: rank 0's store (which sets
+// SO_REUSEADDR too) can still bind and listen there, while the kernel hands the port to no
+// other bind(port 0) or connect(), and a listener elsewhere on it makes the bind fail.
+// An abstract Unix socket named after the port marks it as held by a launcher, so two
+// launchers on one host never share a port, even before either's rank 0 listens.
+#pragma once
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace elastic::launcher {
+
+// The port cannot be held: another process listens on it, or another launcher holds it.
+class PortBusyError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class PortReservation {
+ public:
+  PortReservation() = default;
+  PortReservation(PortReservation&& other) noexcept
+      : port_(std::exchange(other.port_, 0)), fds_(std::move(other.fds_)) {
+    other.fds_.clear();
+  }
+  PortReservation& operator=(PortReservation&& other) noexcept {
+    if (this != &other) {
+      release();
+      port_ = std::exchange(other.port_, 0);
+      fds_ = std::move(other.fds_);
+      other.fds_.clear();
+    }
+    return *this;
+  }
+  PortReservation(const PortReservation&) = delete;
+  PortReservation& operator=(const PortReservation&) = delete;
+  ~PortReservation() { release(); }
+
+  int port() const { return port_; }
+
+  // Holds `port`; throws PortBusyError naming why it cannot.
+  static PortReservation hold(int port) {
+    PortReservation held;
+    std::string why;
+    if (!held.try_hold(port, why))
+      throw PortBusyError("port " + std::to_string(port) + " is busy on this host (" + why + ")");
+    return held;
+  }
+
+  // Holds a free port the kernel picks.
+  static PortReservation any() {
+    std::string why;
+    for (int attempt = 0; attempt < 64; ++attempt) {
+      int fd = bound_socket(AF_INET, 0);
+      if (fd < 0) break;
+      sockaddr_in addr{};
+      socklen_t len = sizeof(addr);
+      int port = ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0 ? ntohs(addr.sin_port) : 0;
+      ::close(fd);
+      PortReservation held;
+      if (port > 0 && held.try_hold(port, why)) return held;
+    }
+    throw PortBusyError("no free port to hold on this host" + (why.empty() ? "" : " (" + why + ")"));
+  }
+
+ private:
+  // A TCP socket of `family` bound to the wildcard address and `port`, with SO_REUSEADDR; -1 and errno on failure.
+  static int bound_socket(int family, int port) {
+    int fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    int rc;
+    if (family == AF_INET6) {
+      sockaddr_in6 addr{};
+      addr.sin6_family = AF_INET6;
+      addr.sin6_addr = in6addr_any;
+      addr.sin6_port = htons(static_cast<uint16_t>(port));
+      rc = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    } else {
+      sockaddr_in addr{};
+      addr.sin_family = AF_INET;
+      addr.sin_addr.s_addr = htonl(INADDR_ANY);
+      addr.sin_port = htons(static_cast<uint16_t>(port));
+      rc = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    }
+    if (rc != 0) {
+      int saved = errno;
+      ::close(fd);
+      errno = saved;
+      return -1;
+    }
+    return fd;
+  }
+
+  bool try_hold(int port, std::string& why) {
+    release();
+    // The launcher's mark first: a port another launcher holds is busy even before its rank 0 listens.
+    int mark = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (mark < 0) {
+      why = std::strerror(errno);
+      return false;
+    }
+    sockaddr_un name{};
+    name.sun_family = AF_UNIX;
+    const std::string abstract = "elastic-run/master-port/" + std::to_string(port);
+    std::memcpy(name.sun_path + 1, abstract.data(), abstract.size());
+    const auto name_len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + abstract.size());
+    if (::bind(mark, reinterpret_cast<sockaddr*>(&name), name_len) != 0) {
+      why = errno == EADDRINUSE ? "another elastic-run job holds it" : std::strerror(errno);
+      ::close(mark);
+      return false;
+    }
+    fds_.push_back(mark);
+    int v4 = bound_socket(AF_INET, port);
+    if (v4 < 0) {
+      why = errno == EADDRINUSE ? "a process listens on it" : std::strerror(errno);
+      release();
+      return false;
+    }
+    fds_.push_back(v4);
+    // IPv6 (dual stack) too where the host has it: c10d's store binds [::] first.
+    int v6 = bound_socket(AF_INET6, port);
+    if (v6 >= 0) {
+      fds_.push_back(v6);
+    } else if (errno == EADDRINUSE) {
+      why = "a process listens on it";
+      release();
+      return false;
+    }
+    port_ = port;
+    return true;
+  }
+
+  void release() {
+    for (int fd : fds_) ::close(fd);
+    fds_.clear();
+    port_ = 0;
+  }
+
+  int port_ = 0;
+  std::vector<int> fds_;
+};
+
+}  // namespace elastic::launcher

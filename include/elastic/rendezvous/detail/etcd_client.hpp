@@ -174,6 +174,22 @@ class EtcdClient {
     return etcd_json::to_int(call("/v3/kv/deleterange", request), "deleted");
   }
 
+  // Several keys read at one revision (one txn of ranges); results in the order of `keys`.
+  std::pair<std::int64_t, std::vector<std::optional<EtcdKeyValue>>> get_many(const std::vector<std::string>& keys) {
+    nlohmann::json reads = nlohmann::json::array();
+    for (const auto& key : keys) reads.push_back({{"requestRange", {{"key", base64_encode(key)}}}});
+    auto answer = call("/v3/kv/txn", {{"success", reads}});
+    std::vector<std::optional<EtcdKeyValue>> values(keys.size());
+    auto responses = answer.value("responses", nlohmann::json::array());
+    for (std::size_t i = 0; i < keys.size() && i < responses.size(); ++i) {
+      auto range = responses[i].find("response_range");
+      if (range == responses[i].end()) continue;
+      auto kvs = range->find("kvs");
+      if (kvs != range->end() && !kvs->empty()) values[i] = etcd_json::to_key_value(kvs->front());
+    }
+    return {etcd_json::header_revision(answer), std::move(values)};
+  }
+
   // Writes `value` only if the key's mod_revision is `expected_mod_revision`
   // (0: only if the key does not exist). On failure the answer holds the key as it is.
   EtcdTxnResult put_if_mod_revision(const std::string& key, const std::string& value,

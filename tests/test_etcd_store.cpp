@@ -6,6 +6,7 @@
 
 #include <catch2/catch.hpp>
 #include <elastic/rendezvous/etcd_store.hpp>
+#include <fstream>
 #include <thread>
 
 #include "support/etcd_server.hpp"
@@ -173,6 +174,70 @@ TEST_CASE("etcd store: an ephemeral key dies with its expired lease, and a waite
   // Ending the session (the store destroyed) deletes its keys at once.
   node.reset();
   CHECK_FALSE(observer.get("alive/node"));
+}
+
+namespace {
+bool process_gone(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  auto close_paren = text.rfind(')');
+  return text.empty() ||
+         (close_paren != std::string::npos && close_paren + 2 < text.size() && text[close_paren + 2] == 'Z');
+}
+}  // namespace
+
+TEST_CASE("etcd store: a SIGKILLed client's ephemeral keys go at once, long before its lease's TTL") {
+  EtcdServer server;
+  EtcdStore observer(store_options(server));
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::close(fds[0]);
+    pid_t sentinel = -1;
+    try {
+      // Stays up, its lease with it, until killed.
+      auto* node = new EtcdStore(store_options(server, {}, 120s));
+      node->set_ephemeral("alive/node", "2");
+      sentinel = node->sentinel_pid();
+    } catch (...) {
+    }
+    ssize_t ignored = ::write(fds[1], &sentinel, sizeof(sentinel));
+    (void)ignored;
+    for (;;) ::pause();
+  }
+  ::close(fds[1]);
+  pid_t sentinel = -1;
+  bool told = ::read(fds[0], &sentinel, sizeof(sentinel)) == sizeof(sentinel);
+  ::close(fds[0]);
+  auto before = observer.get("alive/node");
+  ::kill(child, SIGKILL);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  REQUIRE(told);
+  REQUIRE(sentinel > 0);
+  CHECK(before == "2");
+  // The lease's TTL is 120 s; a wait of 60 s sees the key go only through the sentinel.
+  CHECK_FALSE(observer.wait_change("alive/node", std::string("2"), 60s));
+  // The sentinel has exited after its work.
+  auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (!process_gone(sentinel) && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(10ms);
+  CHECK(process_gone(sentinel));
+}
+
+TEST_CASE("etcd store: a store that ends cleanly revokes its lease and stops its sentinel") {
+  EtcdServer server;
+  EtcdStore observer(store_options(server));
+  pid_t sentinel = -1;
+  {
+    EtcdStore node(store_options(server, {}, 120s));
+    node.set_ephemeral("alive/node", "1");
+    sentinel = node.sentinel_pid();
+    REQUIRE(sentinel > 0);
+  }
+  CHECK(process_gone(sentinel));            // reaped by the store's destructor
+  CHECK_FALSE(observer.get("alive/node"));  // revoked by the store itself
 }
 
 TEST_CASE("etcd store: keep_alive holds ephemeral keys past the lease's TTL") {

@@ -6,7 +6,10 @@
 //   wait           a watch from the revision read, not polling
 //   ephemeral keys put with this session's lease (TTL: StoreOptions::session_ttl,
 //                  whole seconds); keep_alive() is the lease's keep-alive; when the
-//                  lease expires etcd deletes the keys and watchers see it at once
+//                  lease expires etcd deletes the keys and watchers see it at once;
+//                  a sentinel process revokes it the moment this process dies
+//                  unannounced (SIGKILL), so the others need not wait for the TTL
+//                  (plain http; see detail/lease_sentinel.hpp)
 //
 // Every key lives under a prefix (--rdzv-conf etcd_prefix, default
 // /elastic/rendezvous/; then the run id when the options carry one), so several
@@ -18,6 +21,7 @@
 #include <chrono>
 #include <cstdint>
 #include <elastic/rendezvous/detail/etcd_client.hpp>
+#include <elastic/rendezvous/detail/lease_sentinel.hpp>
 #include <elastic/rendezvous/store.hpp>
 #include <memory>
 #include <mutex>
@@ -78,6 +82,7 @@ class EtcdStore : public Store {
       lease = lease_;
     }
     if (lease == 0) return;
+    sentinel_.stop();
     try {
       auto options = client_.options();
       options.read_timeout = std::min(options.read_timeout, std::chrono::milliseconds(2000));
@@ -87,6 +92,11 @@ class EtcdStore : public Store {
   }
 
   const std::string& key_prefix() const { return prefix_; }
+  // The process that revokes the lease should this one die unannounced (-1: none).
+  pid_t sentinel_pid() const {
+    std::lock_guard<std::mutex> lock(lease_mutex_);
+    return sentinel_.pid();
+  }
   // The lease of this session (0: none yet).
   std::int64_t lease_id() const {
     std::lock_guard<std::mutex> lock(lease_mutex_);
@@ -258,13 +268,20 @@ class EtcdStore : public Store {
 
   std::int64_t current_lease() {
     std::lock_guard<std::mutex> lock(lease_mutex_);
-    if (lease_ == 0) lease_ = client_.lease_grant(lease_ttl_seconds_);
+    if (lease_ == 0) {
+      lease_ = client_.lease_grant(lease_ttl_seconds_);
+      if (client_.options().protocol == "http" && sentinel_.start(client_.options().host, client_.options().port))
+        sentinel_.watch_lease(lease_);
+    }
     return lease_;
   }
 
   void forget_lease(std::int64_t lease) {
     std::lock_guard<std::mutex> lock(lease_mutex_);
-    if (lease_ == lease) lease_ = 0;
+    if (lease_ == lease) {
+      lease_ = 0;
+      sentinel_.watch_lease(0);
+    }
   }
 
   detail::EtcdClient client_;
@@ -272,6 +289,7 @@ class EtcdStore : public Store {
   const std::int64_t lease_ttl_seconds_;
   mutable std::mutex lease_mutex_;
   std::int64_t lease_ = 0;  // this session's lease; 0: none granted yet
+  detail::LeaseSentinel sentinel_;
 };
 
 // Opens a store on the etcd at options.host:options.port (the backend factory's

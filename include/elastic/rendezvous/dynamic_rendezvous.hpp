@@ -11,6 +11,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <elastic/rendezvous/errors.hpp>
 #include <elastic/rendezvous/settings.hpp>
@@ -96,6 +97,7 @@ class DynamicRendezvous {
       return changed;
     });
     for (;;) {
+      if (cancelled_) throw RendezvousError("joining the rendezvous was cancelled");
       auto [raw, state] = read();
       if (!state.closed && remove_dead(state)) {
         cas(raw, state);
@@ -151,6 +153,11 @@ class DynamicRendezvous {
       }
     }
   }
+
+  // Makes a next_rendezvous() running on another thread give up (RendezvousError)
+  // within liveness_poll: the launcher was told to stop.
+  void cancel() { cancelled_ = true; }
+  bool cancelled() const { return cancelled_; }
 
   // Renews this node's session; rewrites its alive key when the session had lapsed.
   void keep_alive() {
@@ -244,6 +251,7 @@ class DynamicRendezvous {
   NodeDesc node_;
   Now now_;
   std::map<long, Clock::time_point> last_call_seen_;
+  std::atomic<bool> cancelled_{false};
 };
 
 }  // namespace elastic::rendezvous

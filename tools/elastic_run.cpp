@@ -218,9 +218,9 @@ int main(int argc, char** argv) {
       "elastic-run"};
   app.prefix_command();
   app.get_formatter()->column_width(40);
-  option(app, "nnodes", a.nnodes, "Number of nodes, or MIN:MAX (MIN:MAX is not supported yet)");
+  option(app, "nnodes", a.nnodes, "Number of nodes, or MIN:MAX (elastic; needs a dynamic rendezvous backend)");
   option(app, "nproc-per-node", a.nproc_per_node, "Workers per node: an integer, auto, cpu or gpu");
-  option(app, "rdzv-backend", a.rdzv_backend, "Rendezvous backend (only static is supported)");
+  option(app, "rdzv-backend", a.rdzv_backend, "Rendezvous backend: static, c10d, etcd or etcd-v2");
   option(app, "rdzv-endpoint", a.rdzv_endpoint, "Rendezvous endpoint host:port");
   option(app, "rdzv-id", a.rdzv_id, "Job id (TORCHELASTIC_RUN_ID)");
   option(app, "rdzv-conf", a.rdzv_conf, "Rendezvous configuration key1=value1,key2=value2");
@@ -300,6 +300,10 @@ int main(int argc, char** argv) {
     return 1;
   } catch (const elastic::launcher::SignalException& e) {
     return 128 + e.signum();
+  } catch (const elastic::rendezvous::RendezvousError& e) {
+    // PyTorch's class name first, as torchrun's traceback ends with it.
+    std::fprintf(stderr, "elastic-run: error: %s: %s\n", e.class_name(), e.what());
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "elastic-run: error: %s\n", e.what());
     return 1;

@@ -160,18 +160,29 @@ class SignalReader {
 
 }  // namespace detail
 
+// Dynamic rendezvous backends (c10d, etcd, etcd-v2): elastic_agent.hpp.
+inline bool is_dynamic_backend(const std::string& backend) {
+  return backend == "c10d" || backend == "etcd" || backend == "etcd-v2";
+}
+inline void validate_dynamic(const LaunchConfig& config);
+inline std::map<int, int> launch_elastic(const LaunchConfig& config, const std::string& entrypoint,
+                                         const std::vector<std::string>& args, std::string name);
+
 // Checks what this launcher can do; throws UsageError / NotSupportedError.
 inline void validate(const LaunchConfig& config) {
   if (config.min_nodes <= 0 || config.min_nodes > config.max_nodes) throw UsageError("need 0 < min_nodes <= max_nodes");
-  if (config.min_nodes != config.max_nodes)
-    throw NotSupportedError("elastic node counts (--nnodes=" + std::to_string(config.min_nodes) + ":" +
-                            std::to_string(config.max_nodes) + ")");
-  if (config.rdzv_backend != "static") throw NotSupportedError("rendezvous backend '" + config.rdzv_backend + "'");
+  const bool dynamic = is_dynamic_backend(config.rdzv_backend);
+  if (!dynamic && config.rdzv_backend != "static")
+    throw UsageError("unknown rendezvous backend '" + config.rdzv_backend + "' (static, c10d, etcd, etcd-v2)");
+  if (config.min_nodes != config.max_nodes && !dynamic)
+    throw UsageError("--nnodes=" + std::to_string(config.min_nodes) + ":" + std::to_string(config.max_nodes) +
+                     " needs a dynamic rendezvous backend (--rdzv-backend=c10d, etcd or etcd-v2)");
   if (config.nproc_per_node <= 0) throw UsageError("nproc_per_node must be positive");
+  if (config.max_restarts < 0) throw UsageError("max_restarts must not be negative");
+  if (dynamic) return validate_dynamic(config);  // --node-rank is ignored, as by PyTorch
   if (config.node_rank < 0 || config.node_rank >= config.max_nodes)
     throw UsageError("node_rank " + std::to_string(config.node_rank) + " is not in [0, " +
                      std::to_string(config.max_nodes) + ")");
-  if (config.max_restarts < 0) throw UsageError("max_restarts must not be negative");
 }
 
 // The environment TorchElastic gives local rank `local_rank` of this node.
@@ -235,6 +246,7 @@ inline std::string entrypoint_name(const std::string& entrypoint, const std::vec
 inline std::map<int, int> launch(const LaunchConfig& config, const std::string& entrypoint,
                                  const std::vector<std::string>& args, std::string name = "") {
   validate(config);
+  if (is_dynamic_backend(config.rdzv_backend)) return launch_elastic(config, entrypoint, args, std::move(name));
   if (name.empty()) name = entrypoint_name(entrypoint, args);
   std::shared_ptr<multiprocessing::LogsSpecs> logs_specs = config.logs_specs;
   if (!logs_specs) logs_specs = std::make_shared<multiprocessing::DefaultLogsSpecs>();
@@ -300,3 +312,6 @@ inline std::map<int, int> launch(const LaunchConfig& config, const std::string& 
 }
 
 }  // namespace elastic::launcher
+
+// The dynamic-rendezvous loop that launch() hands c10d and etcd jobs to.
+#include <elastic/launcher/elastic_agent.hpp>

@@ -20,7 +20,9 @@
 #include <system_error>
 #include <utility>
 
-#if __has_include(<elastic/rendezvous/etcd_store.hpp>)
+// The etcd store needs cpp-httplib, linked: the elastic::rendezvous_etcd target
+// (CMake option ELASTIC_WITH_ETCD) defines ELASTIC_WITH_ETCD=1.
+#if defined(ELASTIC_WITH_ETCD) && ELASTIC_WITH_ETCD
 #include <elastic/rendezvous/etcd_store.hpp>
 #define ELASTIC_RENDEZVOUS_HAS_ETCD 1
 #else

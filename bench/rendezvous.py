@@ -5,6 +5,7 @@ long after a launcher's SIGKILL the survivor's new round starts.
     bench/rendezvous.py --elastic-run build-bench/tools/elastic-run
         [--sizes 8,32,64] [--torchrun-sizes 8] [--backends etcd,c10d] [--repeats 3]
         [--out bench/rendezvous-results.md]
+TORCH_PYTHON (default /usr/bin/python3): the Python with Debian's python3-torch.
 
 Round: N launchers started together, `--nnodes=N:N --nproc-per-node=1
 --no-python /bin/true`, one rendezvous id; the time from starting the first to the
@@ -79,7 +80,7 @@ class Etcd:
 
 def launcher_command(args, backend, endpoint, nnodes, run_id, worker, conf=""):
     if backend == "torchrun":
-        return [sys.executable, os.path.join(ROOT, "tests", "conformance", "torchrun.py"), f"--nnodes={nnodes}",
+        return [os.environ.get("TORCH_PYTHON", "/usr/bin/python3"), os.path.join(ROOT, "tests", "conformance", "torchrun.py"), f"--nnodes={nnodes}",
                 "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", f"--rdzv_id={run_id}",
                 "--rdzv_conf=join_timeout=300" + conf, "--monitor_interval=0.1", "--no_python", *worker]
     return [args.elastic_run, f"--nnodes={nnodes}", "--nproc-per-node=1", f"--rdzv-backend={backend}",
@@ -188,14 +189,20 @@ def main():
                     continue
                 if backend != "torchrun" and n not in sizes:
                     continue
-                times = [time_round(args, backend, n, etcd, scratch) for _ in range(args.repeats)]
-                cells[backend] = fmt(times)
+                try:
+                    cells[backend] = fmt([time_round(args, backend, n, etcd, scratch) for _ in range(args.repeats)])
+                except (RuntimeError, subprocess.TimeoutExpired) as error:
+                    cells[backend] = "failed"
+                    print(error, file=sys.stderr)
                 print(f"round N={n} {backend}: {cells[backend]}", flush=True)
             rows.append((f"round of {n} agents", cells))
         kill_cells = {}
         for backend in backends:
-            times = [time_kill(args, backend, etcd, scratch) for _ in range(args.repeats)]
-            kill_cells[backend] = fmt(times)
+            try:
+                kill_cells[backend] = fmt([time_kill(args, backend, etcd, scratch) for _ in range(args.repeats)])
+            except (RuntimeError, subprocess.TimeoutExpired) as error:
+                kill_cells[backend] = "failed"
+                print(error, file=sys.stderr)
             print(f"kill {backend}: {kill_cells[backend]}", flush=True)
         kill_cells["torchrun"] = "14.2-14.8 s (c10d, spec measurement)"
         rows.append(("SIGKILL to the survivor's new round", kill_cells))

@@ -2,6 +2,7 @@
 // etcd-server each test starts: launchers forming one round, a reused closed id,
 // a SIGKILLed launcher, two jobs on one etcd, etcd restarted under a job, and a
 // PyTorch gloo job across two launchers.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -116,6 +117,36 @@ TEST_CASE("etcd: a SIGKILLed launcher is noticed long before its keep-alive coul
   CHECK(a.wait(60s) == 0);
 }
 
+TEST_CASE("etcd: a launcher SIGKILLed after a membership change is noticed as fast") {
+  // Rounds of 2, then 3 when a third launcher joins; between rounds the launchers
+  // kill every process left over, but not their lease sentinels: the third one's
+  // SIGKILL still ends its lease at once (its TTL is 180 s).
+  EtcdServer etcd;
+  TempDir out, logs;
+  const std::string conf = "join_timeout=60,last_call_timeout=1,keep_alive_interval=60,keep_alive_max_attempt=3";
+  auto args = etcd_args(etcd, "1:3", "change", conf, 1) +
+              std::vector<std::string>{"--no-python", "/bin/sh", "-c",
+                                       "d=" + out.path().string() +
+                                           "; touch $d/w${WORLD_SIZE}.$$; while [ ! -e $d/stop ]; do sleep 0.1; done"};
+  auto started_in = [&](int world) {
+    int count = 0;
+    for (const auto& name : files_in(out.path())) count += name.rfind("w" + std::to_string(world) + ".", 0) == 0;
+    return count;
+  };
+  Background a(args, logs.file("a.out"), logs.file("a.err"));
+  Background b(args, logs.file("b.out"), logs.file("b.err"));
+  REQUIRE(wait_until([&] { return started_in(2) == 2; }, 60s));
+  Background c(args, logs.file("c.out"), logs.file("c.err"));
+  REQUIRE(wait_until([&] { return started_in(3) == 3; }, 60s));
+  c.signal(SIGKILL);
+  c.wait();
+  INFO(a.err() << "\n---\n" << b.err());
+  CHECK(wait_until([&] { return started_in(2) == 4; }, 60s));
+  write_file(out.file("stop"), "");
+  CHECK(a.wait(60s) == 0);
+  CHECK(b.wait(60s) == 0);
+}
+
 TEST_CASE("etcd: two jobs on one etcd run side by side") {
   EtcdServer etcd;
   TempDir out_x, out_y, logs;
@@ -165,6 +196,19 @@ TEST_CASE("etcd: no etcd at the endpoint is RendezvousConnectionError within rea
   INFO(r.err);
   CHECK(r.exitcode == 1);
   CHECK_THAT(r.err, Catch::Contains("RendezvousConnectionError") && Catch::Contains("etcd at http://127.0.0.1:"));
+  CHECK(files_in(out.path()).empty());
+}
+
+TEST_CASE("etcd: bad TLS options of --rdzv-conf are usage errors (exit 2), nothing started") {
+  TempDir out;
+  for (std::string conf : {"protocol=ftp", "ssl_cert=/nonexistent/cert.pem", "key=/nonexistent/key.pem"}) {
+    auto r = elastic_run({"--nnodes=1:2", "--rdzv-backend=etcd", "--rdzv-endpoint=127.0.0.1:1", "--rdzv-id=bad",
+                          "--rdzv-conf=" + conf, ELASTIC_TEST_LAUNCH_WORKER, out.path().string()});
+    INFO(conf << ": " << r.err);
+    CHECK(r.exitcode == 2);
+    CHECK_THAT(r.err, Catch::StartsWith("elastic-run: error: --rdzv-conf: etcd"));
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+  }
   CHECK(files_in(out.path()).empty());
 }
 

@@ -241,6 +241,14 @@ inline void validate_dynamic(const LaunchConfig& config) {
 #if !ELASTIC_RENDEZVOUS_HAS_ETCD
   if (config.rdzv_backend != "c10d")
     throw NotSupportedError("rendezvous backend '" + config.rdzv_backend + "' (this build has no etcd store)");
+#else
+  if (config.rdzv_backend != "c10d") {
+    try {
+      rendezvous::validate_etcd_config(config.rdzv_configs);
+    } catch (const rendezvous::RendezvousConfigError& e) {
+      throw UsageError(e.what());
+    }
+  }
 #endif
 }
 

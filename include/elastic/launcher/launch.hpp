@@ -10,9 +10,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
+#include <elastic/detail/helper_processes.hpp>
 #include <elastic/errors/child_failed_error.hpp>
 #include <elastic/errors/signals.hpp>
 #include <elastic/launcher/config.hpp>
@@ -115,9 +117,13 @@ inline std::vector<pid_t> children_of_self() {
 
 // As a subreaper, descendants whose parents died come back to us: kill and reap
 // them, so nothing the job started survives it.
+// The library's own helpers (elastic::detail::HelperProcesses) are spared.
 inline void kill_strays() {
   for (int round = 0; round < 100; ++round) {
     auto children = children_of_self();
+    children.erase(std::remove_if(children.begin(), children.end(),
+                                  [](pid_t pid) { return elastic::detail::HelperProcesses::instance().contains(pid); }),
+                   children.end());
     if (children.empty()) return;
     for (pid_t pid : children) {
       ::kill(pid, SIGKILL);

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <elastic/rendezvous/detail/etcd_client.hpp>
 #include <elastic/rendezvous/detail/lease_sentinel.hpp>
+#include <elastic/rendezvous/errors.hpp>
 #include <elastic/rendezvous/store.hpp>
 #include <memory>
 #include <mutex>
@@ -42,7 +43,27 @@ inline std::string config_value(const std::map<std::string, std::string>& config
   return fallback;
 }
 
+}  // namespace detail
+
+// Checks the etcd keys of --rdzv-conf (protocol, TLS files), opening nothing.
+// Throws RendezvousConfigError.
+inline void validate_etcd_config(const std::map<std::string, std::string>& config) {
+  std::string protocol = detail::config_value(config, {"protocol"}, "http");
+  if (protocol != "http" && protocol != "https")
+    throw RendezvousConfigError("--rdzv-conf: etcd protocol must be http or https, not '" + protocol + "'");
+  if (detail::config_value(config, {"ssl_cert", "cert"}).empty() !=
+      detail::config_value(config, {"ssl_cert_key", "key"}).empty())
+    throw RendezvousConfigError("--rdzv-conf: etcd TLS: ssl_cert and ssl_cert_key go together");
+#ifndef CPPHTTPLIB_OPENSSL_SUPPORT
+  if (protocol == "https")
+    throw RendezvousConfigError("--rdzv-conf: etcd over https: this build's cpp-httplib has no TLS support");
+#endif
+}
+
+namespace detail {
+
 inline EtcdClientOptions etcd_client_options(const StoreOptions& options) {
+  validate_etcd_config(options.config);
   EtcdClientOptions client;
   client.host = options.host.empty() ? "127.0.0.1" : options.host;
   client.port = options.port > 0 ? options.port : 2379;
@@ -51,8 +72,6 @@ inline EtcdClientOptions etcd_client_options(const StoreOptions& options) {
   client.ca_cert = config_value(options.config, {"ca_cert", "cacert"});
   client.ssl_cert = config_value(options.config, {"ssl_cert", "cert"});
   client.ssl_cert_key = config_value(options.config, {"ssl_cert_key", "key"});
-  if (client.ssl_cert.empty() != client.ssl_cert_key.empty())
-    throw std::invalid_argument("etcd TLS: ssl_cert and ssl_cert_key go together");
   return client;
 }
 
@@ -208,7 +227,11 @@ class EtcdStore : public Store {
     return guarded([&] {
       std::int64_t lease = lease_id();
       if (lease == 0) return true;  // no ephemeral key yet: nothing to keep
-      if (client_.lease_keepalive(lease)) return true;
+      if (client_.lease_keepalive(lease)) {
+        std::lock_guard<std::mutex> lock(lease_mutex_);
+        guard_lease_locked();
+        return true;
+      }
       forget_lease(lease);  // the next set_ephemeral() begins a new session
       return false;
     });
@@ -268,12 +291,17 @@ class EtcdStore : public Store {
 
   std::int64_t current_lease() {
     std::lock_guard<std::mutex> lock(lease_mutex_);
-    if (lease_ == 0) {
-      lease_ = client_.lease_grant(lease_ttl_seconds_);
-      if (client_.options().protocol == "http" && sentinel_.start(client_.options().host, client_.options().port))
-        sentinel_.watch_lease(lease_);
-    }
+    if (lease_ == 0) lease_ = client_.lease_grant(lease_ttl_seconds_);
+    guard_lease_locked();
     return lease_;
+  }
+
+  // (Re)starts the sentinel on the current lease when it is not running: the
+  // first lease, or a sentinel killed meanwhile (elastic-run kills the processes
+  // left after each round; the next join or keep-alive brings it back).
+  void guard_lease_locked() {
+    if (lease_ == 0 || client_.options().protocol != "http" || sentinel_.running()) return;
+    if (sentinel_.start(client_.options().host, client_.options().port)) sentinel_.watch_lease(lease_);
   }
 
   void forget_lease(std::int64_t lease) {
@@ -293,7 +321,7 @@ class EtcdStore : public Store {
 };
 
 // Opens a store on the etcd at options.host:options.port (the backend factory's
-// entry for both "etcd" and "etcd-v2"). Bad TLS options: std::invalid_argument.
+// entry for both "etcd" and "etcd-v2"). Bad TLS options: RendezvousConfigError.
 inline std::unique_ptr<Store> make_etcd_store(const StoreOptions& options) {
   return std::make_unique<EtcdStore>(options);
 }

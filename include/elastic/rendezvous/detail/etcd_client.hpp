@@ -12,6 +12,7 @@
 #include <elastic/rendezvous/detail/base64.hpp>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <stdexcept>
@@ -321,7 +322,14 @@ class EtcdClient {
     auto deadline = std::chrono::steady_clock::now() + options_.read_timeout;
     const std::string body = request.dump();
     for (;;) {
-      Answer result = post(*make_http_client(options_.read_timeout), path, body);
+      Answer result;
+      {
+        auto client = acquire_connection();
+        result = post(*client, path, body);
+        // Only a connection that gave a clean answer is used again: after an error
+        // answer (its trailers unread) or a failure its state is unknown.
+        if (result.error == httplib::Error::Success && result.status == 200) release_connection(std::move(client));
+      }
       if (!result.complete()) {
         bool not_sent = result.error == httplib::Error::Connection || result.error == httplib::Error::ConnectionTimeout;
         if ((not_sent || repeat == Repeat::always) && wait_until_healthy(deadline)) continue;
@@ -352,6 +360,25 @@ class EtcdClient {
       pause = std::min(pause * 2, std::chrono::milliseconds(500));
       if (healthy()) return true;
     }
+  }
+
+  // Idle kept-alive connections: one request at a time each, so calls from
+  // several threads never share one.
+  std::unique_ptr<httplib::Client> acquire_connection() {
+    {
+      std::lock_guard<std::mutex> lock(idle_mutex_);
+      if (!idle_.empty()) {
+        auto client = std::move(idle_.back());
+        idle_.pop_back();
+        return client;
+      }
+    }
+    return make_http_client(options_.read_timeout);
+  }
+
+  void release_connection(std::unique_ptr<httplib::Client> client) {
+    std::lock_guard<std::mutex> lock(idle_mutex_);
+    if (idle_.size() < 4) idle_.push_back(std::move(client));
   }
 
   struct Answer {
@@ -408,11 +435,9 @@ class EtcdClient {
     client->set_connection_timeout(std::min(read_timeout, options_.read_timeout));
     client->set_read_timeout(read_timeout);
     client->set_write_timeout(options_.read_timeout);
-    // A connection per request (each call makes its own client, so calls from
-    // several threads never share one): a kept-alive connection that etcd dropped
-    // (after an error answer, across a restart) fails only after the request left,
-    // and such a request cannot be repeated safely.
-    client->set_keep_alive(false);
+    // Kept alive between requests (see acquire_connection()); cpp-httplib makes a
+    // new connection when etcd has closed the kept one (etcd restarted).
+    client->set_keep_alive(true);
     client->set_tcp_nodelay(true);
     return client;
   }
@@ -474,6 +499,8 @@ class EtcdClient {
   }
 
   EtcdClientOptions options_;
+  std::mutex idle_mutex_;
+  std::vector<std::unique_ptr<httplib::Client>> idle_;
 };
 
 }  // namespace elastic::rendezvous::detail

@@ -5,8 +5,9 @@
 // nodes' watches see it. A frozen (SIGSTOPped) parent keeps its pipe open, so
 // it is still noticed by the TTL alone, as PyTorch does.
 //
-// The parent tells the sentinel the current lease through a pipe (8 bytes: the
-// id; 0: goodbye, exit without revoking). When the pipe closes without a goodbye,
+// The parent tells the sentinel the current lease through a socket pair (8 bytes:
+// the id; 0: goodbye, exit without revoking; sent with MSG_NOSIGNAL, so a sentinel
+// that is gone raises no SIGPIPE). When the parent's end closes without a goodbye,
 // the sentinel sends POST /v3/lease/revoke over a plain TCP connection (the
 // request's bytes and the address are prepared before the fork) and exits.
 // Plain http only: TLS in the child would not be async-signal-safe.
@@ -25,6 +26,7 @@
 #include <csignal>
 #include <cstdint>
 #include <cstring>
+#include <elastic/detail/helper_processes.hpp>
 #include <string>
 
 namespace elastic::rendezvous::detail {
@@ -55,7 +57,7 @@ class LeaseSentinel {
                     "\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: ";
 
     int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0) return false;
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) return false;
     pid_t pid = ::fork();
     if (pid < 0) {
       ::close(fds[0]);
@@ -66,10 +68,26 @@ class LeaseSentinel {
     ::close(fds[0]);
     write_fd_ = fds[1];
     pid_ = pid;
+    elastic::detail::HelperProcesses::instance().add(pid);
     return true;
   }
 
   pid_t pid() const { return pid_; }
+
+  // Whether the sentinel still runs. One that was killed (a launcher kills the
+  // processes left after each round) is reaped here, and start() may fork anew.
+  bool running() {
+    if (pid_ <= 0) return false;
+    int status = 0;
+    pid_t reaped = ::waitpid(pid_, &status, WNOHANG);
+    if (reaped == 0) return true;
+    if (reaped < 0 && errno != ECHILD) return true;
+    ::close(write_fd_);  // reaped by us, or by someone else (ECHILD): it is gone
+    write_fd_ = -1;
+    elastic::detail::HelperProcesses::instance().remove(pid_);
+    pid_ = -1;
+    return false;
+  }
 
   // The lease to revoke should this process die (0: none).
   void watch_lease(std::int64_t lease) { send(lease == 0 ? -1 : lease); }
@@ -83,14 +101,15 @@ class LeaseSentinel {
     int status = 0;
     while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
     }
+    elastic::detail::HelperProcesses::instance().remove(pid_);
     pid_ = -1;
   }
 
  private:
   void send(std::int64_t value) {
     if (write_fd_ < 0) return;
-    // 8 bytes are below PIPE_BUF: written whole or not at all.
-    while (::write(write_fd_, &value, sizeof(value)) < 0 && errno == EINTR) {
+    // 8 bytes on a local stream socket: written whole or not at all.
+    while (::send(write_fd_, &value, sizeof(value), MSG_NOSIGNAL) < 0 && errno == EINTR) {
     }
   }
 
@@ -142,7 +161,7 @@ class LeaseSentinel {
     std::int64_t lease = 0;
     for (;;) {
       std::int64_t value = 0;
-      ssize_t got = ::read(read_fd, &value, sizeof(value));
+      ssize_t got = ::recv(read_fd, &value, sizeof(value), MSG_WAITALL);
       if (got < 0 && errno == EINTR) continue;
       if (got != static_cast<ssize_t>(sizeof(value))) break;  // EOF without goodbye: the parent is gone
       if (value == 0) ::_exit(0);                             // goodbye

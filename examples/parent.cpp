@@ -1,60 +1,69 @@
-// An example parent: starts N copies of a worker, each with its own error file,
-// waits for them, and reports the failures as one ChildFailedError summary.
+// An example parent: starts N copies of a worker with the library's own
+// start_processes (each worker in its own process group, with its own error file
+// under a new log directory), waits for them, and reports the failures as one
+// ChildFailedError summary. When one worker fails, the others are stopped at once.
 //
 //   ./parent 3 ./worker --fail-rank 1
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
+//
+// elastic::launch (<elastic/launcher.hpp>) does all of this and more (restarts,
+// TorchElastic's full worker environment, signal forwarding); this shows the
+// layer below it.
 #include <cstdio>
 #include <cstdlib>
 #include <elastic/errors.hpp>
-#include <filesystem>
+#include <elastic/multiprocessing.hpp>
 #include <map>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
 extern char** environ;
 
+namespace {
+
+elastic::multiprocessing::Env current_environment() {
+  elastic::multiprocessing::Env env;
+  for (char** entry = environ; *entry != nullptr; ++entry) {
+    const std::string text = *entry;
+    const auto equals = text.find('=');
+    if (equals != std::string::npos) env.emplace(text.substr(0, equals), text.substr(equals + 1));
+  }
+  return env;
+}
+
 int supervise(int argc, char** argv) {
-  if (argc < 3) {
-    std::fprintf(stderr, "usage: %s NPROCS WORKER [ARGS...]\n", argv[0]);
+  int nprocs = 0;
+  if (argc >= 3) nprocs = std::atoi(argv[1]);
+  if (nprocs <= 0 || nprocs > 1024) {
+    std::fprintf(stderr, "usage: %s NPROCS WORKER [ARGS...]   (1 <= NPROCS <= 1024)\n", argv[0]);
     throw elastic::SystemExit{2};
   }
-  const int nprocs = std::atoi(argv[1]);
-  const auto log_dir = std::filesystem::temp_directory_path() / ("elastic_example_" + std::to_string(::getpid()));
+  const std::string worker = argv[2];
+  const std::vector<std::string> worker_args(argv + 3, argv + argc);
 
-  std::map<pid_t, int> ranks;
-  std::map<int, std::string> error_files;
+  // Each rank: the same arguments, and the environment plus its rank.
+  std::map<int, std::vector<std::string>> args;
+  std::map<int, elastic::multiprocessing::Env> envs;
+  const elastic::multiprocessing::Env base = current_environment();
   for (int rank = 0; rank < nprocs; ++rank) {
-    error_files[rank] = (log_dir / std::to_string(rank) / "error.json").string();
-    std::vector<std::string> env_strings;
-    for (char** e = environ; *e; ++e) env_strings.emplace_back(*e);
-    env_strings.push_back("RANK=" + std::to_string(rank));
-    env_strings.push_back("TORCHELASTIC_ERROR_FILE=" + error_files[rank]);
-    std::vector<char*> env;
-    for (auto& s : env_strings) env.push_back(s.data());
-    env.push_back(nullptr);
-    pid_t pid = 0;
-    if (posix_spawn(&pid, argv[2], nullptr, nullptr, argv + 2, env.data()) != 0)
-      throw std::runtime_error(std::string("cannot start ") + argv[2]);
-    ranks[pid] = rank;
+    args[rank] = worker_args;
+    envs[rank] = base;
+    envs[rank]["RANK"] = envs[rank]["LOCAL_RANK"] = std::to_string(rank);
+    envs[rank]["WORLD_SIZE"] = envs[rank]["LOCAL_WORLD_SIZE"] = std::to_string(nprocs);
   }
 
-  std::map<int, elastic::ProcessFailure> failures;
-  for (int left = nprocs; left > 0; --left) {
-    int status = 0;
-    pid_t pid = ::wait(&status);
-    int exitcode = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
-    if (exitcode != 0) {
-      int rank = ranks[pid];
-      failures.emplace(rank, elastic::ProcessFailure::read_or_describe(rank, pid, exitcode, error_files[rank]));
-    }
-  }
-  if (!failures.empty()) throw elastic::ChildFailedError(argv[2], std::move(failures));
+  // TorchElastic's log layout under a new torchelastic_XXXXXX directory in
+  // $TMPDIR; start_processes gives each rank TORCHELASTIC_ERROR_FILE in it.
+  elastic::multiprocessing::DefaultLogsSpecs logs;
+  auto context = elastic::multiprocessing::start_processes(worker, worker, args, envs, logs);
+  std::printf("started %d workers; logs and error files under %s\n", nprocs, logs.root_log_dir().c_str());
+
+  // Blocks until every worker succeeded or one failed (the rest are then stopped).
+  const elastic::multiprocessing::RunProcsResult result = *context->wait();
+  if (result.is_failed()) throw elastic::ChildFailedError(worker, result.failures);
   std::puts("all workers succeeded");
   return 0;
 }
+
+}  // namespace
 
 ELASTIC_RECORD_MAIN(supervise)

@@ -10,6 +10,7 @@ packages=(
   python3 python3-torch
   util-linux
   clang-14 libclang-rt-14-dev clang-tidy-14 valgrind
+  dpkg-dev file man-db groff-base
   "$@"
 )
 

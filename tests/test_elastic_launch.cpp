@@ -57,7 +57,8 @@ std::set<std::string> files_in(const fs::path& dir) {
 std::vector<std::string> waiting_worker(const TempDir& dir) {
   return {"--no-python", "/bin/sh", "-c",
           "d=" + dir.path().string() +
-              "; env > $d/.w${WORLD_SIZE}_r$RANK; mv $d/.w${WORLD_SIZE}_r$RANK $d/w${WORLD_SIZE}_r$RANK;"
+              "; echo $$ > $d/pid_w${WORLD_SIZE}_r$RANK;"
+              " env > $d/.w${WORLD_SIZE}_r$RANK; mv $d/.w${WORLD_SIZE}_r$RANK $d/w${WORLD_SIZE}_r$RANK;"
               " while [ ! -e $d/stop ]; do sleep 0.1; done"};
 }
 
@@ -209,4 +210,47 @@ TEST_CASE("elastic: failing workers with --max-restarts=1 run twice on every nod
   CHECK_THAT(a.err(), Catch::Contains("ChildFailedError") && Catch::Contains("exitcode  : 3"));
   for (auto pid : {a.pid(), b.pid()})
     for (int count : {0, 1}) CHECK(file_exists(out.file("c" + std::to_string(count) + "_p" + std::to_string(pid))));
+}
+
+TEST_CASE("elastic: the store host's death is RendezvousConnectionError for the others, workers stopped") {
+  TempDir out, logs;
+  const int port = free_port();
+  auto host = elastic_args("1:2", port, "hostdies", "is_host=1,last_call_timeout=30", 1) + waiting_worker(out);
+  auto other = elastic_args("1:2", port, "hostdies", "is_host=0,last_call_timeout=30", 1) + waiting_worker(out);
+  Background a(host, logs.file("a.out"), logs.file("a.err"));
+  Background b(other, logs.file("b.out"), logs.file("b.err"));
+  REQUIRE(wait_until([&] { return has_world(out, 2); }));
+  a.signal(SIGKILL);
+  a.wait();
+  const int code = b.wait(std::chrono::seconds(60));
+  INFO(b.err());
+  CHECK(code == 1);
+  CHECK_THAT(b.err(), Catch::Contains("RendezvousConnectionError"));
+  // Both nodes' workers are gone: the host's with its launcher, the other's stopped by it.
+  for (int rank = 0; rank < 2; ++rank) {
+    const pid_t worker = read_pid(out.file("pid_w2_r" + std::to_string(rank)));
+    CHECK(wait_until([&] { return !alive(worker); }));
+  }
+}
+
+TEST_CASE("elastic: a signal while joining ends the launcher at once") {
+  TempDir out, logs;
+  const int port = free_port();
+  Background a(elastic_args("2:2", port, "sigjoin", "join_timeout=600", 1) +
+                   std::vector<std::string>{ELASTIC_TEST_LAUNCH_WORKER, out.path().string()},
+               logs.file("a.out"), logs.file("a.err"));
+  // Joining once its store answers.
+  REQUIRE(wait_until([&] {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    bool up = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+    ::close(fd);
+    return up;
+  }));
+  a.signal(SIGTERM);
+  CHECK(a.wait(std::chrono::seconds(60)) == 128 + SIGTERM);
+  CHECK(files_in(out.path()).empty());
 }

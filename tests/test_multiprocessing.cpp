@@ -125,6 +125,8 @@ TEST_CASE("LinePrefixer writes whole prefixed lines and completes the last one")
     prefixer.feed("\nd\ne");
     prefixer.flush();
   }
+  // The console is written by a thread of its own: wait until it took everything.
+  CHECK(mp::Console::of(fds[1]).flush(std::chrono::seconds(60)));
   ::close(fds[1]);
   std::string out;
   char buffer[256];

@@ -218,6 +218,7 @@ int main(int argc, char** argv) {
       "elastic-run"};
   app.prefix_command();
   app.get_formatter()->column_width(40);
+  app.set_version_flag("--version", "elastic-run " ELASTIC_VERSION_STRING);
   option(app, "nnodes", a.nnodes, "Number of nodes, or MIN:MAX (elastic; needs a dynamic rendezvous backend)");
   option(app, "nproc-per-node", a.nproc_per_node, "Workers per node: an integer, auto, cpu or gpu");
   option(app, "rdzv-backend", a.rdzv_backend, "Rendezvous backend: static, c10d, etcd or etcd-v2");
@@ -250,7 +251,7 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
+  } catch (const CLI::Success& e) {  // --help, --version
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     std::fprintf(stderr, "elastic-run: error: %s\n", e.what());
@@ -288,24 +289,38 @@ int main(int argc, char** argv) {
     ::setenv("OMP_NUM_THREADS", "1", 1);
   }
 
+  // From here on the handled signals are only read (through launch's signalfd),
+  // never acted on by default: one that comes late cannot cut the summary short.
+  sigset_t handled;
+  sigemptyset(&handled);
+  for (int sig : config.signals_to_handle) sigaddset(&handled, sig);
+  ::sigprocmask(SIG_BLOCK, &handled, nullptr);
+
+  // Diagnostics and the summary go through the stderr console to the end (queued,
+  // in order with teed output): a stalled reader cannot block what follows the run.
+  using elastic::multiprocessing::Console;
+  elastic::log::detail::sink.store([](std::string_view line) { Console::of(STDERR_FILENO).write(line); });
+  Console& console = Console::of(STDERR_FILENO);
+  int code = 0;
   try {
     auto run = elastic::record(
         [&] { return elastic::launcher::launch(config, command.entrypoint, command.args, command.name); });
     run();
-    return 0;
   } catch (const elastic::ChildFailedError& e) {
     // format_msg(), not what(): a C string would end the summary at a NUL in a message.
-    std::string text = "elastic.ChildFailedError: " + e.format_msg() + "\n";
-    elastic::multiprocessing::detail::write_all(STDERR_FILENO, text.data(), text.size());
-    return 1;
+    console.write("elastic.ChildFailedError: " + e.format_msg() + "\n");
+    code = 1;
   } catch (const elastic::launcher::SignalException& e) {
-    return 128 + e.signum();
+    code = 128 + e.signum();
   } catch (const elastic::rendezvous::RendezvousError& e) {
     // PyTorch's class name first, as torchrun's traceback ends with it.
-    std::fprintf(stderr, "elastic-run: error: %s: %s\n", e.class_name(), e.what());
-    return 1;
+    console.write(std::string("elastic-run: error: ") + e.class_name() + ": " + e.what() + "\n");
+    code = 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "elastic-run: error: %s\n", e.what());
-    return 1;
+    console.write(std::string("elastic-run: error: ") + e.what() + "\n");
+    code = 1;
   }
+  // A console that takes nothing for this long is left behind.
+  console.flush(elastic::multiprocessing::PContextOptions{}.console_stall_limit);
+  return code;
 }

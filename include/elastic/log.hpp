@@ -47,11 +47,21 @@ inline const char* level_name(Level level) {
   }
 }
 
+// When set, whole lines go there instead of stderr: the launcher queues them on
+// its stderr console, in order with teed worker output, so a stalled reader
+// never blocks the thread that logs.
+using Sink = void (*)(std::string_view line);
+inline std::atomic<Sink> sink{nullptr};
+
 // One write(2) per message so lines from concurrent processes never interleave.
 // A closed stderr pipe gives EPIPE here, not a SIGPIPE that would kill the process.
 inline void write_line(Level level, std::string_view text) {
-  elastic::detail::SuppressSignal no_sigpipe(SIGPIPE);
   std::string line = fmt::format("[elastic] {}: {}\n", level_name(level), text);
+  if (Sink to = sink.load()) {
+    to(line);
+    return;
+  }
+  elastic::detail::SuppressSignal no_sigpipe(SIGPIPE);
   // A failure here means stderr is gone: there is no one else to tell.
   (void)elastic::detail::write_all(STDERR_FILENO, line.data(), line.size());
 }

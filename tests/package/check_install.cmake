@@ -1,6 +1,7 @@
 # Builds tests/package/consumer against elastic, either installed into a scratch
 # prefix and found with find_package (default) or with add_subdirectory
-# (-DMODE=subdirectory), then runs it and checks the error file it writes.
+# (-DMODE=subdirectory), then runs it, checks the error file it writes, and checks
+# that it loads no shared library beyond the C and C++ runtime.
 file(REMOVE_RECURSE ${WORK_DIR})
 set(prefix ${WORK_DIR}/prefix)
 if(MODE STREQUAL "subdirectory")
@@ -36,4 +37,15 @@ file(READ ${WORK_DIR}/error.json contents)
 if(NOT contents MATCHES "std::runtime_error: consumer failed on purpose")
   message(FATAL_ERROR "unexpected error file: ${contents}")
 endif()
+execute_process(COMMAND ldd ${WORK_DIR}/consumer/consumer OUTPUT_VARIABLE loaded RESULT_VARIABLE rc)
+if(rc)
+  message(FATAL_ERROR "ldd failed on the consumer")
+endif()
+string(REGEX MATCHALL "[^\t\n ]+\\.so[^\t\n ]*" loaded "${loaded}")
+foreach(library IN LISTS loaded)
+  get_filename_component(name ${library} NAME)
+  if(NOT name MATCHES "^(linux-vdso\\.so\\.1|ld-linux.*|libc\\.so\\.6|libm\\.so\\.6|libstdc\\+\\+\\.so\\.6|libgcc_s\\.so\\.1|libpthread\\.so\\.0|libdl\\.so\\.2|librt\\.so\\.1)$")
+    message(FATAL_ERROR "the consumer loads ${library}, beyond the C and C++ runtime")
+  endif()
+endforeach()
 message(STATUS "consumer built (${MODE}) and wrote its error file")

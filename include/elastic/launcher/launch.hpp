@@ -100,20 +100,7 @@ inline std::pair<std::string, int> split_endpoint(const std::string& endpoint, i
   return {host, std::stoi(port)};
 }
 
-// Children of this process (any thread), from /proc.
-inline std::vector<pid_t> children_of_self() {
-  std::vector<pid_t> result;
-  if (DIR* tasks = ::opendir("/proc/self/task")) {
-    while (dirent* entry = ::readdir(tasks)) {
-      if (entry->d_name[0] == '.') continue;
-      std::ifstream in(std::string("/proc/self/task/") + entry->d_name + "/children");
-      pid_t pid;
-      while (in >> pid) result.push_back(pid);
-    }
-    ::closedir(tasks);
-  }
-  return result;
-}
+using multiprocessing::detail::children_of_self;
 
 // As a subreaper, descendants whose parents died come back to us: kill and reap
 // them, so nothing the job started survives it.
@@ -133,6 +120,26 @@ inline void kill_strays() {
     }
   }
 }
+
+// While it lives, the launcher's diagnostics are queued on the stderr console,
+// in order with teed output, so a stalled reader never blocks the loop; at its
+// end they get a bounded time to be written.
+class ConsoleLog {
+ public:
+  explicit ConsoleLog(std::chrono::milliseconds stall_limit)
+      : stall_limit_(stall_limit), previous_(log::detail::sink.exchange(&to_console)) {}
+  ~ConsoleLog() {
+    log::detail::sink.store(previous_);
+    multiprocessing::Console::of(STDERR_FILENO).flush(stall_limit_);
+  }
+  ConsoleLog(const ConsoleLog&) = delete;
+  ConsoleLog& operator=(const ConsoleLog&) = delete;
+
+ private:
+  static void to_console(std::string_view line) { multiprocessing::Console::of(STDERR_FILENO).write(line); }
+  std::chrono::milliseconds stall_limit_;
+  log::detail::Sink previous_;
+};
 
 // Blocks `signals` and reads them from a signalfd for as long as it lives.
 class SignalReader {
@@ -262,6 +269,9 @@ inline std::map<int, int> launch(const LaunchConfig& config, const std::string& 
   const std::string prefix_template = config.log_line_prefix_template.value_or(
       detail::getenv_or("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "[${role_name}${local_rank}]:"));
   detail::SignalReader signals(config.signals_to_handle);
+  multiprocessing::PContextOptions options;
+  options.reap_orphans = config.own_process_tree;
+  detail::ConsoleLog console_log(options.console_stall_limit);
 
   for (int restart_count = 0;; ++restart_count) {
     std::map<int, multiprocessing::Env> envs;
@@ -279,7 +289,7 @@ inline std::map<int, int> launch(const LaunchConfig& config, const std::string& 
       worker_args[local_rank] = std::move(a);
     }
     multiprocessing::PContext context(name, entrypoint, std::move(worker_args), std::move(envs), *logs_specs,
-                                      std::move(prefixes));
+                                      std::move(prefixes), options);
     context.watch_fd(signals.fd());
     context.start();
     if (restart_count == 0)
@@ -293,19 +303,32 @@ inline std::map<int, int> launch(const LaunchConfig& config, const std::string& 
         if (int sig = signals.next(); sig != 0) {
           log::warning("Received {} death signal, shutting down workers", sig);
           context.close(sig, config.term_timeout);
+          // A second signal cut the grace period short (the workers were
+          // SIGKILLed at once): it is the one the launcher ends with.
+          if (context.stop_interrupted())
+            if (int second = signals.next(); second != 0) {
+              log::warning("Received {} death signal while shutting down, workers killed", second);
+              sig = second;
+            }
           if (config.own_process_tree) detail::kill_strays();
           throw SignalException(sig);
         }
       }
     }
     if (config.own_process_tree) detail::kill_strays();
+    // A signal that came after a failure (it cut the grace period short, or came
+    // since) stops the job, but the failure that happened is still reported.
+    int late_signal = 0;
+    for (int sig = signals.next(); sig != 0; sig = signals.next()) late_signal = sig;
+    if (late_signal != 0 && result->is_failed())
+      log::warning("Received {} death signal while stopping workers after a failure; not restarting", late_signal);
     if (!result->is_failed()) {
       std::map<int, int> values;
       for (const auto& [local_rank, code] : result->return_values)
         values[config.node_rank * config.nproc_per_node + local_rank] = code;
       return values;
     }
-    if (restart_count < config.max_restarts) {
+    if (restart_count < config.max_restarts && late_signal == 0) {
       log::warning("[{}] worker group failed; restarting ({} of {} restarts)", config.role, restart_count + 1,
                    config.max_restarts);
       continue;

@@ -1,11 +1,15 @@
 // start_processes: N copies of a command, each with its own environment, error
 // file and log destinations, watched through pidfds in one epoll set. A failure
 // is seen the moment it happens (no polling); the other workers are then stopped
-// (SIGTERM to their process groups, SIGKILL after a grace period).
+// (SIGTERM to their process groups, SIGKILL after a grace period, or at once
+// when the watched fd, the launcher's signals, becomes readable meanwhile).
+// Console output is queued (tee.hpp's Console): the loop never blocks on it.
 #pragma once
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/epoll.h>
+#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -13,6 +17,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdint>
+#include <cstring>
 #include <elastic/errors/process_failure.hpp>
 #include <elastic/errors/signals.hpp>
 #include <elastic/log.hpp>
@@ -20,13 +25,34 @@
 #include <elastic/multiprocessing/spawn.hpp>
 #include <elastic/multiprocessing/tee.hpp>
 #include <elastic/multiprocessing/watchdog.hpp>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
 namespace elastic::multiprocessing {
+
+namespace detail {
+
+// Children of this process (any thread: an orphan comes back to one of them), from /proc.
+inline std::vector<pid_t> children_of_self() {
+  std::vector<pid_t> result;
+  if (DIR* tasks = ::opendir("/proc/self/task")) {
+    while (dirent* entry = ::readdir(tasks)) {
+      if (entry->d_name[0] == '.') continue;
+      std::ifstream in(std::string("/proc/self/task/") + entry->d_name + "/children");
+      pid_t pid;
+      while (in >> pid) result.push_back(pid);
+    }
+    ::closedir(tasks);
+  }
+  return result;
+}
+
+}  // namespace detail
 
 struct RunProcsResult {
   std::map<int, int> return_values;        // local rank -> exit code (0), when all succeeded
@@ -39,9 +65,16 @@ struct RunProcsResult {
 struct PContextOptions {
   // Start a watchdog that kills the workers' process groups if this process dies.
   bool watchdog = true;
-  // Console fds for teed output.
+  // Console fds for teed output (written through Console::of(fd)).
   int console_stdout = STDOUT_FILENO;
   int console_stderr = STDERR_FILENO;
+  // When the workers are done, queued console output gets this long without the
+  // console taking a single byte before it is left behind.
+  std::chrono::milliseconds console_stall_limit{std::chrono::seconds(30)};
+  // For a child subreaper: reap, as they exit, the descendants that come back to
+  // this process when their parents die (SIGCHLD is read through a signalfd while
+  // the context lives, blocked in the calling thread).
+  bool reap_orphans = false;
 };
 
 class PContext {
@@ -71,6 +104,7 @@ class PContext {
       close(SIGKILL, std::chrono::milliseconds(0));
     } catch (...) {
     }
+    if (child_signals_) ::pthread_sigmask(SIG_SETMASK, &mask_before_, nullptr);
   }
 
   const std::string& name() const { return name_; }
@@ -79,9 +113,11 @@ class PContext {
   void start() {
     dest_ = logs_specs_.reify(envs_);
     if (options_.watchdog) watchdog_.start();
+    if (options_.reap_orphans) watch_children();
     for (const auto& [local_rank, env_in] : envs_) {
       Env env = env_in;
       env["TORCHELASTIC_ERROR_FILE"] = dest_.error_files[local_rank];
+      if (options_.watchdog) env[Watchdog::marker_name] = watchdog_.marker_value();
       auto worker = std::make_unique<Worker>();
       worker->local_rank = local_rank;
       worker->error_file = dest_.error_files[local_rank];
@@ -108,6 +144,8 @@ class PContext {
       ++running_;
       Worker& added = *workers_.back();
       add_to_epoll(added.pidfd.get(), kind_pid, index);
+      added.out.epoll_data = epoll_data(kind_out, index);
+      added.err.epoll_data = epoll_data(kind_err, index);
       if (added.out.pipe) add_to_epoll(added.out.pipe.get(), kind_out, index);
       if (added.err.pipe) add_to_epoll(added.err.pipe.get(), kind_err, index);
       log::debug("started local_rank {} (pid {}): {}", local_rank, process.pid, argv[0]);
@@ -127,10 +165,15 @@ class PContext {
   }
   // True when the last wait() returned because the watched fd became readable.
   bool watched_fd_ready() const { return watched_ready_; }
+  // True when the watched fd became readable while workers were being stopped
+  // (after a failure, or in close()): the grace period was cut short and the
+  // workers SIGKILLed at once. What made it readable is left to the caller.
+  bool stop_interrupted() const { return stop_interrupted_; }
 
   // Waits up to `timeout` (forever by default). Returns the result once every
   // worker succeeded or one failed (the others are then stopped with SIGTERM and
-  // `grace`), std::nullopt on timeout or when the watched fd is readable.
+  // `grace`), std::nullopt on timeout or when the watched fd is readable. A
+  // failure seen together with the watched fd wins: the result comes back.
   std::optional<RunProcsResult> wait(std::chrono::milliseconds timeout = forever,
                                      std::chrono::milliseconds grace = std::chrono::seconds(30)) {
     watched_ready_ = false;
@@ -148,7 +191,7 @@ class PContext {
         if (left <= 0) return std::nullopt;
         wait_ms = static_cast<int>(left);
       }
-      if (poll_events(wait_ms)) {
+      if (poll_events(wait_ms) && failed_.empty()) {
         watched_ready_ = true;
         return std::nullopt;
       }
@@ -164,12 +207,22 @@ class PContext {
   }
 
  private:
-  enum : std::uint32_t { kind_pid = 1, kind_out = 2, kind_err = 3, kind_watched = 4 };
+  enum : std::uint32_t {
+    kind_pid = 1,
+    kind_out = 2,
+    kind_err = 3,
+    kind_watched = 4,
+    kind_console_room = 5,
+    kind_child_signal = 6
+  };
 
   struct Stream {
     detail::Fd pipe;  // read end, when teed
     detail::Fd file;  // log file the launcher writes, when teed
+    std::string file_path;
     LinePrefixer console;
+    bool paused = false;  // not read while its console is full
+    std::uint64_t epoll_data = 0;
   };
 
   struct Worker {
@@ -204,16 +257,77 @@ class PContext {
     child_end = detail::Fd(fds[1]);
     ::fcntl(fds[0], F_SETFL, O_NONBLOCK);
     stream.file = open_log_file(file);
+    stream.file_path = file;
     auto prefix = prefixes_.find(worker.local_rank);
     stream.console = LinePrefixer(console_fd, prefix == prefixes_.end() ? std::string() : prefix->second);
+    if (Console* console = stream.console.console()) {
+      // Told when a full console has room again, to resume the paused streams.
+      if (console_rooms_.insert(console->room_fd()).second)
+        add_to_epoll(console->room_fd(), kind_console_room, static_cast<std::size_t>(console->room_fd()));
+    }
+  }
+
+  static std::uint64_t epoll_data(std::uint32_t kind, std::size_t index) {
+    return (static_cast<std::uint64_t>(kind) << 32) | index;
   }
 
   void add_to_epoll(int fd, std::uint32_t kind, std::size_t index) {
     epoll_event ev{};
     ev.events = EPOLLIN;
-    ev.data.u64 = (static_cast<std::uint64_t>(kind) << 32) | index;
+    ev.data.u64 = epoll_data(kind, index);
     if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0)
       throw std::system_error(errno, std::generic_category(), "epoll_ctl");
+  }
+
+  // Stops (or resumes) reading a stream whose console is full: the worker then
+  // waits on its pipe, and the loop goes on watching exits and signals.
+  void set_paused(Stream& stream, bool paused) {
+    if (!stream.pipe || stream.paused == paused) return;
+    epoll_event ev{};
+    ev.events = paused ? 0u : static_cast<std::uint32_t>(EPOLLIN);
+    ev.data.u64 = stream.epoll_data;
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, stream.pipe.get(), &ev);
+    stream.paused = paused;
+  }
+
+  void on_console_room(int room_fd) {
+    std::uint64_t count = 0;
+    ssize_t ignored = ::read(room_fd, &count, sizeof(count));
+    (void)ignored;
+    for (auto& w : workers_)
+      for (Stream* stream : {&w->out, &w->err})
+        if (stream->paused && stream->console.console()->has_room()) set_paused(*stream, false);
+  }
+
+  // SIGCHLD through a signalfd, blocked in this thread while the context lives.
+  void watch_children() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    ::pthread_sigmask(SIG_BLOCK, &set, &mask_before_);
+    child_signals_ = detail::Fd(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+    if (!child_signals_) {
+      int error = errno;
+      ::pthread_sigmask(SIG_SETMASK, &mask_before_, nullptr);
+      throw std::system_error(error, std::generic_category(), "signalfd");
+    }
+    add_to_epoll(child_signals_.get(), kind_child_signal, 0);
+  }
+
+  // Reaps the children that exited and are neither workers (reaped by their
+  // pidfds, once their groups are killed) nor the watchdog.
+  void reap_orphans() {
+    signalfd_siginfo info{};
+    while (::read(child_signals_.get(), &info, sizeof(info)) == static_cast<ssize_t>(sizeof(info))) {
+    }
+    for (pid_t pid : detail::children_of_self()) {
+      if (pid == watchdog_.pid()) continue;
+      bool worker = false;
+      for (const auto& w : workers_) worker = worker || (w->pid == pid && w->pidfd);
+      if (worker) continue;
+      siginfo_t exited{};
+      ::waitid(P_PID, static_cast<id_t>(pid), &exited, WEXITED | WNOHANG);
+    }
   }
 
   // Handles one batch of events; true when the watched fd is readable.
@@ -237,24 +351,41 @@ class PContext {
       auto index = static_cast<std::size_t>(events[i].data.u64 & 0xffffffffu);
       if (kind == kind_pid) on_exit(*workers_[index]);
       if (kind == kind_watched) watched = include_watched;
+      if (kind == kind_console_room) on_console_room(static_cast<int>(index));
+      if (kind == kind_child_signal) reap_orphans();
     }
     return watched;
   }
 
   // Copies what is readable now; `to_end` drains until EOF or nothing is left.
+  // Not read while the console is full (the stream is paused), except when
+  // draining an exited worker: what it left is at most a pipe's capacity.
   void pump(Stream& stream, bool to_end) {
     if (!stream.pipe) return;
     char buffer[65536];
     // Bounded even when draining: a writer we could not stop must not hold us.
-    const int rounds = to_end ? 1024 : 4;
+    int rounds = 4;
+    if (to_end) {
+      const int capacity = ::fcntl(stream.pipe.get(), F_GETPIPE_SZ);
+      rounds = capacity > 0 ? capacity / static_cast<int>(sizeof(buffer)) + 2 : 18;
+    }
     for (int round = 0; round < rounds; ++round) {
+      if (!to_end && stream.console.enabled() && !stream.console.console()->has_room()) {
+        set_paused(stream, true);
+        return;
+      }
       ssize_t got = ::read(stream.pipe.get(), buffer, sizeof(buffer));
       if (got < 0 && errno == EINTR) continue;
       if (got <= 0) {
         if (got == 0 || errno != EAGAIN) close_stream(stream);
         return;
       }
-      if (stream.file) detail::write_all(stream.file.get(), buffer, static_cast<std::size_t>(got));
+      if (stream.file && !detail::write_all(stream.file.get(), buffer, static_cast<std::size_t>(got))) {
+        // Told once; the console copy goes on, complete.
+        log::error("cannot write log file {}: {}; the rest of this stream is not in the file", stream.file_path,
+                   std::strerror(errno));
+        stream.file.reset();
+      }
       stream.console.feed(std::string_view(buffer, static_cast<std::size_t>(got)));
     }
   }
@@ -263,6 +394,7 @@ class PContext {
     if (!stream.pipe) return;
     ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, stream.pipe.get(), nullptr);
     stream.pipe.reset();
+    stream.paused = false;
     stream.console.flush();
     stream.file.reset();
   }
@@ -333,11 +465,14 @@ class PContext {
     worker.pidfd.reset();
   }
 
+  // Stops the running workers: `sig`, then SIGKILL after `grace`, or at once
+  // when the watched fd becomes readable meanwhile (a signal to the launcher:
+  // whoever sent it will not wait out the grace period).
   void stop_survivors(int sig, std::chrono::milliseconds grace) {
     if (workers_.empty()) return;
     stopping_ = true;
     stop_signal_ = sig;
-    if (watched_fd_ >= 0) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, watched_fd_, nullptr);
+    bool watching = watched_fd_ >= 0;
     for (auto& w : workers_) {
       if (!w->running) continue;
       w->terminated = true;
@@ -346,15 +481,20 @@ class PContext {
     }
     log_failures();
     const auto deadline = Clock::now() + grace;
-    while (running_ > 0) {
+    while (running_ > 0 && !stop_interrupted_) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
       if (left <= 0) break;
-      poll_events(static_cast<int>(left), false);
+      if (poll_events(static_cast<int>(left), watching)) stop_interrupted_ = true;
     }
+    if (watching) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, watched_fd_, nullptr);
     if (running_ > 0) {
       for (auto& w : workers_) {
-        if (!w->running || sig == SIGKILL) continue;
-        log::warning("Unable to shutdown process {} via {}, forcefully exiting via SIGKILL", w->pid, signal_name(sig));
+        if (!w->running) continue;
+        if (stop_interrupted_)
+          log::warning("Signal received while stopping: sending process {} SIGKILL", w->pid);
+        else if (sig != SIGKILL)
+          log::warning("Unable to shutdown process {} via {}, forcefully exiting via SIGKILL", w->pid,
+                       signal_name(sig));
         signal_group(*w, SIGKILL);
       }
       // SIGKILL is final, but a process stuck in the kernel can take a while: bounded wait.
@@ -368,7 +508,7 @@ class PContext {
         poll_events(static_cast<int>(left), false);
       }
     }
-    if (watched_fd_ >= 0) add_to_epoll(watched_fd_, kind_watched, 0);
+    if (watching) add_to_epoll(watched_fd_, kind_watched, 0);
   }
 
   // Kills what is left of every group, reaps the workers, builds the result.
@@ -393,6 +533,9 @@ class PContext {
       for (auto& w : workers_) result.return_values[w->local_rank] = w->exitcode;
     }
     watchdog_.stop();
+    // Everything the workers wrote is queued: give the console a bounded time to take it.
+    for (int console : {options_.console_stdout, options_.console_stderr})
+      if (console >= 0) Console::of(console).flush(options_.console_stall_limit);
     result_ = result;
     return result;
   }
@@ -420,7 +563,11 @@ class PContext {
   int watched_fd_ = -1;
   bool watched_ready_ = false;
   bool stopping_ = false;
+  bool stop_interrupted_ = false;
   int stop_signal_ = SIGTERM;
+  std::set<int> console_rooms_;
+  detail::Fd child_signals_;
+  sigset_t mask_before_{};
   bool closed_ = false;
   std::optional<RunProcsResult> result_;
 };

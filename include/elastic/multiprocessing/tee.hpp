@@ -2,14 +2,27 @@
 // with the rank's prefix, to the console. Every console write() carries only
 // whole lines of one rank, so ranks never split or mix each other's lines; a
 // last line without a newline is completed at the end.
+//
+// The console (the launcher's stdout or stderr) is written by a thread of its
+// own, so a slow reader, a reader that never reads, or a non-blocking console
+// never blocks the loop that watches workers and signals.
 #pragma once
 
+#include <pthread.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <csignal>
+#include <deque>
 #include <elastic/detail/write_all.hpp>
+#include <map>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 
 namespace elastic::multiprocessing {
 
@@ -17,22 +30,145 @@ namespace detail {
 using ::elastic::detail::write_all;
 }  // namespace detail
 
+// One per console file descriptor, process-wide (Console::of): a FIFO of chunks
+// written in order by a background thread. Writers never block. Past
+// `high_water` queued bytes, has_room() is false and readers of worker pipes
+// pause (the workers then wait on their own pipes, as with a console they wrote
+// directly), until the queue is down to half; nothing is dropped, except a chunk
+// the console refuses (EPIPE, EBADF): each chunk is tried on its own, so an fd
+// number closed and reused later gets a fresh start.
+class Console {
+ public:
+  static constexpr std::size_t high_water = std::size_t{4} << 20;
+  static constexpr std::size_t max_write = std::size_t{1} << 16;
+
+  // The console of `fd`, made on first use and never destroyed (its thread may
+  // still be blocked in a write when the process exits).
+  static Console& of(int fd) {
+    static std::mutex registry_mutex;
+    static auto* registry = new std::map<int, Console*>();
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    auto& slot = (*registry)[fd];
+    if (slot == nullptr) slot = new Console(fd);
+    return *slot;
+  }
+
+  int fd() const { return fd_; }
+
+  // Queues `data`; never blocks.
+  void write(std::string_view data) {
+    if (data.empty()) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    queue_.emplace_back(data);
+    queued_ += data.size();
+    start_thread_locked();
+    wake_.notify_one();
+  }
+
+  // True when more may be queued. When false, `room_fd()` becomes readable once
+  // the queue is down to half of `high_water` (read it to reset it).
+  bool has_room() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (queued_ < high_water) return true;
+    waiting_for_room_ = true;
+    return false;
+  }
+  int room_fd() const { return room_fd_; }
+
+  // Waits until everything queued is written, the console is gone, or the
+  // reader took nothing for `stall_limit`. True when nothing is left queued.
+  bool flush(std::chrono::milliseconds stall_limit) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    last_progress_ = std::chrono::steady_clock::now();
+    while (queued_ > 0 || writing_) {
+      if (std::chrono::steady_clock::now() - last_progress_ >= stall_limit) return false;
+      done_.wait_for(lock, std::chrono::milliseconds(100));
+    }
+    return true;
+  }
+
+  Console(const Console&) = delete;
+  Console& operator=(const Console&) = delete;
+
+ private:
+  explicit Console(int fd) : fd_(fd), room_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+
+  void start_thread_locked() {
+    if (started_) return;
+    started_ = true;
+    // The thread takes no signal: the launcher reads its signals through a
+    // signalfd, which only sees those no thread can take.
+    sigset_t all, old;
+    sigfillset(&all);
+    ::pthread_sigmask(SIG_SETMASK, &all, &old);
+    std::thread([this] { run(); }).detach();
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  }
+
+  void run() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [this] { return !queue_.empty(); });
+      std::string chunk = std::move(queue_.front());
+      queue_.pop_front();
+      writing_ = true;
+      lock.unlock();
+      // write_all waits for writability (poll) on a non-blocking console.
+      bool ok = true;
+      for (std::size_t at = 0; ok && at < chunk.size(); at += max_write) {
+        const std::size_t size = std::min(max_write, chunk.size() - at);
+        ok = detail::write_all(fd_, chunk.data() + at, size);
+        std::lock_guard<std::mutex> progress(mutex_);
+        last_progress_ = std::chrono::steady_clock::now();
+      }
+      (void)ok;  // a console that is gone refuses the chunk at once: nothing to wait for
+      lock.lock();
+      writing_ = false;
+      queued_ -= chunk.size();
+      if (waiting_for_room_ && queued_ <= high_water / 2) {
+        waiting_for_room_ = false;
+        const std::uint64_t one = 1;
+        ssize_t ignored = ::write(room_fd_, &one, sizeof(one));
+        (void)ignored;
+      }
+      done_.notify_all();
+    }
+  }
+
+  const int fd_;
+  const int room_fd_;
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  std::deque<std::string> queue_;
+  std::size_t queued_ = 0;
+  bool writing_ = false;
+  bool started_ = false;
+  bool waiting_for_room_ = false;
+  std::chrono::steady_clock::time_point last_progress_ = std::chrono::steady_clock::now();
+};
+
 class LinePrefixer {
  public:
   // A line longer than this is cut so a stream without newlines cannot grow memory.
   static constexpr std::size_t max_line = 1u << 16;
 
   LinePrefixer() = default;
-  LinePrefixer(int console_fd, std::string prefix) : fd_(console_fd), prefix_(std::move(prefix)) {}
+  LinePrefixer(int console_fd, std::string prefix)
+      : console_(console_fd >= 0 ? &Console::of(console_fd) : nullptr), prefix_(std::move(prefix)) {}
 
-  bool enabled() const { return fd_ >= 0; }
+  bool enabled() const { return console_ != nullptr; }
+  Console* console() const { return console_; }
 
   void feed(std::string_view data) {
-    if (fd_ < 0 || data.empty()) return;
+    if (console_ == nullptr || data.empty()) return;
+    // The newline that ends a line just cut at max_line was shown with it.
+    if (just_cut_ && data.front() == '\n') data.remove_prefix(1);
+    just_cut_ = false;
+    if (data.empty()) return;
     std::size_t last_newline = data.rfind('\n');
     if (last_newline == std::string_view::npos) {
       partial_.append(data);
-      if (partial_.size() >= max_line) flush();
+      if (partial_.size() >= max_line) cut();
       return;
     }
     out_.clear();
@@ -52,12 +188,12 @@ class LinePrefixer {
     }
     partial_.assign(data.substr(last_newline + 1));
     emit();
-    if (partial_.size() >= max_line) flush();
+    if (partial_.size() >= max_line) cut();
   }
 
   // Shows a pending partial line, completed with a newline.
   void flush() {
-    if (fd_ < 0 || partial_.empty()) return;
+    if (console_ == nullptr || partial_.empty()) return;
     out_.clear();
     out_ += prefix_;
     out_ += partial_;
@@ -67,15 +203,21 @@ class LinePrefixer {
   }
 
  private:
+  void cut() {
+    flush();
+    just_cut_ = true;
+  }
+
   void emit() {
-    if (!detail::write_all(fd_, out_.data(), out_.size())) fd_ = -1;  // console gone: keep the file only
+    console_->write(out_);
     out_.clear();
   }
 
-  int fd_ = -1;
+  Console* console_ = nullptr;
   std::string prefix_;
   std::string partial_;
   std::string out_;
+  bool just_cut_ = false;
 };
 
 }  // namespace elastic::multiprocessing

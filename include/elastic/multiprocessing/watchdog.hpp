@@ -1,21 +1,28 @@
 // Watchdog: a small forked process that outlives its parent for one purpose.
 // The parent tells it, through a pipe, which process groups it started; when
 // the parent's end of the pipe closes without a goodbye (the parent was
-// SIGKILLed or crashed), the watchdog SIGKILLs every group still registered.
+// SIGKILLed or died of a signal it does not handle), the watchdog SIGKILLs every
+// group still registered, then every process whose environment carries the
+// job's marker (`marker()`, given to each worker and inherited by everything
+// it starts): descendants that left their group (setsid, setpgid) go too.
 // PR_SET_PDEATHSIG alone only reaches the workers themselves, not their children.
 #pragma once
 
 #include <fcntl.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstdint>
+#include <cstring>
 #include <elastic/multiprocessing/spawn.hpp>
 #include <stdexcept>
+#include <string>
 #include <system_error>
 #include <vector>
 
@@ -24,6 +31,8 @@ namespace elastic::multiprocessing {
 class Watchdog {
  public:
   static constexpr int max_groups = 8192;
+  // The environment variable that marks every process of the job.
+  static constexpr const char* marker_name = "ELASTIC_JOB_MARKER";
 
   Watchdog() = default;
   Watchdog(const Watchdog&) = delete;
@@ -38,6 +47,8 @@ class Watchdog {
     if (::pipe2(fds, O_CLOEXEC) != 0) throw std::system_error(errno, std::generic_category(), "watchdog pipe");
     std::vector<int> groups(max_groups, 0);  // allocated before fork: the child must not allocate
     int* table = groups.data();
+    marker_value_ = new_marker_value();
+    const std::string needle = std::string(marker_name) + "=" + marker_value_;
     pid_t pid = ::fork();
     if (pid < 0) {
       int error = errno;
@@ -45,13 +56,17 @@ class Watchdog {
       ::close(fds[1]);
       throw std::system_error(error, std::generic_category(), "watchdog fork");
     }
-    if (pid == 0) run_child(fds[0], fds[1], table);
+    if (pid == 0) run_child(fds[0], fds[1], table, needle.c_str(), needle.size());
     ::close(fds[0]);
     write_fd_ = fds[1];
     pid_ = pid;
   }
 
   pid_t pid() const { return pid_; }
+
+  // The marker's value for this job (after start()): set it as `marker_name` in
+  // each worker's environment.
+  const std::string& marker_value() const { return marker_value_; }
 
   void add_group(pid_t pgid) { send(static_cast<std::int32_t>(pgid)); }
   void remove_group(pid_t pgid) { send(-static_cast<std::int32_t>(pgid)); }
@@ -76,7 +91,88 @@ class Watchdog {
     }
   }
 
-  [[noreturn]] static void run_child(int read_fd, int write_fd, int* groups) {
+  static std::string new_marker_value() {
+    unsigned char bytes[16] = {};
+    if (::getrandom(bytes, sizeof(bytes), 0) != static_cast<ssize_t>(sizeof(bytes))) {
+      // Unique enough among this machine's live jobs: our pid and the time.
+      const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+      std::memcpy(bytes, &now, sizeof(now));
+      const pid_t self = ::getpid();
+      std::memcpy(bytes + sizeof(now), &self, sizeof(self));
+    }
+    static const char hex[] = "0123456789abcdef";
+    std::string value;
+    for (unsigned char b : bytes) {
+      value += hex[b >> 4];
+      value += hex[b & 15];
+    }
+    return value;
+  }
+
+  // True when /proc/<pid>/environ contains `needle`. Async-signal-safe: the
+  // watchdog may be forked from a multi-threaded parent, so it must not allocate.
+  static bool environ_has(const char* pid_name, const char* needle, std::size_t needle_size) {
+    char path[64] = "/proc/";
+    std::size_t at = 6;
+    for (const char* p = pid_name; *p != '\0' && at < 40; ++p) path[at++] = *p;
+    const char tail[] = "/environ";
+    for (std::size_t i = 0; i < sizeof(tail); ++i) path[at++] = tail[i];
+    int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    constexpr std::size_t chunk = 8192;
+    char buffer[chunk + 256];
+    std::size_t kept = 0;
+    bool found = false;
+    while (!found) {
+      ssize_t got = ::read(fd, buffer + kept, chunk);
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) break;
+      const std::size_t size = kept + static_cast<std::size_t>(got);
+      for (std::size_t i = 0; !found && i + needle_size <= size; ++i)
+        found = std::memcmp(buffer + i, needle, needle_size) == 0;
+      // The needle may straddle two reads: keep the tail.
+      kept = size < needle_size ? size : needle_size - 1;
+      std::memmove(buffer, buffer + size - kept, kept);
+    }
+    ::close(fd);
+    return found;
+  }
+
+  // SIGKILLs every process whose environment holds `needle`; returns how many.
+  static int kill_marked(const char* needle, std::size_t needle_size) {
+    int proc = ::open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (proc < 0) return 0;
+    const pid_t self = ::getpid();
+    int killed = 0;
+    alignas(8) char entries[16384];
+    for (;;) {
+      long got = ::syscall(SYS_getdents64, proc, entries, sizeof(entries));
+      if (got <= 0) break;
+      for (long offset = 0; offset < got;) {
+        // struct linux_dirent64: ino (8), off (8), reclen (2), type (1), name.
+        unsigned short record = 0;
+        std::memcpy(&record, entries + offset + 16, sizeof(record));
+        const char* name = entries + offset + 19;
+        offset += record;
+        pid_t pid = 0;
+        bool digits = *name != '\0';
+        for (const char* p = name; *p != '\0'; ++p) {
+          if (*p < '0' || *p > '9') {
+            digits = false;
+            break;
+          }
+          pid = pid * 10 + (*p - '0');
+        }
+        if (!digits || pid == self || pid <= 1) continue;
+        if (environ_has(name, needle, needle_size) && ::kill(pid, SIGKILL) == 0) ++killed;
+      }
+    }
+    ::close(proc);
+    return killed;
+  }
+
+  [[noreturn]] static void run_child(int read_fd, int write_fd, int* groups, const char* needle,
+                                     std::size_t needle_size) {
     ::close(write_fd);
     // Terminal signals and the launcher's forwarded ones are not for us: we
     // exist to act after the parent is gone.
@@ -123,11 +219,20 @@ class Watchdog {
       break;  // EOF without goodbye: the parent is gone
     }
     for (int i = 0; i < count; ++i) ::kill(-groups[i], SIGKILL);
+    // Then whatever carries the job's marker, until a pass finds none still
+    // running (a process may fork while a pass runs; a killed one no longer can).
+    // Zombies show an empty environment, so dead processes are not counted.
+    for (int pass = 0; pass < 1000; ++pass) {
+      if (kill_marked(needle, needle_size) == 0) break;
+      const timespec pause{0, 1000000};
+      ::nanosleep(&pause, nullptr);
+    }
     ::_exit(0);
   }
 
   pid_t pid_ = -1;
   int write_fd_ = -1;
+  std::string marker_value_;
 };
 
 }  // namespace elastic::multiprocessing

@@ -1,8 +1,17 @@
 #include <elastic/errors.hpp>
 #include <stdexcept>
+#include <string>
 
-int run(int argc, char**) {
-  if (argc > 1) throw std::runtime_error("consumer failed on purpose");
+namespace {
+// Not inlined, so the crash report's innermost frame is this function, by name.
+[[gnu::noinline]] void crash_here_on_purpose(volatile int* null) { *null = 1; }
+}  // namespace
+
+// `consumer fail`: throws; `consumer crash`: SIGSEGV; no argument: succeeds.
+int run(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "";
+  if (mode == "crash") crash_here_on_purpose(nullptr);
+  if (!mode.empty()) throw std::runtime_error("consumer failed on purpose");
   return 0;
 }
 

@@ -190,6 +190,10 @@ TEST_CASE("etcd client: a server that is gone fails within the read timeout with
     CHECK_THAT(error.what(), Catch::Contains("etcd at http://127.0.0.1:" + std::to_string(port) + " is unreachable"));
   }
   CHECK(std::chrono::steady_clock::now() - started < 30s);  // bounded, never a hang
+  // A watch refused is interrupted, not an error: its caller reads again, and that
+  // read waits for etcd within the read timeout.
+  auto end = client.watch("/k", "", 0, std::chrono::steady_clock::now() + 30s, [](const auto&) { return true; });
+  CHECK(end == EtcdWatchEnd::interrupted);
 }
 
 TEST_CASE("etcd client: a client rides out an etcd restart shorter than its read timeout") {

@@ -294,8 +294,10 @@ class EtcdClient {
       if (stopped) return EtcdWatchEnd::stopped;
     }
     if (std::chrono::steady_clock::now() >= deadline) return EtcdWatchEnd::deadline;
-    if (error == httplib::Error::Connection || error == httplib::Error::SSLConnection ||
-        error == httplib::Error::SSLServerVerification || error == httplib::Error::SSLLoadingCerts)
+    // TLS set-up failures will not pass; a refused connection may (etcd restarting):
+    // the caller reads again, which waits for etcd within the read timeout.
+    if (error == httplib::Error::SSLConnection || error == httplib::Error::SSLServerVerification ||
+        error == httplib::Error::SSLLoadingCerts)
       throw EtcdUnreachableError(describe_failure("/v3/watch", error));
     return EtcdWatchEnd::interrupted;
   }

@@ -76,7 +76,7 @@ TEST_CASE("usage errors exit 2 with a message and start nothing") {
   CHECK(missing.err.find("training_script") != std::string::npos);
 }
 
-TEST_CASE("min:max nnodes parse, and elastic node counts are not supported yet") {
+TEST_CASE("min:max nnodes parse, and elastic node counts need a dynamic rendezvous backend") {
   using elastic::launcher::parse_min_max_nnodes;
   CHECK(parse_min_max_nnodes("1") == std::pair<int, int>(1, 1));
   CHECK(parse_min_max_nnodes("2:20") == std::pair<int, int>(2, 20));
@@ -87,11 +87,23 @@ TEST_CASE("min:max nnodes parse, and elastic node counts are not supported yet")
   TempDir dir;
   auto r = elastic_run(concat({"--nnodes=1:2"}, touch_worker(dir)), quiet());
   CHECK(r.exitcode == 2);
-  CHECK(r.err.find("not supported yet") != std::string::npos);
-  auto c10d =
-      elastic_run(concat({"--rdzv-backend=c10d", "--rdzv-endpoint=localhost:29400"}, touch_worker(dir)), quiet());
-  CHECK(c10d.exitcode == 2);
-  CHECK(c10d.err.find("rendezvous backend 'c10d': not supported yet") != std::string::npos);
+  CHECK(r.err.find("needs a dynamic rendezvous backend") != std::string::npos);
+  auto unknown = elastic_run(concat({"--rdzv-backend=zookeeper"}, touch_worker(dir)), quiet());
+  CHECK(unknown.exitcode == 2);
+  CHECK(unknown.err.find("unknown rendezvous backend 'zookeeper'") != std::string::npos);
+  // Timeouts must be positive integers (PyTorch: ValueError), before anything starts.
+  for (const char* conf : {"join_timeout=0", "last_call_timeout=-1", "read_timeout=1.5", "is_host=maybe"}) {
+    auto bad = elastic_run(concat({"--nnodes=1:2", "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:1",
+                                   std::string("--rdzv-conf=") + conf},
+                                  touch_worker(dir)),
+                           quiet());
+    INFO(conf << ": " << bad.err);
+    CHECK(bad.exitcode == 2);
+    CHECK(bad.err.find("--rdzv-conf") != std::string::npos);
+  }
+  auto port = elastic_run(
+      concat({"--nnodes=1:2", "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:99999"}, touch_worker(dir)), quiet());
+  CHECK(port.exitcode == 2);
   CHECK(files_in(dir) == 0);
 }
 

@@ -298,6 +298,30 @@ TEST_CASE("two launchers on one host form one job of 4 ranks", "[pytorch][jobs]"
   CHECK_THAT(second.out, Catch::Contains("rank 2/4 attempt 0: all_reduce ok"));
 }
 
+TEST_CASE("two elastic launchers over the c10d rendezvous with --nnodes=1:2 form one gloo job of 4 ranks",
+          "[pytorch][jobs]") {
+  TempDir out;
+  const std::string endpoint = "localhost:" + std::to_string(free_port());
+  auto node = [&] {
+    return std::async(std::launch::async, [&] {
+      return run({elastic_run, "--nnodes=1:2", "--nproc-per-node=2", "--rdzv-backend=c10d",
+                  "--rdzv-endpoint=" + endpoint, "--rdzv-id=gloo-elastic",
+                  "--rdzv-conf=last_call_timeout=30,join_timeout=60", job_worker, "--out-dir", out.path().string()},
+                 job_options());
+    });
+  };
+  auto node0 = node(), node1 = node();
+  RunResult first = node0.get(), second = node1.get();
+  INFO("node 0:\n" << first.out << first.err << "\nnode 1:\n" << second.out << second.err);
+  REQUIRE(second.exitcode == 0);
+  check_group_formed(out, first, 4);
+  for (int rank = 0; rank < 4; ++rank) {
+    auto seen = seen_by(out, rank);
+    CHECK(seen["GROUP_RANK"] == std::to_string(rank / 2));
+    CHECK(seen["LOCAL_RANK"] == std::to_string(rank % 2));
+  }
+}
+
 TEST_CASE("a restarted group forms again on the same port, without stale state", "[pytorch][jobs]") {
   // Rank 1 fails after joining the group on attempt 0. On attempt 1 the new
   // rank 0 hosts a new store on MASTER_PORT (its listener reuses the address

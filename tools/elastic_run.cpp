@@ -299,9 +299,9 @@ int main(int argc, char** argv) {
   app.prefix_command();
   app.get_formatter()->column_width(40);
   app.set_version_flag("--version", "elastic-run " ELASTIC_VERSION_STRING);
-  option(app, "nnodes", a.nnodes, "Number of nodes, or MIN:MAX (MIN:MAX is not supported yet)");
+  option(app, "nnodes", a.nnodes, "Number of nodes, or MIN:MAX (elastic; needs a dynamic rendezvous backend)");
   option(app, "nproc-per-node", a.nproc_per_node, "Workers per node: an integer, auto, cpu or gpu");
-  option(app, "rdzv-backend", a.rdzv_backend, "Rendezvous backend (only static is supported)");
+  option(app, "rdzv-backend", a.rdzv_backend, "Rendezvous backend: static, c10d, etcd or etcd-v2");
   option(app, "rdzv-endpoint", a.rdzv_endpoint, "Rendezvous endpoint host:port");
   option(app, "rdzv-id", a.rdzv_id, "Job id (TORCHELASTIC_RUN_ID)");
   option(app, "rdzv-conf", a.rdzv_conf, "Rendezvous configuration key1=value1,key2=value2");
@@ -535,6 +535,10 @@ int main(int argc, char** argv) {
     code = 1;
   } catch (const elastic::launcher::SignalException& e) {
     code = 128 + e.signum();
+  } catch (const elastic::rendezvous::RendezvousError& e) {
+    // PyTorch's class name first, as torchrun's traceback ends with it.
+    console.write(std::string("elastic-run: error: ") + e.class_name() + ": " + e.what() + "\n");
+    code = 1;
   } catch (const std::system_error& e) {
     std::string hint;
     const int error = e.code().value();

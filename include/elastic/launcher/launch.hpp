@@ -10,9 +10,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
+#include <elastic/detail/helper_processes.hpp>
 #include <elastic/errors/child_failed_error.hpp>
 #include <elastic/errors/signals.hpp>
 #include <elastic/launcher/config.hpp>
@@ -102,9 +104,13 @@ using multiprocessing::detail::children_of_self;
 
 // As a subreaper, descendants whose parents died come back to us: kill and reap
 // them, so nothing the job started survives it.
+// The library's own helpers (elastic::detail::HelperProcesses) are spared.
 inline void kill_strays() {
   for (int round = 0; round < 100; ++round) {
     auto children = children_of_self();
+    children.erase(std::remove_if(children.begin(), children.end(),
+                                  [](pid_t pid) { return elastic::detail::HelperProcesses::instance().contains(pid); }),
+                   children.end());
     if (children.empty()) return;
     for (pid_t pid : children) {
       ::kill(pid, SIGKILL);
@@ -167,18 +173,29 @@ class SignalReader {
 
 }  // namespace detail
 
+// Dynamic rendezvous backends (c10d, etcd, etcd-v2): elastic_agent.hpp.
+inline bool is_dynamic_backend(const std::string& backend) {
+  return backend == "c10d" || backend == "etcd" || backend == "etcd-v2";
+}
+inline void validate_dynamic(const LaunchConfig& config);
+inline std::map<int, int> launch_elastic(const LaunchConfig& config, const std::string& entrypoint,
+                                         const std::vector<std::string>& args, std::string name);
+
 // Checks what this launcher can do; throws UsageError / NotSupportedError.
 inline void validate(const LaunchConfig& config) {
   if (config.min_nodes <= 0 || config.min_nodes > config.max_nodes) throw UsageError("need 0 < min_nodes <= max_nodes");
-  if (config.min_nodes != config.max_nodes)
-    throw NotSupportedError("elastic node counts (--nnodes=" + std::to_string(config.min_nodes) + ":" +
-                            std::to_string(config.max_nodes) + ")");
-  if (config.rdzv_backend != "static") throw NotSupportedError("rendezvous backend '" + config.rdzv_backend + "'");
+  const bool dynamic = is_dynamic_backend(config.rdzv_backend);
+  if (!dynamic && config.rdzv_backend != "static")
+    throw UsageError("unknown rendezvous backend '" + config.rdzv_backend + "' (static, c10d, etcd, etcd-v2)");
+  if (config.min_nodes != config.max_nodes && !dynamic)
+    throw UsageError("--nnodes=" + std::to_string(config.min_nodes) + ":" + std::to_string(config.max_nodes) +
+                     " needs a dynamic rendezvous backend (--rdzv-backend=c10d, etcd or etcd-v2)");
   if (config.nproc_per_node <= 0) throw UsageError("nproc_per_node must be positive");
+  if (config.max_restarts < 0) throw UsageError("max_restarts must not be negative");
+  if (dynamic) return validate_dynamic(config);  // --node-rank is ignored, as by PyTorch
   if (config.node_rank < 0 || config.node_rank >= config.max_nodes)
     throw UsageError("node_rank " + std::to_string(config.node_rank) + " is not in [0, " +
                      std::to_string(config.max_nodes) + ")");
-  if (config.max_restarts < 0) throw UsageError("max_restarts must not be negative");
 }
 
 // The environment TorchElastic gives local rank `local_rank` of this node.
@@ -244,6 +261,7 @@ inline std::string entrypoint_name(const std::string& entrypoint, const std::vec
 inline std::map<int, int> launch(const LaunchConfig& config, const std::string& entrypoint,
                                  const std::vector<std::string>& args, std::string name = "") {
   validate(config);
+  if (is_dynamic_backend(config.rdzv_backend)) return launch_elastic(config, entrypoint, args, std::move(name));
   if (name.empty()) name = entrypoint_name(entrypoint, args);
   std::shared_ptr<multiprocessing::LogsSpecs> logs_specs = config.logs_specs;
   if (!logs_specs) logs_specs = std::make_shared<multiprocessing::DefaultLogsSpecs>();
@@ -331,3 +349,6 @@ inline std::map<int, int> launch(const LaunchConfig& config, const std::string& 
 }
 
 }  // namespace elastic::launcher
+
+// The dynamic-rendezvous loop that launch() hands c10d and etcd jobs to.
+#include <elastic/launcher/elastic_agent.hpp>

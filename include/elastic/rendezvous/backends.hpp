@@ -1,0 +1,156 @@
+// Opening a rendezvous store by --rdzv-backend name: c10d (hosted by the agent whose
+// host is the endpoint's, or by is_host), etcd and etcd-v2 (one implementation, in
+// <elastic/rendezvous/etcd_store.hpp> when this build has it).
+#pragma once
+
+#include <ifaddrs.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <elastic/rendezvous/c10d_store.hpp>
+#include <elastic/rendezvous/errors.hpp>
+#include <elastic/rendezvous/settings.hpp>
+#include <elastic/rendezvous/store.hpp>
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+#include <system_error>
+#include <utility>
+
+// The etcd store needs cpp-httplib, linked: the elastic::rendezvous_etcd target
+// (CMake option ELASTIC_WITH_ETCD) defines ELASTIC_WITH_ETCD=1.
+#if defined(ELASTIC_WITH_ETCD) && ELASTIC_WITH_ETCD
+#include <elastic/rendezvous/etcd_store.hpp>
+#define ELASTIC_RENDEZVOUS_HAS_ETCD 1
+#else
+#define ELASTIC_RENDEZVOUS_HAS_ETCD 0
+#endif
+
+namespace elastic::rendezvous {
+
+inline bool is_dynamic_backend(const std::string& name) {
+  return name == "c10d" || name == "etcd" || name == "etcd-v2";
+}
+
+// "host[:port]", "[v6]:port"; an empty endpoint is localhost.
+inline std::pair<std::string, int> parse_endpoint(const std::string& endpoint, int default_port) {
+  if (endpoint.empty()) return {"localhost", default_port};
+  std::string host = endpoint;
+  int port = default_port;
+  auto colon = endpoint.rfind(':');
+  const bool bracketed = !endpoint.empty() && endpoint.front() == '[';
+  const bool bare_v6 = !bracketed && endpoint.find(':') != colon;
+  if (colon != std::string::npos && !bare_v6 && (!bracketed || endpoint[colon - 1] == ']')) {
+    std::string digits = endpoint.substr(colon + 1);
+    bool ok = !digits.empty() && digits.size() <= 5 && digits.find_first_not_of("0123456789") == std::string::npos;
+    if (!ok || std::stoi(digits) > 65535)
+      throw RendezvousConfigError("the rendezvous endpoint '" + endpoint + "' has an invalid port");
+    port = std::stoi(digits);
+    host = endpoint.substr(0, colon);
+  }
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.empty()) throw RendezvousConfigError("the rendezvous endpoint '" + endpoint + "' has no host");
+  return {host, port};
+}
+
+namespace detail {
+
+inline std::string numeric_address(const sockaddr* address) {
+  char text[NI_MAXHOST] = {};
+  socklen_t length = address->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+  if (::getnameinfo(address, length, text, sizeof(text), nullptr, 0, NI_NUMERICHOST) != 0) return "";
+  std::string result = text;
+  if (auto percent = result.find('%'); percent != std::string::npos) result.erase(percent);
+  return result;
+}
+
+}  // namespace detail
+
+// Whether `host` names this machine: one of its interface addresses (loopback included).
+inline bool is_local_host(const std::string& host) {
+  std::set<std::string> local;
+  ifaddrs* interfaces = nullptr;
+  if (::getifaddrs(&interfaces) == 0) {
+    for (ifaddrs* i = interfaces; i != nullptr; i = i->ifa_next)
+      if (i->ifa_addr != nullptr && (i->ifa_addr->sa_family == AF_INET || i->ifa_addr->sa_family == AF_INET6))
+        local.insert(detail::numeric_address(i->ifa_addr));
+    ::freeifaddrs(interfaces);
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (::getaddrinfo(host.c_str(), nullptr, &hints, &found) != 0) return false;
+  bool match = false;
+  for (addrinfo* a = found; a != nullptr && !match; a = a->ai_next) {
+    std::string address = detail::numeric_address(a->ai_addr);
+    match = local.count(address) > 0 || address.rfind("127.", 0) == 0;
+  }
+  ::freeaddrinfo(found);
+  return match;
+}
+
+// A store session, and the server this agent hosts (c10d), which must outlive every
+// other agent's use of it: the agent keeps it until it exits.
+struct RendezvousBackend {
+  std::unique_ptr<C10dStoreServer> server;
+  std::shared_ptr<Store> store;
+  std::string host;
+  int port = 0;
+};
+
+// Opens the named backend. `log` hears about hosting decisions. Throws
+// RendezvousConfigError (bad endpoint, unknown or absent backend),
+// RendezvousConnectionError (no store reachable within read_timeout).
+inline RendezvousBackend open_backend(const std::string& name, const std::string& endpoint,
+                                      const RendezvousSettings& settings,
+                                      const std::function<void(const std::string&)>& log = {}) {
+  RendezvousBackend backend;
+  StoreOptions options;
+  options.read_timeout = settings.read_timeout;
+  options.session_ttl = settings.session_ttl();
+  options.config = settings.config;
+  if (name == "c10d") {
+    std::tie(backend.host, backend.port) = parse_endpoint(endpoint, 29400);
+    options.host = backend.host;
+    options.port = backend.port;
+    const bool host_it = settings.is_host.value_or(is_local_host(backend.host));
+    if (host_it) {
+      try {
+        backend.server = std::make_unique<C10dStoreServer>(backend.port, settings.read_timeout);
+        if (log) log("hosting the c10d rendezvous store on port " + std::to_string(backend.port));
+      } catch (const std::system_error& e) {
+        // Another agent on this host serves it already (or the port is someone else's:
+        // then the handshake below says so).
+        if (log) log("port " + std::to_string(backend.port) + ": " + e.code().message() + "; connecting as a client");
+      }
+    }
+    try {
+      backend.store = std::make_shared<C10dStoreClient>(options);
+    } catch (const StoreError& e) {
+      throw RendezvousConnectionError(e.what());
+    }
+    return backend;
+  }
+  if (name == "etcd" || name == "etcd-v2") {
+    std::tie(backend.host, backend.port) = parse_endpoint(endpoint, 2379);
+    options.host = backend.host;
+    options.port = backend.port;
+#if ELASTIC_RENDEZVOUS_HAS_ETCD
+    try {
+      backend.store = make_etcd_store(options);
+    } catch (const StoreError& e) {
+      throw RendezvousConnectionError(e.what());
+    }
+    return backend;
+#else
+    throw RendezvousConfigError("rendezvous backend '" + name + "': this build has no etcd store");
+#endif
+  }
+  throw RendezvousConfigError("unknown rendezvous backend '" + name + "' (static, c10d, etcd, etcd-v2)");
+}
+
+}  // namespace elastic::rendezvous

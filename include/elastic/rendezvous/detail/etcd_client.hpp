@@ -1,0 +1,508 @@
+// A small etcd v3 client over the JSON gateway that etcd serves on its client port
+// (POST /v3/kv/*, /v3/lease/*, /v3/watch), through cpp-httplib and nlohmann/json.
+// Keys and values travel base64-encoded, 64-bit integers as strings, and fields
+// that are false or zero are left out of the answers.
+#pragma once
+
+#include <httplib.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <elastic/rendezvous/detail/base64.hpp>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace elastic::rendezvous::detail {
+
+// etcd did not answer: refused or dropped connection, no answer within the read
+// timeout, a TLS failure.
+class EtcdUnreachableError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// etcd answered with an error (an unknown lease, no leader, a malformed request).
+class EtcdRequestError : public std::runtime_error {
+ public:
+  EtcdRequestError(const std::string& what, int code) : std::runtime_error(what), grpc_code(code) {}
+  int grpc_code;  // gRPC status code etcd put in the answer (5: not found, 14: unavailable)
+};
+
+struct EtcdClientOptions {
+  std::string host = "127.0.0.1";
+  int port = 2379;
+  std::string protocol = "http";  // or https
+  std::string ca_cert;            // https: CA bundle that signed etcd's certificate
+  std::string ssl_cert;           // https: client certificate and its key, when etcd asks for one
+  std::string ssl_cert_key;
+  // Bounds each request: connecting, and every wait for bytes of the answer.
+  std::chrono::milliseconds read_timeout{std::chrono::seconds(60)};
+};
+
+struct EtcdKeyValue {
+  std::string key;
+  std::string value;
+  std::int64_t create_revision = 0;
+  std::int64_t mod_revision = 0;
+  std::int64_t version = 0;
+  std::int64_t lease = 0;
+};
+
+struct EtcdRangeResult {
+  std::int64_t revision = 0;  // the store's revision when the range was read
+  std::vector<EtcdKeyValue> kvs;
+};
+
+struct EtcdTxnResult {
+  bool succeeded = false;
+  std::int64_t revision = 0;
+  std::optional<EtcdKeyValue> current;  // on failure: the key as it is (none: absent)
+};
+
+struct EtcdEvent {
+  bool deleted = false;  // a DELETE (also a lease's expiry); else a PUT
+  EtcdKeyValue kv;
+};
+
+enum class EtcdWatchEnd {
+  stopped,      // the handler asked to stop
+  deadline,     // the deadline passed
+  interrupted,  // the stream ended (etcd restarted, the watch was cancelled): range again, watch again
+};
+
+// The end of the key range holding every key that starts with `prefix`.
+inline std::string etcd_prefix_end(std::string prefix) {
+  while (!prefix.empty()) {
+    auto last = static_cast<unsigned char>(prefix.back());
+    if (last < 0xff) {
+      prefix.back() = static_cast<char>(last + 1);
+      return prefix;
+    }
+    prefix.pop_back();
+  }
+  return std::string(1, '\0');  // every key
+}
+
+namespace etcd_json {
+
+inline std::int64_t to_int(const nlohmann::json& object, const char* field) {
+  auto it = object.find(field);
+  if (it == object.end() || it->is_null()) return 0;
+  if (it->is_string()) return std::stoll(it->get<std::string>());
+  if (it->is_number_integer()) return it->get<std::int64_t>();
+  throw std::invalid_argument(std::string("etcd answer: ") + field + " is not an integer");
+}
+
+inline std::string to_bytes(const nlohmann::json& object, const char* field) {
+  auto it = object.find(field);
+  if (it == object.end() || !it->is_string()) return {};
+  return base64_decode(it->get<std::string>());
+}
+
+inline EtcdKeyValue to_key_value(const nlohmann::json& kv) {
+  EtcdKeyValue result;
+  result.key = to_bytes(kv, "key");
+  result.value = to_bytes(kv, "value");
+  result.create_revision = to_int(kv, "create_revision");
+  result.mod_revision = to_int(kv, "mod_revision");
+  result.version = to_int(kv, "version");
+  result.lease = to_int(kv, "lease");
+  return result;
+}
+
+inline std::int64_t header_revision(const nlohmann::json& answer) {
+  auto header = answer.find("header");
+  return header == answer.end() ? 0 : to_int(*header, "revision");
+}
+
+}  // namespace etcd_json
+
+class EtcdClient {
+ public:
+  explicit EtcdClient(EtcdClientOptions options) : options_(std::move(options)) {
+    if (options_.protocol != "http" && options_.protocol != "https")
+      throw std::invalid_argument("etcd protocol must be http or https, not '" + options_.protocol + "'");
+#ifndef CPPHTTPLIB_OPENSSL_SUPPORT
+    if (options_.protocol == "https")
+      throw std::invalid_argument("etcd over https: this build's cpp-httplib has no TLS support");
+#endif
+    if (options_.read_timeout.count() <= 0) throw std::invalid_argument("etcd read_timeout must be positive");
+  }
+
+  EtcdClient(const EtcdClient&) = delete;
+  EtcdClient& operator=(const EtcdClient&) = delete;
+
+  const EtcdClientOptions& options() const { return options_; }
+  std::string endpoint() const { return options_.protocol + "://" + host_port(); }
+
+  // Keys in [key, range_end); an empty range_end: the key alone.
+  EtcdRangeResult range(const std::string& key, const std::string& range_end = {}) {
+    nlohmann::json request{{"key", base64_encode(key)}};
+    if (!range_end.empty()) request["range_end"] = base64_encode(range_end);
+    auto answer = call("/v3/kv/range", request);
+    EtcdRangeResult result;
+    result.revision = etcd_json::header_revision(answer);
+    if (auto kvs = answer.find("kvs"); kvs != answer.end())
+      for (const auto& kv : *kvs) result.kvs.push_back(etcd_json::to_key_value(kv));
+    return result;
+  }
+
+  std::optional<EtcdKeyValue> get(const std::string& key) {
+    auto result = range(key);
+    if (result.kvs.empty()) return std::nullopt;
+    return std::move(result.kvs.front());
+  }
+
+  // Returns the store's revision after the write.
+  std::int64_t put(const std::string& key, const std::string& value, std::int64_t lease = 0) {
+    auto answer = call("/v3/kv/put", put_request(key, value, lease));
+    return etcd_json::header_revision(answer);
+  }
+
+  // Returns how many keys were deleted.
+  std::int64_t delete_range(const std::string& key, const std::string& range_end = {}) {
+    nlohmann::json request{{"key", base64_encode(key)}};
+    if (!range_end.empty()) request["range_end"] = base64_encode(range_end);
+    return etcd_json::to_int(call("/v3/kv/deleterange", request), "deleted");
+  }
+
+  // Several keys read at one revision (one txn of ranges); results in the order of `keys`.
+  std::pair<std::int64_t, std::vector<std::optional<EtcdKeyValue>>> get_many(const std::vector<std::string>& keys) {
+    nlohmann::json reads = nlohmann::json::array();
+    for (const auto& key : keys) reads.push_back({{"requestRange", {{"key", base64_encode(key)}}}});
+    auto answer = call("/v3/kv/txn", {{"success", reads}});
+    std::vector<std::optional<EtcdKeyValue>> values(keys.size());
+    auto responses = answer.value("responses", nlohmann::json::array());
+    for (std::size_t i = 0; i < keys.size() && i < responses.size(); ++i) {
+      auto range = responses[i].find("response_range");
+      if (range == responses[i].end()) continue;
+      auto kvs = range->find("kvs");
+      if (kvs != range->end() && !kvs->empty()) values[i] = etcd_json::to_key_value(kvs->front());
+    }
+    return {etcd_json::header_revision(answer), std::move(values)};
+  }
+
+  // Writes `value` only if the key's mod_revision is `expected_mod_revision`
+  // (0: only if the key does not exist). On failure the answer holds the key as it is.
+  EtcdTxnResult put_if_mod_revision(const std::string& key, const std::string& value,
+                                    std::int64_t expected_mod_revision, std::int64_t lease = 0) {
+    nlohmann::json compare =
+        expected_mod_revision == 0
+            ? nlohmann::json{{"key", base64_encode(key)}, {"target", "CREATE"}, {"create_revision", "0"}}
+            : nlohmann::json{{"key", base64_encode(key)},
+                             {"target", "MOD"},
+                             {"mod_revision", std::to_string(expected_mod_revision)}};
+    return put_txn(key, value, lease, compare);
+  }
+
+  // Writes `value` only if the key holds `expected` now.
+  EtcdTxnResult put_if_value(const std::string& key, const std::string& value, const std::string& expected,
+                             std::int64_t lease = 0) {
+    nlohmann::json compare{{"key", base64_encode(key)}, {"target", "VALUE"}, {"value", base64_encode(expected)}};
+    return put_txn(key, value, lease, compare);
+  }
+
+  // Deletes the key only if its mod_revision is `expected_mod_revision`.
+  bool delete_if_mod_revision(const std::string& key, std::int64_t expected_mod_revision) {
+    nlohmann::json request{
+        {"compare", nlohmann::json::array({{{"key", base64_encode(key)},
+                                            {"target", "MOD"},
+                                            {"mod_revision", std::to_string(expected_mod_revision)}}})},
+        {"success", nlohmann::json::array({{{"requestDeleteRange", {{"key", base64_encode(key)}}}}})}};
+    auto answer = call("/v3/kv/txn", request, Repeat::if_not_sent);
+    return answer.value("succeeded", false);
+  }
+
+  // A lease of `ttl` seconds; returns its id.
+  std::int64_t lease_grant(std::int64_t ttl_seconds) {
+    auto answer = call("/v3/lease/grant", {{"TTL", std::to_string(ttl_seconds)}}, Repeat::if_not_sent);
+    auto id = etcd_json::to_int(answer, "ID");
+    if (id == 0) throw EtcdRequestError("etcd granted no lease: " + answer.dump(), 0);
+    return id;
+  }
+
+  // Renews the lease; false when it has expired (or was revoked): etcd answers without a TTL.
+  bool lease_keepalive(std::int64_t id) {
+    auto answer = call("/v3/lease/keepalive", {{"ID", std::to_string(id)}});
+    const auto& result = answer.contains("result") ? answer["result"] : answer;
+    return etcd_json::to_int(result, "TTL") > 0;
+  }
+
+  // Revokes the lease, deleting its keys; a lease that is already gone is no error.
+  void lease_revoke(std::int64_t id) {
+    try {
+      call("/v3/lease/revoke", {{"ID", std::to_string(id)}});
+    } catch (const EtcdRequestError& error) {
+      if (error.grpc_code != 5) throw;  // 5: NotFound, the lease expired already
+    }
+  }
+
+  // Seconds the lease has left; -1: expired or unknown.
+  std::int64_t lease_time_to_live(std::int64_t id) {
+    auto answer = call("/v3/lease/timetolive", {{"ID", std::to_string(id)}});
+    return answer.contains("TTL") ? etcd_json::to_int(answer, "TTL") : -1;
+  }
+
+  // Streams the changes of [key, range_end) from `start_revision` on, handing
+  // each batch of events to `on_events` until it returns false (stopped), the
+  // deadline passes, or the stream breaks (interrupted). On its own connection,
+  // so other requests of this client go on meanwhile.
+  EtcdWatchEnd watch(const std::string& key, const std::string& range_end, std::int64_t start_revision,
+                     std::chrono::steady_clock::time_point deadline,
+                     const std::function<bool(const std::vector<EtcdEvent>&)>& on_events) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return EtcdWatchEnd::deadline;
+    // The stream is silent while nothing changes: it may stay so until the deadline.
+    auto client = make_http_client(left + std::chrono::milliseconds(1));
+    nlohmann::json create{{"key", base64_encode(key)}};
+    if (!range_end.empty()) create["range_end"] = base64_encode(range_end);
+    if (start_revision > 0) create["start_revision"] = std::to_string(start_revision);
+
+    std::string pending;
+    bool stopped = false, broken = false;
+    httplib::Request request;
+    request.method = "POST";
+    request.path = "/v3/watch";
+    request.body = nlohmann::json{{"create_request", create}}.dump();
+    request.set_header("Content-Type", "application/json");
+    request.content_receiver = [&](const char* data, size_t size, uint64_t, uint64_t) {
+      pending.append(data, size);
+      for (auto newline = pending.find('\n'); newline != std::string::npos; newline = pending.find('\n')) {
+        std::string line = pending.substr(0, newline);
+        pending.erase(0, newline + 1);
+        if (line.find_first_not_of(" \r\t") == std::string::npos) continue;
+        if (!handle_watch_message(line, on_events, stopped, broken)) return false;
+      }
+      return true;
+    };
+    httplib::Response response;
+    httplib::Error error = httplib::Error::Success;
+    client->send(request, response, error);
+    if (stopped) return EtcdWatchEnd::stopped;
+    if (broken) return EtcdWatchEnd::interrupted;
+    if (!pending.empty() && pending.find_first_not_of(" \r\t") != std::string::npos) {
+      handle_watch_message(pending, on_events, stopped, broken);
+      if (stopped) return EtcdWatchEnd::stopped;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) return EtcdWatchEnd::deadline;
+    // TLS set-up failures will not pass; a refused connection may (etcd restarting):
+    // the caller reads again, which waits for etcd within the read timeout.
+    if (error == httplib::Error::SSLConnection || error == httplib::Error::SSLServerVerification ||
+        error == httplib::Error::SSLLoadingCerts)
+      throw EtcdUnreachableError(describe_failure("/v3/watch", error));
+    return EtcdWatchEnd::interrupted;
+  }
+
+  // etcd's own health check (GET /health): true when it has a leader.
+  bool healthy() {
+    auto result = make_http_client(options_.read_timeout)->Get("/health");
+    if (!result || result->status != 200) return false;
+    auto answer = nlohmann::json::parse(result->body, nullptr, false);
+    return !answer.is_discarded() && answer.value("health", "") == "true";
+  }
+
+  // Whether a request may be sent again after a failure that leaves open
+  // whether etcd applied it.
+  enum class Repeat {
+    always,       // reads, and writes whose repetition changes nothing (put, delete, keepalive, revoke)
+    if_not_sent,  // compare-and-put, lease grant: only when the connection was never made
+  };
+
+  // One request and its answer, within the read timeout. A failed attempt is made
+  // again (after etcd is healthy again: a restarting etcd accepts connections
+  // before it serves them) as `repeat` allows, until the read timeout.
+  nlohmann::json call(const std::string& path, const nlohmann::json& request, Repeat repeat = Repeat::always) {
+    auto deadline = std::chrono::steady_clock::now() + options_.read_timeout;
+    const std::string body = request.dump();
+    for (;;) {
+      Answer result;
+      {
+        auto client = acquire_connection();
+        result = post(*client, path, body);
+        // Only a connection that gave a clean answer is used again: after an error
+        // answer (its trailers unread) or a failure its state is unknown.
+        if (result.error == httplib::Error::Success && result.status == 200) release_connection(std::move(client));
+      }
+      if (!result.complete()) {
+        bool not_sent = result.error == httplib::Error::Connection || result.error == httplib::Error::ConnectionTimeout;
+        if ((not_sent || repeat == Repeat::always) && wait_until_healthy(deadline)) continue;
+        throw EtcdUnreachableError(describe_failure(path, result.error));
+      }
+      auto answer = nlohmann::json::parse(result.body, nullptr, false);
+      if (result.status != 200 || answer.contains("error")) {
+        std::string message = answer.value("message", answer.value("error", std::string("HTTP error")));
+        int code = answer.contains("code") && answer["code"].is_number_integer() ? answer["code"].get<int>() : 0;
+        // 14: Unavailable (no leader yet, leader changed), passing while etcd restarts.
+        if (code == 14 && repeat == Repeat::always && wait_until_healthy(deadline)) continue;
+        throw EtcdRequestError(
+            "etcd at " + endpoint() + ": " + path + ": " + message + " (HTTP " + std::to_string(result.status) + ")",
+            code);
+      }
+      return answer;
+    }
+  }
+
+ private:
+  // Waits, pausing longer each time, until etcd reports itself healthy; false
+  // when the deadline comes first.
+  bool wait_until_healthy(std::chrono::steady_clock::time_point deadline) {
+    auto pause = std::chrono::milliseconds(50);
+    for (;;) {
+      if (std::chrono::steady_clock::now() + pause >= deadline) return false;
+      std::this_thread::sleep_for(pause);
+      pause = std::min(pause * 2, std::chrono::milliseconds(500));
+      if (healthy()) return true;
+    }
+  }
+
+  // Idle kept-alive connections: one request at a time each, so calls from
+  // several threads never share one.
+  std::unique_ptr<httplib::Client> acquire_connection() {
+    {
+      std::lock_guard<std::mutex> lock(idle_mutex_);
+      if (!idle_.empty()) {
+        auto client = std::move(idle_.back());
+        idle_.pop_back();
+        return client;
+      }
+    }
+    return make_http_client(options_.read_timeout);
+  }
+
+  void release_connection(std::unique_ptr<httplib::Client> client) {
+    std::lock_guard<std::mutex> lock(idle_mutex_);
+    if (idle_.size() < 4) idle_.push_back(std::move(client));
+  }
+
+  struct Answer {
+    int status = 0;
+    std::string body;
+    httplib::Error error = httplib::Error::Success;
+    // etcd ends its error answers with chunked-encoding trailers that cpp-httplib
+    // 0.11 fails to read after the body: a whole JSON body counts as the answer.
+    bool complete() const { return status != 0 && (error == httplib::Error::Success || nlohmann::json::accept(body)); }
+  };
+
+  static Answer post(httplib::Client& client, const std::string& path, const std::string& body) {
+    Answer answer;
+    httplib::Request request;
+    request.method = "POST";
+    request.path = path;
+    request.body = body;
+    request.set_header("Content-Type", "application/json");
+    request.response_handler = [&](const httplib::Response& response) {
+      answer.status = response.status;
+      return true;
+    };
+    request.content_receiver = [&](const char* data, size_t size, uint64_t, uint64_t) {
+      answer.body.append(data, size);
+      return true;
+    };
+    httplib::Response response;
+    client.send(request, response, answer.error);
+    return answer;
+  }
+
+  std::string host_port() const {
+    bool ipv6 = options_.host.find(':') != std::string::npos;
+    return (ipv6 ? "[" + options_.host + "]" : options_.host) + ":" + std::to_string(options_.port);
+  }
+
+  std::string describe_failure(const std::string& path, httplib::Error error) const {
+    std::string reason = httplib::to_string(error);
+    if (error == httplib::Error::Read) reason += " (no answer within the read timeout, or the connection closed)";
+    return "etcd at " + endpoint() + " is unreachable: " + path + ": " + reason;
+  }
+
+  std::unique_ptr<httplib::Client> make_http_client(std::chrono::milliseconds read_timeout) const {
+    std::unique_ptr<httplib::Client> client;
+    std::string address = options_.protocol + "://" + host_port();
+    if (!options_.ssl_cert.empty() || !options_.ssl_cert_key.empty())
+      client = std::make_unique<httplib::Client>(address, options_.ssl_cert, options_.ssl_cert_key);
+    else
+      client = std::make_unique<httplib::Client>(address);
+    if (!client->is_valid()) throw std::invalid_argument("etcd endpoint " + address + ": cannot set up a client");
+#ifdef CPPHTTPLIB_OPENSSL_SUPPORT
+    if (!options_.ca_cert.empty()) client->set_ca_cert_path(options_.ca_cert);
+#endif
+    client->set_connection_timeout(std::min(read_timeout, options_.read_timeout));
+    client->set_read_timeout(read_timeout);
+    client->set_write_timeout(options_.read_timeout);
+    // Kept alive between requests (see acquire_connection()); cpp-httplib makes a
+    // new connection when etcd has closed the kept one (etcd restarted).
+    client->set_keep_alive(true);
+    client->set_tcp_nodelay(true);
+    return client;
+  }
+
+  static nlohmann::json put_request(const std::string& key, const std::string& value, std::int64_t lease) {
+    nlohmann::json request{{"key", base64_encode(key)}, {"value", base64_encode(value)}};
+    if (lease != 0) request["lease"] = std::to_string(lease);
+    return request;
+  }
+
+  EtcdTxnResult put_txn(const std::string& key, const std::string& value, std::int64_t lease,
+                        const nlohmann::json& compare) {
+    nlohmann::json request{{"compare", nlohmann::json::array({compare})},
+                           {"success", nlohmann::json::array({{{"requestPut", put_request(key, value, lease)}}})},
+                           {"failure", nlohmann::json::array({{{"requestRange", {{"key", base64_encode(key)}}}}})}};
+    auto answer = call("/v3/kv/txn", request, Repeat::if_not_sent);
+    EtcdTxnResult result;
+    result.succeeded = answer.value("succeeded", false);
+    result.revision = etcd_json::header_revision(answer);
+    if (!result.succeeded) {
+      for (const auto& response : answer.value("responses", nlohmann::json::array())) {
+        auto range = response.find("response_range");
+        if (range == response.end()) continue;
+        auto kvs = range->find("kvs");
+        if (kvs != range->end() && !kvs->empty()) result.current = etcd_json::to_key_value(kvs->front());
+      }
+    }
+    return result;
+  }
+
+  // One message of a watch stream; false ends the stream.
+  static bool handle_watch_message(const std::string& line,
+                                   const std::function<bool(const std::vector<EtcdEvent>&)>& on_events, bool& stopped,
+                                   bool& broken) {
+    auto message = nlohmann::json::parse(line, nullptr, false);
+    if (message.is_discarded() || message.contains("error") || !message.contains("result")) {
+      broken = true;
+      return false;
+    }
+    const auto& result = message["result"];
+    if (result.value("canceled", false) || etcd_json::to_int(result, "compact_revision") != 0) {
+      broken = true;  // compacted past our revision, or cancelled by etcd
+      return false;
+    }
+    auto events = result.find("events");
+    if (events == result.end() || events->empty()) return true;
+    std::vector<EtcdEvent> batch;
+    for (const auto& event : *events) {
+      EtcdEvent parsed;
+      parsed.deleted = event.value("type", "PUT") == "DELETE";
+      if (event.contains("kv")) parsed.kv = etcd_json::to_key_value(event["kv"]);
+      batch.push_back(std::move(parsed));
+    }
+    if (!on_events(batch)) {
+      stopped = true;
+      return false;
+    }
+    return true;
+  }
+
+  EtcdClientOptions options_;
+  std::mutex idle_mutex_;
+  std::vector<std::unique_ptr<httplib::Client>> idle_;
+};
+
+}  // namespace elastic::rendezvous::detail

@@ -1,0 +1,257 @@
+// The dynamic rendezvous over any Store: nodes join a round, the round completes at
+// MAX nodes at once or after the last call once MIN joined, nodes arriving at a
+// complete round wait in the wait list, dead nodes are dropped, and the job's end
+// closes it. A node is alive while its ephemeral key is (see store.hpp): no host's
+// wall clock is read by another.
+//
+// Keys, under "rdzv/<run id>/":
+//   state               the RendezvousState (JSON), replaced by compare_set
+//   alive/<node>        ephemeral, one per node
+//   round/<n>/...       what the agent shares within round n (see round_key())
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <elastic/rendezvous/errors.hpp>
+#include <elastic/rendezvous/settings.hpp>
+#include <elastic/rendezvous/state.hpp>
+#include <elastic/rendezvous/store.hpp>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace elastic::rendezvous {
+
+// One completed round as this node sees it.
+struct RendezvousInfo {
+  long round = 0;
+  int group_rank = 0;
+  std::vector<NodeDesc> nodes;  // in group-rank order
+  int group_world_size() const { return static_cast<int>(nodes.size()); }
+};
+
+// What the agent's monitor learns about its current round.
+enum class RoundHealth {
+  healthy,
+  closed,            // the job ended elsewhere; finish what runs
+  waiting_nodes,     // nodes in the wait list: restart at a larger size
+  participant_lost,  // a node of the round died: restart at a smaller size
+  left_behind,       // the round moved on without this node (e.g. after a long stop)
+};
+
+inline const char* to_string(RoundHealth health) {
+  switch (health) {
+    case RoundHealth::healthy: return "healthy";
+    case RoundHealth::closed: return "closed";
+    case RoundHealth::waiting_nodes: return "nodes waiting to join";
+    case RoundHealth::participant_lost: return "a participant was lost";
+    case RoundHealth::left_behind: return "the round moved on without this node";
+  }
+  return "?";
+}
+
+class DynamicRendezvous {
+ public:
+  using Clock = std::chrono::steady_clock;
+  using Now = std::function<Clock::time_point()>;
+
+  // How long a node keeps trying to leave cleanly after its join deadline.
+  static constexpr std::chrono::seconds rollback_period{5};
+  // Dead nodes are looked for at least this often while joining.
+  static constexpr std::chrono::milliseconds liveness_poll{500};
+
+  DynamicRendezvous(
+      std::shared_ptr<Store> store, RendezvousSettings settings, NodeDesc node, Now now = [] { return Clock::now(); })
+      : store_(std::move(store)), settings_(std::move(settings)), node_(std::move(node)), now_(std::move(now)) {
+    guarded([&] { store_->set_ephemeral(alive_key(node_), "1"); });
+  }
+
+  const NodeDesc& node() const { return node_; }
+  const RendezvousSettings& settings() const { return settings_; }
+  Store& store() { return *store_; }
+
+  std::string state_key() const { return "rdzv/" + settings_.run_id + "/state"; }
+  std::string alive_key(const NodeDesc& node) const {
+    return "rdzv/" + settings_.run_id + "/alive/" + node.to_string();
+  }
+  std::string round_key(long round, const std::string& name) const {
+    return "rdzv/" + settings_.run_id + "/round/" + std::to_string(round) + "/" + name;
+  }
+
+  // Leaves the round this node is in (if any) and joins the next complete one.
+  RendezvousInfo next_rendezvous() {
+    const auto deadline = now_() + settings_.join_timeout;
+    update([&](RendezvousState& s) {
+      bool changed = s.wait_list.erase(node_) > 0;
+      if (s.participants.count(node_) > 0) {
+        transitions::remove_from_participants(s, node_, settings_.min_nodes);
+        changed = true;
+      }
+      return changed;
+    });
+    for (;;) {
+      if (cancelled_) throw RendezvousError("joining the rendezvous was cancelled");
+      auto [raw, state] = read();
+      if (!state.closed && remove_dead(state)) {
+        cas(raw, state);
+        continue;
+      }
+      const auto now = now_();
+      JoinContext context{
+          node_, settings_.min_nodes, settings_.max_nodes, now > deadline, now > deadline + rollback_period, false};
+      std::optional<Clock::time_point> last_call_end;
+      if (state.last_call != 0) {
+        auto first_seen = last_call_seen_.emplace(state.last_call, now).first->second;
+        last_call_end = first_seen + settings_.last_call_timeout;
+        context.last_call_passed = now >= *last_call_end;
+      }
+      RendezvousState next = state;
+      switch (next_join_action(state, context)) {
+        case JoinAction::finish: {
+          RendezvousInfo info{state.round, state.participants.at(node_), state.ranked()};
+          return info;
+        }
+        case JoinAction::error_closed: throw RendezvousClosedError();
+        case JoinAction::error_timeout:
+          throw RendezvousTimeoutError("The node '" + node_.to_string() + "' has timed out in the rendezvous '" +
+                                       settings_.run_id + "' (join_timeout " +
+                                       std::to_string(settings_.join_timeout.count()) + " s).");
+        case JoinAction::remove_from_participants:
+          transitions::remove_from_participants(next, node_, settings_.min_nodes);
+          cas(raw, next);
+          break;
+        case JoinAction::remove_from_wait_list:
+          next.wait_list.erase(node_);
+          cas(raw, next);
+          break;
+        case JoinAction::add_to_participants:
+          transitions::add_to_participants(next, node_, settings_.min_nodes, settings_.max_nodes);
+          if (cas(raw, next) && next.last_call != 0) last_call_seen_.emplace(next.last_call, now);
+          break;
+        case JoinAction::add_to_wait_list:
+          next.wait_list.insert(node_);
+          cas(raw, next);
+          break;
+        case JoinAction::mark_complete:
+          transitions::mark_complete(next);
+          cas(raw, next);
+          break;
+        case JoinAction::wait: {
+          auto until = std::min(now + liveness_poll, context.join_deadline_passed ? now : deadline);
+          if (last_call_end) until = std::min(until, *last_call_end);
+          auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(until - now);
+          guarded([&] { store_->wait_change(state_key(), raw, std::max(timeout, std::chrono::milliseconds(1))); });
+          break;
+        }
+      }
+    }
+  }
+
+  // Makes a next_rendezvous() running on another thread give up (RendezvousError)
+  // within liveness_poll: the launcher was told to stop.
+  void cancel() { cancelled_ = true; }
+  bool cancelled() const { return cancelled_; }
+
+  // Renews this node's session; rewrites its alive key when the session had lapsed.
+  void keep_alive() {
+    guarded([&] {
+      if (!store_->keep_alive()) store_->set_ephemeral(alive_key(node_), "1");
+    });
+  }
+
+  // Whether `round` still stands as it was formed.
+  RoundHealth check_round(const RendezvousInfo& round) {
+    auto [raw, state] = read();
+    if (state.closed) return RoundHealth::closed;
+    if (state.round != round.round || !state.complete || state.participants.count(node_) == 0)
+      return RoundHealth::left_behind;
+    std::vector<NodeDesc> others;
+    for (const auto& node : round.nodes)
+      if (!(node == node_)) others.push_back(node);
+    auto alive = alive_nodes(others);
+    for (const auto& node : others)
+      if (alive.count(node) == 0) return RoundHealth::participant_lost;
+    if (!state.wait_list.empty()) return RoundHealth::waiting_nodes;
+    return RoundHealth::healthy;
+  }
+
+  // Of `nodes`, those whose alive key exists.
+  std::set<NodeDesc> alive_nodes(const std::vector<NodeDesc>& nodes) {
+    std::vector<std::string> keys;
+    for (const auto& node : nodes) keys.push_back(alive_key(node));
+    std::vector<std::optional<std::string>> values;
+    guarded([&] { values = store_->get_many(keys); });
+    std::set<NodeDesc> result;
+    for (std::size_t i = 0; i < nodes.size() && i < values.size(); ++i)
+      if (values[i]) result.insert(nodes[i]);
+    result.insert(node_);
+    return result;
+  }
+
+  // Marks the rendezvous closed: the job is over, later nodes get RendezvousClosedError.
+  void close() {
+    update([](RendezvousState& s) {
+      if (s.closed) return false;
+      s.closed = true;
+      return true;
+    });
+  }
+
+  bool is_closed() { return read().second.closed; }
+
+  // Runs `op` on the store, turning store failures into RendezvousConnectionError.
+  template <typename Op>
+  void guarded(Op&& op) {
+    try {
+      op();
+    } catch (const StoreError& e) {
+      throw RendezvousConnectionError(std::string("The connection to the rendezvous store failed: ") + e.what());
+    }
+  }
+
+ private:
+  std::pair<std::optional<std::string>, RendezvousState> read() {
+    std::optional<std::string> raw;
+    guarded([&] { raw = store_->get(state_key()); });
+    return {raw, raw ? RendezvousState::decode(*raw) : RendezvousState{}};
+  }
+  bool cas(const std::optional<std::string>& raw, const RendezvousState& next) {
+    bool swapped = false;
+    guarded([&] { swapped = store_->compare_set(state_key(), raw, next.encode()).swapped; });
+    return swapped;
+  }
+  // Applies `change` until it lands (or finds nothing to change).
+  template <typename Change>
+  void update(Change&& change) {
+    for (;;) {
+      auto [raw, state] = read();
+      if (!change(state)) return;
+      if (cas(raw, state)) return;
+    }
+  }
+  bool remove_dead(RendezvousState& state) {
+    std::vector<NodeDesc> nodes;
+    for (const auto& [node, rank] : state.participants) nodes.push_back(node);
+    nodes.insert(nodes.end(), state.wait_list.begin(), state.wait_list.end());
+    if (nodes.empty()) return false;
+    auto alive = alive_nodes(nodes);
+    return transitions::remove_dead(
+        state, [&](const NodeDesc& node) { return alive.count(node) > 0; }, settings_.min_nodes);
+  }
+
+  std::shared_ptr<Store> store_;
+  RendezvousSettings settings_;
+  NodeDesc node_;
+  Now now_;
+  std::map<long, Clock::time_point> last_call_seen_;
+  std::atomic<bool> cancelled_{false};
+};
+
+}  // namespace elastic::rendezvous

@@ -1,0 +1,256 @@
+// Elastic jobs under the real elastic-run on loopback: --nnodes MIN:MAX over the
+// c10d rendezvous, several launchers, a late joiner, a SIGKILLed launcher, worker
+// failures with restarts, and the rendezvous errors (timeout, connection, closed).
+// The first three cases are PyTorch's launcher suite's test_launch_elastic*.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "support/launcher.hpp"
+
+using namespace elastic::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::vector<std::string> elastic_args(const std::string& nnodes, int port, const std::string& id,
+                                      const std::string& conf, int nproc) {
+  return {"--nnodes=" + nnodes,   "--nproc-per-node=" + std::to_string(nproc),
+          "--rdzv-backend=c10d",  "--rdzv-endpoint=localhost:" + std::to_string(port),
+          "--rdzv-id=" + id,      "--rdzv-conf=" + conf,
+          "--monitor-interval=1", "--term-timeout=5"};
+}
+
+std::vector<std::string> operator+(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+std::set<std::string> files_in(const fs::path& dir) {
+  std::set<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir)) names.insert(entry.path().filename().string());
+  return names;
+}
+
+// A shell worker that writes its environment to DIR/w<WORLD_SIZE>_r<RANK>, then
+// runs until DIR/stop exists.
+std::vector<std::string> waiting_worker(const TempDir& dir) {
+  return {"--no-python", "/bin/sh", "-c",
+          "d=" + dir.path().string() +
+              "; echo $$ > $d/pid_w${WORLD_SIZE}_r$RANK;"
+              " env > $d/.w${WORLD_SIZE}_r$RANK; mv $d/.w${WORLD_SIZE}_r$RANK $d/w${WORLD_SIZE}_r$RANK;"
+              " while [ ! -e $d/stop ]; do sleep 0.1; done"};
+}
+
+bool has_world(const TempDir& dir, int world) {
+  for (int rank = 0; rank < world; ++rank)
+    if (!file_exists(dir.file("w" + std::to_string(world) + "_r" + std::to_string(rank)))) return false;
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("test_launch_elastic") {
+  TempDir out;
+  auto r = elastic_run(elastic_args("1:2", free_port(), "elastic", "join_timeout=5,last_call_timeout=1,timeout=5", 4) +
+                       std::vector<std::string>{"--max-restarts=0", ELASTIC_TEST_LAUNCH_WORKER, out.path().string()});
+  INFO(r.out << r.err);
+  REQUIRE(r.exitcode == 0);
+  CHECK(files_in(out.path()) == std::set<std::string>{"0", "1", "2", "3"});
+  for (int rank = 0; rank < 4; ++rank) {
+    auto env = read_env_file(out.file(std::to_string(rank)));
+    CHECK(env["WORLD_SIZE"] == "4");
+    CHECK(env["LOCAL_RANK"] == std::to_string(rank));
+    CHECK(env["GROUP_RANK"] == "0");
+    CHECK(env["GROUP_WORLD_SIZE"] == "1");
+    CHECK(env["TORCHELASTIC_RUN_ID"] == "elastic");
+    CHECK(env["TORCHELASTIC_RESTART_COUNT"] == "0");
+    CHECK(env["TORCHELASTIC_USE_AGENT_STORE"] == "False");
+  }
+}
+
+TEST_CASE("test_launch_elastic_worker_raise_exception") {
+  TempDir out;
+  auto r = elastic_run(elastic_args("1:2", free_port(), "raise", "join_timeout=5,last_call_timeout=1,timeout=5", 4) +
+                       std::vector<std::string>{"--max-restarts=0", ELASTIC_TEST_LAUNCH_WORKER, out.path().string(),
+                                                "--fail-rank", "1", "--sleep-ms", "60000"});
+  INFO(r.out << r.err);
+  CHECK(r.exitcode == 1);
+  CHECK_THAT(r.err, Catch::Contains("ChildFailedError") && Catch::Contains("rank      : 1 (local_rank: 1)"));
+}
+
+TEST_CASE("test_launch_elastic_multiple_agents") {
+  TempDir out, logs;
+  const int port = free_port();
+  auto args = elastic_args("1:2", port, "multi", "join_timeout=60,last_call_timeout=30", 2) +
+              std::vector<std::string>{ELASTIC_TEST_LAUNCH_WORKER, out.path().string()};
+  Background a(args, logs.file("a.out"), logs.file("a.err"));
+  Background b(args, logs.file("b.out"), logs.file("b.err"));
+  const int code_a = a.wait(std::chrono::seconds(100)), code_b = b.wait(std::chrono::seconds(100));
+  INFO(a.err() << "\n---\n" << b.err());
+  REQUIRE(code_a == 0);
+  REQUIRE(code_b == 0);
+  REQUIRE(files_in(out.path()) == std::set<std::string>{"0", "1", "2", "3"});
+  const auto port0 = read_env_file(out.file("0"))["MASTER_PORT"];
+  for (int rank = 0; rank < 4; ++rank) {
+    auto env = read_env_file(out.file(std::to_string(rank)));
+    CHECK(env["WORLD_SIZE"] == "4");
+    CHECK(env["GROUP_WORLD_SIZE"] == "2");
+    CHECK(env["GROUP_RANK"] == std::to_string(rank / 2));
+    CHECK(env["LOCAL_RANK"] == std::to_string(rank % 2));
+    CHECK(env["MASTER_PORT"] == port0);
+    CHECK(env["TORCHELASTIC_RESTART_COUNT"] == "0");
+  }
+  CHECK(read_env_file(out.file("0"))["TORCHELASTIC_RUN_ID"] == "multi");
+}
+
+TEST_CASE("elastic: no complete round by join_timeout is RendezvousTimeoutError") {
+  TempDir out;
+  auto r = elastic_run(elastic_args("2:2", free_port(), "lonely", "join_timeout=3", 1) +
+                       std::vector<std::string>{ELASTIC_TEST_LAUNCH_WORKER, out.path().string()});
+  INFO(r.err);
+  CHECK(r.exitcode == 1);
+  CHECK_THAT(r.err, Catch::Contains("RendezvousTimeoutError"));
+  CHECK(files_in(out.path()).empty());  // no worker started
+}
+
+TEST_CASE("elastic: no store host is RendezvousConnectionError") {
+  TempDir out;
+  auto r = elastic_run(elastic_args("1:2", free_port(), "nohost", "is_host=0,read_timeout=3", 1) +
+                       std::vector<std::string>{ELASTIC_TEST_LAUNCH_WORKER, out.path().string()});
+  INFO(r.err);
+  CHECK(r.exitcode == 1);
+  CHECK_THAT(r.err, Catch::Contains("RendezvousConnectionError"));
+  CHECK(files_in(out.path()).empty());
+}
+
+TEST_CASE("elastic: a finished job's id reused on the same store is RendezvousClosedError") {
+  // A long job hosts the store; a short job on it ends (closing its rendezvous);
+  // a new launcher with the short job's id is refused.
+  TempDir host_out, out, logs;
+  const int port = free_port();
+  Background host(elastic_args("1:1", port, "long", "last_call_timeout=1", 1) + waiting_worker(host_out),
+                  logs.file("host.out"), logs.file("host.err"));
+  REQUIRE(wait_until([&] { return has_world(host_out, 1); }));
+  auto client = elastic_args("1:1", port, "short", "is_host=0", 1) +
+                std::vector<std::string>{ELASTIC_TEST_LAUNCH_WORKER, out.path().string()};
+  auto first = elastic_run(client);
+  INFO(first.err);
+  CHECK(first.exitcode == 0);
+  CHECK(files_in(out.path()) == std::set<std::string>{"0"});
+  fs::remove(out.file("0"));
+  auto again = elastic_run(client);
+  INFO(again.err);
+  CHECK(again.exitcode == 1);
+  CHECK_THAT(again.err, Catch::Contains("RendezvousClosedError"));
+  CHECK(files_in(out.path()).empty());
+  write_file(host_out.file("stop"), "");
+  CHECK(host.wait(std::chrono::seconds(60)) == 0);
+}
+
+TEST_CASE("elastic: a late third launcher scales the job up, its SIGKILL scales it down at once") {
+  TempDir out, logs;
+  const int port = free_port();
+  auto args = elastic_args("1:3", port, "scale", "last_call_timeout=2,join_timeout=60", 2) + waiting_worker(out);
+  Background a(args, logs.file("a.out"), logs.file("a.err"));
+  Background b(args, logs.file("b.out"), logs.file("b.err"));
+  INFO(a.err() << "\n---\n" << b.err());
+  REQUIRE(wait_until([&] { return has_world(out, 4); }));
+  {
+    Background c(args, logs.file("c.out"), logs.file("c.err"));
+    REQUIRE(wait_until([&] { return has_world(out, 6); }));  // membership change: a round of 6
+    c.signal(SIGKILL);
+    c.wait();
+  }
+  // The survivors see the lost launcher and form a round of 4 again.
+  for (int rank = 0; rank < 4; ++rank) fs::remove(out.file("w4_r" + std::to_string(rank)));
+  REQUIRE(wait_until([&] { return has_world(out, 4); }));
+  write_file(out.file("stop"), "");
+  CHECK(a.wait(std::chrono::seconds(60)) == 0);
+  CHECK(b.wait(std::chrono::seconds(60)) == 0);
+  // Membership changes are not restarts.
+  for (int rank = 0; rank < 4; ++rank)
+    CHECK(read_env_file(out.file("w4_r" + std::to_string(rank)))["TORCHELASTIC_RESTART_COUNT"] == "0");
+  CHECK(read_env_file(out.file("w6_r5"))["GROUP_WORLD_SIZE"] == "3");
+}
+
+TEST_CASE("elastic: failing workers with --max-restarts=1 run twice on every node, then fail") {
+  TempDir out, logs;
+  const int port = free_port();
+  auto args =
+      elastic_args("1:2", port, "restarts", "last_call_timeout=2", 1) +
+      std::vector<std::string>{"--max-restarts=1", "--no-python", "/bin/sh", "-c",
+                               "touch " + out.path().string() + "/c${TORCHELASTIC_RESTART_COUNT}_p$PPID; exit 3"};
+  Background a(args, logs.file("a.out"), logs.file("a.err"));
+  Background b(args, logs.file("b.out"), logs.file("b.err"));
+  const int code_a = a.wait(std::chrono::seconds(100)), code_b = b.wait(std::chrono::seconds(100));
+  INFO(a.err() << "\n---\n" << b.err());
+  CHECK(code_a == 1);
+  CHECK(code_b == 1);
+  CHECK_THAT(a.err(), Catch::Contains("ChildFailedError") && Catch::Contains("exitcode  : 3"));
+  for (auto pid : {a.pid(), b.pid()})
+    for (int count : {0, 1}) CHECK(file_exists(out.file("c" + std::to_string(count) + "_p" + std::to_string(pid))));
+}
+
+TEST_CASE("elastic: the store host's death is RendezvousConnectionError for the others, workers stopped") {
+  TempDir out, logs;
+  const int port = free_port();
+  auto host = elastic_args("1:2", port, "hostdies", "is_host=1,last_call_timeout=30", 1) + waiting_worker(out);
+  auto other = elastic_args("1:2", port, "hostdies", "is_host=0,last_call_timeout=30", 1) + waiting_worker(out);
+  Background a(host, logs.file("a.out"), logs.file("a.err"));
+  Background b(other, logs.file("b.out"), logs.file("b.err"));
+  REQUIRE(wait_until([&] { return has_world(out, 2); }));
+  a.signal(SIGKILL);
+  a.wait();
+  const int code = b.wait(std::chrono::seconds(60));
+  INFO(b.err());
+  CHECK(code == 1);
+  CHECK_THAT(b.err(), Catch::Contains("RendezvousConnectionError"));
+  // Both nodes' workers are gone: the host's with its launcher, the other's stopped by it.
+  for (int rank = 0; rank < 2; ++rank) {
+    const pid_t worker = read_pid(out.file("pid_w2_r" + std::to_string(rank)));
+    CHECK(wait_until([&] { return !alive(worker); }));
+  }
+}
+
+TEST_CASE("elastic: a signal while joining ends the launcher at once") {
+  TempDir out, logs;
+  const int port = free_port();
+  Background a(elastic_args("2:2", port, "sigjoin", "join_timeout=600", 1) +
+                   std::vector<std::string>{ELASTIC_TEST_LAUNCH_WORKER, out.path().string()},
+               logs.file("a.out"), logs.file("a.err"));
+  // Joining once its store answers.
+  REQUIRE(wait_until([&] {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    bool up = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+    ::close(fd);
+    return up;
+  }));
+  a.signal(SIGTERM);
+  CHECK(a.wait(std::chrono::seconds(60)) == 128 + SIGTERM);
+  CHECK(files_in(out.path()).empty());
+}

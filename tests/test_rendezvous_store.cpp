@@ -1,0 +1,76 @@
+// The in-memory store: every operation, sessions and their ephemeral keys on a manual clock.
+#include <catch2/catch.hpp>
+#include <elastic/rendezvous/in_memory_store.hpp>
+#include <thread>
+
+using namespace elastic::rendezvous;
+using namespace std::chrono_literals;
+
+TEST_CASE("in-memory store: get, set, get_many, remove, add") {
+  ManualClock clock;
+  auto store = InMemoryStore::with_clock(clock);
+  auto client = store->session();
+  CHECK_FALSE(client->get("a"));
+  client->set("a", std::string("x\0y", 3));
+  CHECK(*client->get("a") == std::string("x\0y", 3));
+  auto many = client->get_many({"a", "b"});
+  REQUIRE(many.size() == 2);
+  CHECK(many[0]);
+  CHECK_FALSE(many[1]);
+  CHECK(client->add("n", 5) == 5);
+  CHECK(client->add("n", -7) == -2);
+  CHECK_THROWS_AS(client->add("a", 1), StoreError);
+  CHECK(client->remove("a"));
+  CHECK_FALSE(client->remove("a"));
+}
+
+TEST_CASE("in-memory store: compare_set on absent and present keys") {
+  auto store = std::make_shared<InMemoryStore>();
+  auto client = store->session();
+  auto first = client->compare_set("k", std::nullopt, "1");
+  CHECK(first.swapped);
+  auto again = client->compare_set("k", std::nullopt, "2");
+  CHECK_FALSE(again.swapped);
+  CHECK(*again.current == "1");
+  CHECK(client->compare_set("k", std::string("1"), "3").swapped);
+  CHECK(*client->get("k") == "3");
+}
+
+TEST_CASE("in-memory store: wait and wait_change end at a write or at the deadline") {
+  ManualClock clock;
+  auto store = InMemoryStore::with_clock(clock);
+  auto waiter = store->session();
+  auto writer = store->session();
+  std::thread later([&] {
+    std::this_thread::sleep_for(20ms);
+    writer->set("k", "v");
+  });
+  CHECK(waiter->wait({"k"}, 10s));
+  later.join();
+  CHECK(*waiter->wait_change("k", std::nullopt, 10s) == "v");
+  std::thread tick([&] {
+    std::this_thread::sleep_for(20ms);
+    clock.advance(11s);
+  });
+  CHECK_FALSE(waiter->wait({"k", "missing"}, 10s));
+  tick.join();
+}
+
+TEST_CASE("in-memory store: ephemeral keys die with their session") {
+  ManualClock clock;
+  auto store = InMemoryStore::with_clock(clock);
+  auto a = store->session(15s);
+  auto b = store->session(15s);
+  a->set_ephemeral("alive/a", "1");
+  b->set_ephemeral("alive/b", "1");
+  clock.advance(10s);
+  CHECK(a->keep_alive());
+  clock.advance(10s);  // b: 20 s without a keep-alive
+  CHECK(a->get("alive/a"));
+  CHECK_FALSE(a->get("alive/b"));
+  CHECK_FALSE(b->keep_alive());  // expired, a new session begins
+  b->set_ephemeral("alive/b", "2");
+  CHECK(*a->get("alive/b") == "2");
+  a->disconnect();
+  CHECK_FALSE(b->get("alive/a"));
+}

@@ -220,20 +220,18 @@ class C10dStoreServer {
     // differs from our magic, not left waiting for bytes it will never send.
     void read_handshake() {
       auto self = shared_from_this();
-      const std::size_t wanted = c10d_detail::magic_size + 12;
+      constexpr std::size_t wanted = c10d_detail::magic_size + 12;
       auto chunk = std::make_shared<std::array<char, 64>>();
-      socket_.async_read_some(asio::buffer(*chunk, wanted - buffer_.size()),
-                              [self, chunk, wanted](const asio::error_code& ec, std::size_t got) {
-                                if (ec) return self->close();
-                                self->buffer_.insert(self->buffer_.end(), chunk->begin(),
-                                                     chunk->begin() + static_cast<long>(got));
-                                const std::size_t compared = std::min(self->buffer_.size(), c10d_detail::magic_size);
-                                if (std::memcmp(self->buffer_.data(), c10d_detail::magic, compared) != 0)
-                                  return self->close();
-                                if (self->buffer_.size() < wanted) return self->read_handshake();
-                                self->handshake_timer_.cancel();
-                                self->on_handshake();
-                              });
+      socket_.async_read_some(
+          asio::buffer(*chunk, wanted - buffer_.size()), [self, chunk](const asio::error_code& ec, std::size_t got) {
+            if (ec) return self->close();
+            self->buffer_.insert(self->buffer_.end(), chunk->begin(), chunk->begin() + static_cast<long>(got));
+            const std::size_t compared = std::min(self->buffer_.size(), c10d_detail::magic_size);
+            if (std::memcmp(self->buffer_.data(), c10d_detail::magic, compared) != 0) return self->close();
+            if (self->buffer_.size() < wanted) return self->read_handshake();
+            self->handshake_timer_.cancel();
+            self->on_handshake();
+          });
     }
 
     void on_handshake() {

@@ -98,7 +98,9 @@ class DynamicRendezvous {
     });
     for (;;) {
       if (cancelled_) throw RendezvousError("joining the rendezvous was cancelled");
-      auto [raw, state] = read();
+      auto read_result = read();
+      const auto& raw = read_result.first;
+      auto& state = read_result.second;
       if (!state.closed && remove_dead(state)) {
         cas(raw, state);
         continue;
@@ -168,7 +170,7 @@ class DynamicRendezvous {
 
   // Whether `round` still stands as it was formed.
   RoundHealth check_round(const RendezvousInfo& round) {
-    auto [raw, state] = read();
+    const RendezvousState state = read().second;
     if (state.closed) return RoundHealth::closed;
     if (state.round != round.round || !state.complete || state.participants.count(node_) == 0)
       return RoundHealth::left_behind;
@@ -231,7 +233,9 @@ class DynamicRendezvous {
   template <typename Change>
   void update(Change&& change) {
     for (;;) {
-      auto [raw, state] = read();
+      auto read_result = read();
+      const auto& raw = read_result.first;
+      auto& state = read_result.second;
       if (!change(state)) return;
       if (cas(raw, state)) return;
     }

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "support/jobs.hpp"
 #include "support/launcher.hpp"
 
 using namespace elastic::testing;
@@ -20,52 +21,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
 std::vector<std::string> elastic_args(const std::string& nnodes, int port, const std::string& id,
                                       const std::string& conf, int nproc) {
   return {"--nnodes=" + nnodes,   "--nproc-per-node=" + std::to_string(nproc),
           "--rdzv-backend=c10d",  "--rdzv-endpoint=localhost:" + std::to_string(port),
           "--rdzv-id=" + id,      "--rdzv-conf=" + conf,
           "--monitor-interval=1", "--term-timeout=5"};
-}
-
-std::vector<std::string> operator+(std::vector<std::string> a, const std::vector<std::string>& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  return a;
-}
-
-std::set<std::string> files_in(const fs::path& dir) {
-  std::set<std::string> names;
-  for (const auto& entry : fs::directory_iterator(dir)) names.insert(entry.path().filename().string());
-  return names;
-}
-
-// A shell worker that writes its environment to DIR/w<WORLD_SIZE>_r<RANK>, then
-// runs until DIR/stop exists.
-std::vector<std::string> waiting_worker(const TempDir& dir) {
-  return {"--no-python", "/bin/sh", "-c",
-          "d=" + dir.path().string() +
-              "; echo $$ > $d/pid_w${WORLD_SIZE}_r$RANK;"
-              " env > $d/.w${WORLD_SIZE}_r$RANK; mv $d/.w${WORLD_SIZE}_r$RANK $d/w${WORLD_SIZE}_r$RANK;"
-              " while [ ! -e $d/stop ]; do sleep 0.1; done"};
-}
-
-bool has_world(const TempDir& dir, int world) {
-  for (int rank = 0; rank < world; ++rank)
-    if (!file_exists(dir.file("w" + std::to_string(world) + "_r" + std::to_string(rank)))) return false;
-  return true;
 }
 
 }  // namespace

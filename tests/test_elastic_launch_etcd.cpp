@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "support/etcd_server.hpp"
+#include "support/jobs.hpp"
 #include "support/launcher.hpp"
 
 using namespace elastic::testing;
@@ -25,32 +26,6 @@ std::vector<std::string> etcd_args(const EtcdServer& etcd, const std::string& nn
           "--rdzv-backend=" + backend, "--rdzv-endpoint=" + etcd.endpoint(),
           "--rdzv-id=" + id,           "--rdzv-conf=" + conf,
           "--monitor-interval=1",      "--term-timeout=5"};
-}
-
-std::vector<std::string> operator+(std::vector<std::string> a, const std::vector<std::string>& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  return a;
-}
-
-std::set<std::string> files_in(const fs::path& dir) {
-  std::set<std::string> names;
-  for (const auto& entry : fs::directory_iterator(dir)) names.insert(entry.path().filename().string());
-  return names;
-}
-
-// A shell worker that writes its environment to DIR/w<WORLD_SIZE>_r<RANK>, then
-// runs until DIR/stop exists.
-std::vector<std::string> waiting_worker(const TempDir& dir) {
-  return {"--no-python", "/bin/sh", "-c",
-          "d=" + dir.path().string() +
-              "; env > $d/.w${WORLD_SIZE}_r$RANK; mv $d/.w${WORLD_SIZE}_r$RANK $d/w${WORLD_SIZE}_r$RANK;"
-              " while [ ! -e $d/stop ]; do sleep 0.1; done"};
-}
-
-bool has_world(const TempDir& dir, int world) {
-  for (int rank = 0; rank < world; ++rank)
-    if (!file_exists(dir.file("w" + std::to_string(world) + "_r" + std::to_string(rank)))) return false;
-  return true;
 }
 
 }  // namespace
@@ -162,8 +137,9 @@ TEST_CASE("etcd: two jobs on one etcd run side by side") {
   CHECK(x0.wait(60s) == 0);
   CHECK(x1.wait(60s) == 0);
   CHECK(y0.wait(60s) == 0);
-  CHECK(files_in(out_x.path()) == std::set<std::string>{"w2_r0", "w2_r1", "stop"});
-  CHECK(files_in(out_y.path()) == std::set<std::string>{"w3_r0", "w3_r1", "w3_r2", "stop"});
+  CHECK(files_in(out_x.path()) == std::set<std::string>{"w2_r0", "w2_r1", "pid_w2_r0", "pid_w2_r1", "stop"});
+  CHECK(files_in(out_y.path()) ==
+        std::set<std::string>{"w3_r0", "w3_r1", "w3_r2", "pid_w3_r0", "pid_w3_r1", "pid_w3_r2", "stop"});
 }
 
 TEST_CASE("etcd: etcd restarted under a running job: the job rides it out") {

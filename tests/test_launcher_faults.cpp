@@ -15,13 +15,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-RunOptions base_options() {
-  RunOptions options;
-  options.set_env["OMP_NUM_THREADS"] = "1";
-  options.set_env["ELASTIC_LOG_LEVEL"] = "warning";
-  options.unset_env = {"PET_NPROC_PER_NODE", "PET_NNODES", "PET_NO_PYTHON", "TORCHELASTIC_ERROR_FILE"};
-  return options;
-}
+RunOptions base_options() { return quiet_launch_options(); }
 
 std::vector<std::string> with(std::vector<std::string> a, const std::vector<std::string>& b) {
   a.insert(a.end(), b.begin(), b.end());

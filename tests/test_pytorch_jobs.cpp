@@ -22,8 +22,11 @@
 #include <thread>
 #include <vector>
 
+#include "support/jobs.hpp"
 #include "support/subprocess.hpp"
 
+using elastic::testing::files_in;
+using elastic::testing::free_port;
 using elastic::testing::read_file;
 using elastic::testing::run;
 using elastic::testing::RunOptions;
@@ -38,20 +41,6 @@ namespace {
 const std::string elastic_run = ELASTIC_PYTORCH_JOBS_LAUNCHER;
 const std::string jobs_dir = std::string(ELASTIC_TEST_PYTHON_DIR) + "/jobs";
 const std::string job_worker = jobs_dir + "/job_worker.py";
-
-// A port nobody listens on now: bind port 0, read it, close.
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
 
 // The environment of a launch: Debian's interpreter (python3 on PATH may be
 // another Python without torch), and nothing from the caller that would
@@ -92,12 +81,6 @@ nlohmann::json seen_by(const TempDir& dir, int rank) {
   INFO("no report from rank " << rank);
   REQUIRE(fs::exists(path));
   return nlohmann::json::parse(read_file(path));
-}
-
-std::set<std::string> files_in(const fs::path& dir) {
-  std::set<std::string> names;
-  for (const auto& entry : fs::directory_iterator(dir)) names.insert(entry.path().filename().string());
-  return names;
 }
 
 std::set<std::string> rank_names(int world_size) {

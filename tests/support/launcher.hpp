@@ -33,6 +33,16 @@ inline RunOptions with_scratch_tmpdir(RunOptions options) {
   return options;
 }
 
+// A launch that only warnings make noisy, with no PET_* defaults or error file
+// inherited from the test's own environment.
+inline RunOptions quiet_launch_options() {
+  RunOptions options;
+  options.set_env["OMP_NUM_THREADS"] = "1";
+  options.set_env["ELASTIC_LOG_LEVEL"] = "warning";
+  options.unset_env = {"PET_NPROC_PER_NODE", "PET_NNODES", "PET_NO_PYTHON", "TORCHELASTIC_ERROR_FILE"};
+  return options;
+}
+
 inline RunResult elastic_run(std::vector<std::string> args, RunOptions options = {}) {
   options = with_scratch_tmpdir(std::move(options));
   args.insert(args.begin(), ELASTIC_RUN_BINARY);

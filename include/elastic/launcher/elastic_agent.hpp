@@ -260,14 +260,11 @@ inline std::map<int, int> launch_elastic(const LaunchConfig& config, const std::
   using rendezvous::RoundHealth;
   validate_dynamic(config);
   const auto settings = detail::rendezvous_settings(config);
-  if (name.empty()) name = entrypoint_name(entrypoint, args);
-  std::shared_ptr<multiprocessing::LogsSpecs> logs_specs = config.logs_specs;
-  if (!logs_specs) logs_specs = std::make_shared<multiprocessing::DefaultLogsSpecs>();
-  if (config.own_process_tree) ::prctl(PR_SET_CHILD_SUBREAPER, 1);
-
-  const multiprocessing::Env base = detail::current_environment();
-  const std::string prefix_template = config.log_line_prefix_template.value_or(
-      detail::getenv_or("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "[${role_name}${local_rank}]:"));
+  auto setup = detail::prepare_launch(config, entrypoint, args, std::move(name));
+  name = std::move(setup.name);
+  const auto& logs_specs = setup.logs_specs;
+  const auto& base = setup.base;
+  const auto& prefix_template = setup.prefix_template;
   detail::SignalReader signals(config.signals_to_handle);
 
   auto backend = rendezvous::open_backend(config.rdzv_backend, config.rdzv_endpoint, settings,

@@ -254,6 +254,29 @@ inline std::string entrypoint_name(const std::string& entrypoint, const std::vec
   return entrypoint;
 }
 
+namespace detail {
+// What every launch, static or elastic, settles before its first attempt.
+struct LaunchSetup {
+  std::string name;
+  std::shared_ptr<multiprocessing::LogsSpecs> logs_specs;
+  multiprocessing::Env base;  // the launcher's environment, the workers' starting point
+  std::string prefix_template;
+};
+
+inline LaunchSetup prepare_launch(const LaunchConfig& config, const std::string& entrypoint,
+                                  const std::vector<std::string>& args, std::string name) {
+  LaunchSetup setup;
+  setup.name = name.empty() ? entrypoint_name(entrypoint, args) : std::move(name);
+  setup.logs_specs = config.logs_specs;
+  if (!setup.logs_specs) setup.logs_specs = std::make_shared<multiprocessing::DefaultLogsSpecs>();
+  if (config.own_process_tree) ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+  setup.base = current_environment();
+  setup.prefix_template = config.log_line_prefix_template.value_or(
+      getenv_or("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "[${role_name}${local_rank}]:"));
+  return setup;
+}
+}  // namespace detail
+
 // Runs the job; returns each global rank's exit code (all 0). Throws
 // ChildFailedError (failed ranks, by global rank) when the last attempt failed,
 // SignalException when a handled signal stopped it, UsageError for a config
@@ -262,14 +285,11 @@ inline std::map<int, int> launch(const LaunchConfig& config, const std::string& 
                                  const std::vector<std::string>& args, std::string name = "") {
   validate(config);
   if (is_dynamic_backend(config.rdzv_backend)) return launch_elastic(config, entrypoint, args, std::move(name));
-  if (name.empty()) name = entrypoint_name(entrypoint, args);
-  std::shared_ptr<multiprocessing::LogsSpecs> logs_specs = config.logs_specs;
-  if (!logs_specs) logs_specs = std::make_shared<multiprocessing::DefaultLogsSpecs>();
-  if (config.own_process_tree) ::prctl(PR_SET_CHILD_SUBREAPER, 1);
-
-  const multiprocessing::Env base = detail::current_environment();
-  const std::string prefix_template = config.log_line_prefix_template.value_or(
-      detail::getenv_or("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "[${role_name}${local_rank}]:"));
+  auto setup = detail::prepare_launch(config, entrypoint, args, std::move(name));
+  name = std::move(setup.name);
+  const auto& logs_specs = setup.logs_specs;
+  const auto& base = setup.base;
+  const auto& prefix_template = setup.prefix_template;
   detail::SignalReader signals(config.signals_to_handle);
   multiprocessing::PContextOptions options;
   options.reap_orphans = config.own_process_tree;

@@ -20,6 +20,7 @@
 #include <csignal>
 #include <cstdint>
 #include <cstring>
+#include <elastic/detail/helper_processes.hpp>
 #include <elastic/multiprocessing/job_cgroup.hpp>
 #include <elastic/multiprocessing/spawn.hpp>
 #include <stdexcept>
@@ -179,30 +180,8 @@ class Watchdog {
   [[noreturn]] static void run_child(int read_fd, int write_fd, int* groups, const char* needle,
                                      std::size_t needle_size, const char* cgroup_dir) {
     ::close(write_fd);
-    // Terminal signals and the launcher's forwarded ones are not for us: we
-    // exist to act after the parent is gone.
-    struct sigaction ignore {};
-    ignore.sa_handler = SIG_IGN;
-    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGUSR1, SIGUSR2}) ::sigaction(sig, &ignore, nullptr);
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
     ::setpgid(0, 0);
-    ::prctl(PR_SET_NAME, "elastic-watchdog", 0, 0, 0);
-    // Hold nothing of the parent's open: not its stdout (a reader waiting for EOF
-    // would wait for us), not its workers' pipes.
-    int null_fd = ::open("/dev/null", O_RDWR);
-    if (null_fd >= 0) {
-      ::dup2(null_fd, 0);
-      ::dup2(null_fd, 1);
-      ::dup2(null_fd, 2);
-    }
-    int keep = ::fcntl(read_fd, F_DUPFD_CLOEXEC, 3);
-    if (keep > 3) {
-      ::dup2(keep, 3);
-      keep = 3;
-    }
-    ::syscall(SYS_close_range, 4u, ~0u, 0u);
+    const int keep = elastic::detail::become_helper_child("elastic-watchdog", read_fd);
     int count = 0;
     for (;;) {
       std::int32_t value = 0;

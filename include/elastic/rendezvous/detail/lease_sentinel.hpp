@@ -138,26 +138,7 @@ class LeaseSentinel {
   // Async-signal-safe calls only from here on: the parent may have had threads.
   [[noreturn]] void run_child(int read_fd, int write_fd) {
     ::close(write_fd);
-    struct sigaction ignore {};
-    ignore.sa_handler = SIG_IGN;
-    // Terminal and forwarded signals are for the launcher: we act after it is gone.
-    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGUSR1, SIGUSR2}) ::sigaction(sig, &ignore, nullptr);
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
-    ::prctl(PR_SET_NAME, "elastic-lease", 0, 0, 0);
-    // Hold nothing of the parent's open (its stdout, its workers' pipes).
-    int null_fd = ::open("/dev/null", O_RDWR);
-    if (null_fd >= 0) {
-      ::dup2(null_fd, 0);
-      ::dup2(null_fd, 1);
-      ::dup2(null_fd, 2);
-    }
-    if (read_fd != 3) {
-      ::dup2(read_fd, 3);
-      read_fd = 3;
-    }
-    ::syscall(SYS_close_range, 4u, ~0u, 0u);
+    read_fd = elastic::detail::become_helper_child("elastic-lease", read_fd);
     std::int64_t lease = 0;
     for (;;) {
       std::int64_t value = 0;

@@ -15,7 +15,6 @@
 #include "support/launcher.hpp"
 
 using namespace elastic::testing;
-namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
 namespace {

@@ -91,7 +91,8 @@ class Expiry {
     const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
     client_->acquire(scope_id_, now + after.count());
   }
-  Expiry(Expiry&& other) noexcept : client_(std::exchange(other.client_, std::nullopt)), scope_id_(other.scope_id_) {}
+  Expiry(Expiry&& other) noexcept
+      : client_(std::exchange(other.client_, std::nullopt)), scope_id_(std::move(other.scope_id_)) {}
   Expiry& operator=(Expiry&&) = delete;
   Expiry(const Expiry&) = delete;
   Expiry& operator=(const Expiry&) = delete;

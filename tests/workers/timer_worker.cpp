@@ -14,7 +14,8 @@
 int main(int argc, char** argv) {
   if (argc < 3) return 2;
   const std::string dir = argv[1], mode = argv[2];
-  const std::string rank = std::getenv("RANK") ? std::getenv("RANK") : "0";
+  const char* rank_env = std::getenv("RANK");
+  const std::string rank = rank_env != nullptr ? rank_env : "0";
   auto report = [&](bool active) { std::ofstream(dir + "/" + rank + ".active") << (active ? "1" : "0"); };
   using namespace std::chrono_literals;
   if (mode == "hang" && argc > 3) {

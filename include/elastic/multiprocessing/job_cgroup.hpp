@@ -96,6 +96,7 @@ class JobCgroup {
     const char suffix[] = "/cgroup.kill";
     const std::size_t length = std::strlen(dir);
     if (length + sizeof(suffix) > sizeof(path)) return;
+    // NOLINTNEXTLINE(bugprone-not-null-terminated-result): the suffix copied next ends in NUL
     std::memcpy(path, dir, length);
     std::memcpy(path + length, suffix, sizeof(suffix));
     int fd = ::open(path, O_WRONLY | O_CLOEXEC);

@@ -320,13 +320,8 @@ inline std::map<int, int> launch_elastic(const LaunchConfig& config, const std::
     for (int local_rank = 0; local_rank < config.nproc_per_node; ++local_rank) {
       envs[local_rank] = detail::round_worker_environment(config, *plan, local_rank, restart_count, base);
       const int rank = plan->rank_offset + local_rank;
-      prefixes[local_rank] = detail::substitute(
-          prefix_template,
-          {{"rank", std::to_string(rank)}, {"local_rank", std::to_string(local_rank)}, {"role_name", config.role}});
-      std::vector<std::string> a;
-      for (const auto& arg : args)
-        a.push_back(detail::substitute(arg, {{"local_rank", std::to_string(local_rank)}}, false));
-      worker_args[local_rank] = std::move(a);
+      prefixes[local_rank] = detail::worker_prefix(prefix_template, config.role, rank, local_rank);
+      worker_args[local_rank] = detail::worker_arguments(args, local_rank);
     }
     multiprocessing::PContext context(name, entrypoint, std::move(worker_args), std::move(envs), *logs_specs,
                                       std::move(prefixes));

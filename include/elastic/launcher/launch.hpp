@@ -263,6 +263,20 @@ struct LaunchSetup {
   std::string prefix_template;
 };
 
+// One worker's log-line prefix, from --log-line-prefix-template.
+inline std::string worker_prefix(const std::string& prefix_template, const std::string& role, int rank,
+                                 int local_rank) {
+  return substitute(prefix_template,
+                    {{"rank", std::to_string(rank)}, {"local_rank", std::to_string(local_rank)}, {"role_name", role}});
+}
+
+// One worker's arguments, `{local_rank}` substituted as torchrun does.
+inline std::vector<std::string> worker_arguments(const std::vector<std::string>& args, int local_rank) {
+  std::vector<std::string> result;
+  for (const auto& arg : args) result.push_back(substitute(arg, {{"local_rank", std::to_string(local_rank)}}, false));
+  return result;
+}
+
 inline LaunchSetup prepare_launch(const LaunchConfig& config, const std::string& entrypoint,
                                   const std::vector<std::string>& args, std::string name) {
   LaunchSetup setup;
@@ -304,13 +318,8 @@ inline std::map<int, int> launch(const LaunchConfig& config, const std::string& 
     for (int local_rank = 0; local_rank < config.nproc_per_node; ++local_rank) {
       envs[local_rank] = worker_environment(config, local_rank, restart_count, base);
       const int rank = config.node_rank * config.nproc_per_node + local_rank;
-      prefixes[local_rank] = detail::substitute(
-          prefix_template,
-          {{"rank", std::to_string(rank)}, {"local_rank", std::to_string(local_rank)}, {"role_name", config.role}});
-      std::vector<std::string> a;
-      for (const auto& arg : args)
-        a.push_back(detail::substitute(arg, {{"local_rank", std::to_string(local_rank)}}, false));
-      worker_args[local_rank] = std::move(a);
+      prefixes[local_rank] = detail::worker_prefix(prefix_template, config.role, rank, local_rank);
+      worker_args[local_rank] = detail::worker_arguments(args, local_rank);
     }
     multiprocessing::PContext context(name, entrypoint, std::move(worker_args), std::move(envs), *logs_specs,
                                       std::move(prefixes), options);

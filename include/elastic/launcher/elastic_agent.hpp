@@ -324,7 +324,7 @@ inline std::map<int, int> launch_elastic(const LaunchConfig& config, const std::
       worker_args[local_rank] = detail::worker_arguments(args, local_rank);
     }
     multiprocessing::PContext context(name, entrypoint, std::move(worker_args), std::move(envs), *logs_specs,
-                                      std::move(prefixes));
+                                      std::move(prefixes), detail::attempt_options(config));
     context.watch_fd(signals.fd());
     context.start();
     if (!logged_dir) {

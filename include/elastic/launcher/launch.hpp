@@ -277,6 +277,15 @@ inline std::vector<std::string> worker_arguments(const std::vector<std::string>&
   return result;
 }
 
+// What every attempt's PContext gets from the launch, static or elastic.
+inline multiprocessing::PContextOptions attempt_options(const LaunchConfig& config) {
+  multiprocessing::PContextOptions options;
+  options.reap_orphans = config.own_process_tree;
+  options.duplicate_stdout_filters = config.duplicate_stdout_filters;
+  options.duplicate_stderr_filters = config.duplicate_stderr_filters;
+  return options;
+}
+
 inline LaunchSetup prepare_launch(const LaunchConfig& config, const std::string& entrypoint,
                                   const std::vector<std::string>& args, std::string name) {
   LaunchSetup setup;
@@ -305,10 +314,7 @@ inline std::map<int, int> launch(const LaunchConfig& config, const std::string& 
   const auto& base = setup.base;
   const auto& prefix_template = setup.prefix_template;
   detail::SignalReader signals(config.signals_to_handle);
-  multiprocessing::PContextOptions options;
-  options.reap_orphans = config.own_process_tree;
-  options.duplicate_stdout_filters = config.duplicate_stdout_filters;
-  options.duplicate_stderr_filters = config.duplicate_stderr_filters;
+  const multiprocessing::PContextOptions options = detail::attempt_options(config);
   detail::ConsoleLog console_log(options.console_stall_limit);
 
   for (int restart_count = 0;; ++restart_count) {

@@ -31,7 +31,7 @@ for target in "${targets[@]}"; do
   mkdir -p "$work"
   dict=()
   [[ -f "tests/fuzz/$target.dict" ]] && dict=(-dict="tests/fuzz/$target.dict")
-  "$build_dir/tests/fuzz/fuzz_$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+  scripts/without-aslr "$build_dir/tests/fuzz/fuzz_$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 -artifact_prefix="$build_dir/artifacts/${target}-" "${dict[@]}" \
     "$work" "tests/fuzz/corpus/$target"
 done

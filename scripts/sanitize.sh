@@ -35,8 +35,4 @@ cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CX
   -DELASTIC_SANITIZE="$flags" -DELASTIC_BUILD_TESTS=ON -DELASTIC_BUILD_EXAMPLES=ON ${CMAKE_ARGS:-}
 cmake --build "$build_dir" -j"$(nproc)"
 cd "$build_dir"
-# ThreadSanitizer of clang 14 cannot map its shadow memory under the wide address
-# randomization of recent kernels; running without randomization avoids that.
-run=()
-if [[ "$mode" == tsan ]] && setarch "$(uname -m)" -R true 2>/dev/null; then run=(setarch "$(uname -m)" -R); fi
-"${run[@]}" ctest --output-on-failure -j"$(nproc)" -E "^package:$exclude" ${CTEST_ARGS:-}
+"$OLDPWD/scripts/without-aslr" ctest --output-on-failure -j"$(nproc)" -E "^package:$exclude" ${CTEST_ARGS:-}

@@ -4,10 +4,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <elastic/rendezvous/etcd_store.hpp>
 #include <fstream>
 #include <thread>
+#include <vector>
 
 #include "support/etcd_server.hpp"
 
@@ -157,6 +159,34 @@ TEST_CASE("etcd store: wait and wait_change end at another client's write, or at
   });
   CHECK_FALSE(waiter.wait_change("k1", std::string("v2"), 60s));  // a deletion is a change
   removal.join();
+}
+
+TEST_CASE("etcd store: wait over many keys: any order, a deleted key is waited for again, neighbours do not count") {
+  EtcdServer server;
+  EtcdStore waiter(store_options(server));
+  EtcdStore writer(store_options(server));
+  std::vector<std::string> keys;
+  for (int i = 0; i < 12; ++i) keys.push_back("round/0/nproc/" + std::to_string(i));
+  writer.set(keys[3], "1");
+  std::atomic<bool> last_written{false};
+  std::thread later([&] {
+    std::this_thread::sleep_for(100ms);
+    writer.set("round/0/nproc/1x", "1");  // inside the watched range, but not a key waited for
+    for (auto it = keys.rbegin(); it != keys.rend(); ++it)
+      if (*it != keys[3] && *it != keys[7]) writer.set(*it, "1");
+    writer.remove(keys[3]);  // present when the wait began, gone before it ends
+    std::this_thread::sleep_for(200ms);
+    writer.set(keys[7], "1");
+    std::this_thread::sleep_for(200ms);
+    last_written = true;
+    writer.set(keys[3], "1");
+  });
+  const bool all = waiter.wait(keys, 60s);
+  const bool after_last = last_written.load();
+  later.join();
+  CHECK(all);
+  CHECK(after_last);
+  for (const auto& value : waiter.get_many(keys)) CHECK(value);
 }
 
 TEST_CASE("etcd store: an ephemeral key dies with its expired lease, and a waiter sees it at once") {

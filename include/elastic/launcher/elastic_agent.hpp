@@ -183,30 +183,31 @@ inline void exit_barrier(rendezvous::DynamicRendezvous& rdzv, const rendezvous::
   try {
     rdzv.guarded([&] { store.set(rdzv.round_key(info.round, "exit/" + std::to_string(info.group_rank)), "1"); });
     const auto deadline = steady_clock::now() + limit;
+    std::vector<rendezvous::NodeDesc> others;
+    std::vector<std::string> keys;
+    for (int r = 0; r < info.group_world_size(); ++r) {
+      if (r == info.group_rank) continue;
+      others.push_back(info.nodes[static_cast<std::size_t>(r)]);
+      keys.push_back(rdzv.round_key(info.round, "exit/" + std::to_string(r)));
+    }
     for (;;) {
-      std::vector<rendezvous::NodeDesc> pending;
-      std::vector<std::string> keys;
-      for (int r = 0; r < info.group_world_size(); ++r) {
-        if (r == info.group_rank) continue;
-        pending.push_back(info.nodes[static_cast<std::size_t>(r)]);
-        keys.push_back(rdzv.round_key(info.round, "exit/" + std::to_string(r)));
-      }
+      // Usually every node gets here within moments: wait for their keys first, and
+      // look for the dead and the moved-on only when that takes a while.
+      bool all = false;
+      rdzv.guarded([&] { all = store.wait(keys, milliseconds(500)); });
+      if (all) return;
       std::vector<std::optional<std::string>> exited;
       rdzv.guarded([&] { exited = store.get_many(keys); });
-      auto alive = rdzv.alive_nodes(pending);
-      const auto health = rdzv.check_round(info);
-      const bool moved_on = health == rendezvous::RoundHealth::left_behind;
+      auto alive = rdzv.alive_nodes(others);
+      const bool moved_on = rdzv.check_round(info) == rendezvous::RoundHealth::left_behind;
       bool done = true;
-      for (std::size_t i = 0; i < pending.size(); ++i)
-        if (!exited[i] && alive.count(pending[i]) > 0 && !moved_on) done = false;
+      for (std::size_t i = 0; i < others.size(); ++i)
+        if (!exited[i] && alive.count(others[i]) > 0 && !moved_on) done = false;
       if (done) return;
       if (steady_clock::now() > deadline) {
         log::warning("Exit barrier of round {} timed out after {} s", info.round, limit.count());
         return;
       }
-      bool all = false;
-      rdzv.guarded([&] { all = store.wait(keys, milliseconds(500)); });
-      (void)all;
     }
   } catch (const rendezvous::RendezvousError& e) {
     log::warning("Exit barrier of round {}: {}", info.round, e.what());
@@ -290,7 +291,9 @@ inline std::map<int, int> launch_elastic(const LaunchConfig& config, const std::
     }
   };
   auto finish = [&](const rendezvous::RendezvousInfo& info) {
+    log::debug("[{}] exit barrier of round {}", config.role, info.round);
     detail::exit_barrier(rdzv, info, std::chrono::seconds(300));
+    log::debug("[{}] exit barrier passed; closing the rendezvous", config.role);
     try {
       rdzv.close();
     } catch (const rendezvous::RendezvousError& e) {

@@ -96,14 +96,24 @@ class DynamicRendezvous {
       }
       return changed;
     });
+    // The state as last seen: a failed compare-and-set hands back the one that won,
+    // so a contended join costs one request per attempt, not a read and a write.
+    std::optional<Snapshot> seen;
+    Clock::time_point liveness_checked{};
     for (;;) {
       if (cancelled_) throw RendezvousError("joining the rendezvous was cancelled");
-      auto read_result = read();
-      const auto& raw = read_result.first;
-      auto& state = read_result.second;
-      if (!state.closed && remove_dead(state)) {
-        cas(raw, state);
-        continue;
+      Snapshot snapshot = seen ? std::move(*seen) : read();
+      seen.reset();
+      const auto& raw = snapshot.first;
+      auto& state = snapshot.second;
+      // Alive keys are read at most every liveness_poll (a read of every member's
+      // key): often enough to drop the dead, rare enough for 64 nodes racing to join.
+      if (!state.closed && Clock::now() - liveness_checked >= liveness_poll) {
+        liveness_checked = Clock::now();
+        if (remove_dead(state)) {
+          cas(raw, state, seen);
+          continue;
+        }
       }
       const auto now = now_();
       JoinContext context{
@@ -127,23 +137,23 @@ class DynamicRendezvous {
                                        std::to_string(settings_.join_timeout.count()) + " s).");
         case JoinAction::remove_from_participants:
           transitions::remove_from_participants(next, node_, settings_.min_nodes);
-          cas(raw, next);
+          cas(raw, next, seen);
           break;
         case JoinAction::remove_from_wait_list:
           next.wait_list.erase(node_);
-          cas(raw, next);
+          cas(raw, next, seen);
           break;
         case JoinAction::add_to_participants:
           transitions::add_to_participants(next, node_, settings_.min_nodes, settings_.max_nodes);
-          if (cas(raw, next) && next.last_call != 0) last_call_seen_.emplace(next.last_call, now);
+          if (cas(raw, next, seen) && next.last_call != 0) last_call_seen_.emplace(next.last_call, now);
           break;
         case JoinAction::add_to_wait_list:
           next.wait_list.insert(node_);
-          cas(raw, next);
+          cas(raw, next, seen);
           break;
         case JoinAction::mark_complete:
           transitions::mark_complete(next);
-          cas(raw, next);
+          cas(raw, next, seen);
           break;
         case JoinAction::wait: {
           auto until = std::min(now + liveness_poll, context.join_deadline_passed ? now : deadline);
@@ -219,25 +229,35 @@ class DynamicRendezvous {
   }
 
  private:
-  std::pair<std::optional<std::string>, RendezvousState> read() {
+  // The state key's stored text (absent: no state yet) and what it decodes to.
+  using Snapshot = std::pair<std::optional<std::string>, RendezvousState>;
+
+  static Snapshot snapshot_of(std::optional<std::string> raw) {
+    RendezvousState state = raw ? RendezvousState::decode(*raw) : RendezvousState{};
+    return {std::move(raw), std::move(state)};
+  }
+
+  Snapshot read() {
     std::optional<std::string> raw;
     guarded([&] { raw = store_->get(state_key()); });
-    return {raw, raw ? RendezvousState::decode(*raw) : RendezvousState{}};
+    return snapshot_of(std::move(raw));
   }
-  bool cas(const std::optional<std::string>& raw, const RendezvousState& next) {
-    bool swapped = false;
-    guarded([&] { swapped = store_->compare_set(state_key(), raw, next.encode()).swapped; });
-    return swapped;
+  // Replaces `raw` by `next`; returns whether it landed. `now` gets the state stored
+  // afterwards: `next`, or the one another node wrote first.
+  bool cas(const std::optional<std::string>& raw, const RendezvousState& next, std::optional<Snapshot>& now) {
+    CompareSetResult result;
+    guarded([&] { result = store_->compare_set(state_key(), raw, next.encode()); });
+    now = snapshot_of(std::move(result.current));
+    return result.swapped;
   }
   // Applies `change` until it lands (or finds nothing to change).
   template <typename Change>
   void update(Change&& change) {
+    std::optional<Snapshot> snapshot = read();
     for (;;) {
-      auto read_result = read();
-      const auto& raw = read_result.first;
-      auto& state = read_result.second;
-      if (!change(state)) return;
-      if (cas(raw, state)) return;
+      RendezvousState next = snapshot->second;
+      if (!change(next)) return;
+      if (cas(snapshot->first, next, snapshot)) return;
     }
   }
   bool remove_dead(RendezvousState& state) {

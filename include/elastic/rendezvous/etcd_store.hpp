@@ -27,6 +27,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -176,14 +177,28 @@ class EtcdStore : public Store {
     return guarded([&] {
       for (;;) {
         auto [revision, values] = read_many(keys);
-        auto missing = std::find_if(values.begin(), values.end(), [](const auto& value) { return !value; });
-        if (missing == values.end()) return true;
+        std::set<std::string> missing;
+        for (std::size_t i = 0; i < keys.size(); ++i)
+          if (!values[i]) missing.insert(full(keys[i]));
+        if (missing.empty()) return true;
         if (std::chrono::steady_clock::now() >= deadline) return false;
-        // Watch the first missing key from the revision read: no write in between is lost.
-        const std::string name = full(keys[static_cast<std::size_t>(missing - values.begin())]);
-        auto end = client_.watch(name, "", revision + 1, deadline, [&](const auto& events) {
-          return std::none_of(events.begin(), events.end(), [](const auto& event) { return !event.deleted; });
-        });
+        // One watch over the range spanning every key, from the revision read (no
+        // write in between is lost): the keys may appear in any order, and a node
+        // waiting for 64 of them should not read them all again after each one.
+        std::set<std::string> names;
+        for (const auto& key : keys) names.insert(full(key));
+        auto end = client_.watch(*names.begin(), *names.rbegin() + std::string(1, '\0'), revision + 1, deadline,
+                                 [&](const auto& events) {
+                                   for (const auto& event : events) {
+                                     if (names.count(event.kv.key) == 0) continue;
+                                     if (event.deleted)
+                                       missing.insert(event.kv.key);
+                                     else
+                                       missing.erase(event.kv.key);
+                                   }
+                                   return !missing.empty();
+                                 });
+        if (end == detail::EtcdWatchEnd::stopped) return true;
         if (end == detail::EtcdWatchEnd::interrupted) pause_after_interruption();
       }
     });

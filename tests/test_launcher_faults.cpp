@@ -125,11 +125,14 @@ TEST_CASE("a stale error file from an earlier attempt is never reported for a la
 }
 
 TEST_CASE("workers flooding their output, or closing it, do not stop the summary") {
-  // 4 workers x 16 MiB on stdout and stderr, teed to the console, then rank 2 fails.
+  // 4 workers x 16 MiB on stdout and stderr, teed to the console; rank 2 fails once
+  // every worker has written all of it (a failure stops the others: what they had
+  // not written yet would not count as lost).
+  TempDir dir;
   const std::string script =
-      "head -c 16777216 /dev/zero | tr '\\0' 'x'; head -c 16777216 /dev/zero >&2; "
-      "if [ \"$RANK\" = 2 ]; then exit 9; fi";
-  auto flood = elastic_run({"--nproc-per-node=4", "--tee=3", "/bin/sh", "-c", script},
+      "head -c 16777216 /dev/zero | tr '\\0' 'x'; head -c 16777216 /dev/zero >&2; touch \"$1/done.$RANK\"; "
+      "if [ \"$RANK\" = 2 ]; then while [ $(ls \"$1\" | wc -l) -lt 4 ]; do sleep 0.05; done; exit 9; fi";
+  auto flood = elastic_run({"--nproc-per-node=4", "--tee=3", "/bin/sh", "-c", script, "sh", dir.path()},
                            base_options().with_timeout(std::chrono::seconds(300)));
   CHECK(flood.exitcode == 1);
   CHECK(flood.out.size() >= std::size_t{4} * 16777216);

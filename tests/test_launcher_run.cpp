@@ -162,26 +162,6 @@ TEST_CASE("env vars: the user's OMP_NUM_THREADS and NCCL setting are kept, no wa
   CHECK(env["TORCHELASTIC_MAX_RESTARTS"] == "3");
 }
 
-TEST_CASE("static multi-node: ranks of node K") {
-  TempDir dir;
-  auto r = elastic_run({"--nnodes=2", "--node-rank=1", "--nproc-per-node=2", "--master-addr=10.1.2.3",
-                        "--master-port=1234", worker, dir.path().string()},
-                       base_options());
-  REQUIRE(r.exitcode == 0);
-  CHECK(!file_exists(dir.file("0")));
-  for (int rank : {2, 3}) {
-    auto env = read_env_file(dir.file(std::to_string(rank)));
-    CHECK(env["LOCAL_RANK"] == std::to_string(rank - 2));
-    CHECK(env["GROUP_RANK"] == "1");
-    CHECK(env["ROLE_RANK"] == std::to_string(rank));
-    CHECK(env["WORLD_SIZE"] == "4");
-    CHECK(env["GROUP_WORLD_SIZE"] == "2");
-    CHECK(env["ROLE_WORLD_SIZE"] == "4");
-    CHECK(env["MASTER_ADDR"] == "10.1.2.3");
-    CHECK(env["MASTER_PORT"] == "1234");
-  }
-}
-
 TEST_CASE("standalone: localhost, a free port, a new run id") {
   TempDir dir;
   auto r = elastic_run({"--standalone", "--nproc-per-node=2", worker, dir.path().string()}, base_options());

@@ -18,6 +18,7 @@
 #include <elastic/errors/child_failed_error.hpp>
 #include <elastic/errors/signals.hpp>
 #include <elastic/launcher/config.hpp>
+#include <elastic/launcher/static_barrier.hpp>
 #include <elastic/log.hpp>
 #include <elastic/multiprocessing.hpp>
 #include <fstream>
@@ -196,6 +197,11 @@ inline void validate(const LaunchConfig& config) {
   if (config.node_rank < 0 || config.node_rank >= config.max_nodes)
     throw UsageError("node_rank " + std::to_string(config.node_rank) + " is not in [0, " +
                      std::to_string(config.max_nodes) + ")");
+  try {
+    detail::static_join_timeout(config.rdzv_configs);
+  } catch (const rendezvous::RendezvousConfigError& e) {
+    throw UsageError(e.what());
+  }
 }
 
 // The environment TorchElastic gives local rank `local_rank` of this node.
@@ -316,6 +322,23 @@ inline std::map<int, int> launch(const LaunchConfig& config, const std::string& 
   detail::SignalReader signals(config.signals_to_handle);
   const multiprocessing::PContextOptions options = detail::attempt_options(config);
   detail::ConsoleLog console_log(options.console_stall_limit);
+  if (config.max_nodes > 1) {
+    detail::StaticBarrierOptions barrier;
+    std::tie(barrier.master_addr, barrier.master_port) =
+        config.rdzv_endpoint.empty() ? std::make_pair(config.master_addr, config.master_port)
+                                     : detail::split_endpoint(config.rdzv_endpoint, config.master_port);
+    barrier.node_rank = config.node_rank;
+    barrier.nnodes = config.max_nodes;
+    barrier.run_id = config.run_id;
+    barrier.timeout = detail::static_join_timeout(config.rdzv_configs);
+    barrier.pending_signal = [&] { return signals.next(); };
+    log::info("[{}] waiting for the other {} nodes at {}:{}", config.role, config.max_nodes - 1, barrier.master_addr,
+              barrier.master_port);
+    if (int sig = detail::static_barrier(barrier); sig != 0) {
+      log::warning("Received {} death signal before the workers started", sig);
+      throw SignalException(sig);
+    }
+  }
 
   for (int restart_count = 0;; ++restart_count) {
     std::map<int, multiprocessing::Env> envs;

@@ -28,6 +28,7 @@
 #include <deque>
 #include <elastic/rendezvous/store.hpp>
 #include <functional>
+#include <future>
 #include <list>
 #include <map>
 #include <memory>
@@ -179,6 +180,17 @@ class C10dStoreServer {
   C10dStoreServer& operator=(const C10dStoreServer&) = delete;
 
   int port() const { return port_; }
+
+  // Refuses new connections from now on; the sessions already open are served on.
+  void stop_accepting() {
+    std::promise<void> done;
+    asio::post(io_, [this, &done] {
+      asio::error_code ignored;
+      acceptor_.close(ignored);
+      done.set_value();
+    });
+    done.get_future().wait();
+  }
 
  private:
   class Connection;

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support/jobs.hpp"
@@ -153,6 +154,36 @@ TEST_CASE("elastic: a late third launcher scales the job up, its SIGKILL scales 
   for (int rank = 0; rank < 4; ++rank)
     CHECK(read_env_file(out.file("w4_r" + std::to_string(rank)))["TORCHELASTIC_RESTART_COUNT"] == "0");
   CHECK(read_env_file(out.file("w6_r5"))["GROUP_WORLD_SIZE"] == "3");
+}
+
+TEST_CASE("elastic: a SIGSTOPped launcher is dropped after its keep-alives lapse, and rejoins when continued") {
+  TempDir out, logs;
+  const int port = free_port();
+  // A session lapses after keep_alive_interval x keep_alive_max_attempt = 2 s of
+  // silence. a hosts the store (a stopped host would stop everyone).
+  const std::string conf = "last_call_timeout=1,join_timeout=60,keep_alive_interval=1,keep_alive_max_attempt=2";
+  Background a(elastic_args("1:2", port, "stopped", conf + ",is_host=1", 2) + waiting_worker(out), logs.file("a.out"),
+               logs.file("a.err"));
+  Background b(elastic_args("1:2", port, "stopped", conf + ",is_host=0", 2) + waiting_worker(out), logs.file("b.out"),
+               logs.file("b.err"));
+  INFO(a.err() << "\n---\n" << b.err());
+  REQUIRE(wait_until([&] { return has_world(out, 4); }));
+  for (int rank = 0; rank < 4; ++rank) fs::remove(out.file("w4_r" + std::to_string(rank)));
+
+  b.signal(SIGSTOP);
+  // The silent node's session lapses on the store's clock: the survivor goes on alone.
+  REQUIRE(wait_until([&] { return has_world(out, 2); }));
+  CHECK_FALSE(has_world(out, 4));
+  b.signal(SIGCONT);
+  // Continued, b finds the round moved on without it and joins again: a round of 4.
+  REQUIRE(wait_until([&] { return has_world(out, 4); }));
+  write_file(out.file("stop"), "");
+  CHECK(a.wait(std::chrono::seconds(60)) == 0);
+  CHECK(b.wait(std::chrono::seconds(60)) == 0);
+  CHECK_THAT(a.err(), Catch::Contains("a participant was lost"));
+  CHECK_THAT(b.err(), Catch::Contains("the round moved on without this node"));
+  for (int rank = 0; rank < 4; ++rank)
+    CHECK(read_env_file(out.file("w4_r" + std::to_string(rank)))["TORCHELASTIC_RESTART_COUNT"] == "0");
 }
 
 TEST_CASE("elastic: failing workers with --max-restarts=1 run twice on every node, then fail") {

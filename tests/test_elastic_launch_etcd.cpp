@@ -4,6 +4,7 @@
 // PyTorch gloo job across two launchers.
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <csignal>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -119,6 +120,29 @@ TEST_CASE("etcd: a launcher SIGKILLed after a membership change is noticed as fa
   write_file(out.file("stop"), "");
   CHECK(a.wait(60s) == 0);
   CHECK(b.wait(60s) == 0);
+}
+
+TEST_CASE("etcd: a SIGSTOPped launcher's lease lapses, the survivor goes on alone, and it rejoins when continued") {
+  EtcdServer etcd;
+  TempDir out, logs;
+  // Leases of keep_alive_interval x keep_alive_max_attempt = 2 s.
+  auto args = etcd_args(etcd, "1:2", "stopped",
+                        "join_timeout=60,last_call_timeout=1,keep_alive_interval=1,keep_alive_max_attempt=2", 2) +
+              waiting_worker(out);
+  Background a(args, logs.file("a.out"), logs.file("a.err"));
+  Background b(args, logs.file("b.out"), logs.file("b.err"));
+  INFO(a.err() << "\n---\n" << b.err());
+  REQUIRE(wait_until([&] { return has_world(out, 4); }));
+  for (int rank = 0; rank < 4; ++rank) std::filesystem::remove(out.file("w4_r" + std::to_string(rank)));
+  b.signal(SIGSTOP);
+  REQUIRE(wait_until([&] { return has_world(out, 2); }));
+  CHECK_FALSE(has_world(out, 4));
+  b.signal(SIGCONT);
+  REQUIRE(wait_until([&] { return has_world(out, 4); }));
+  write_file(out.file("stop"), "");
+  CHECK(a.wait(60s) == 0);
+  CHECK(b.wait(60s) == 0);
+  CHECK_THAT(a.err() + b.err(), Catch::Contains("the round moved on without this node"));
 }
 
 TEST_CASE("etcd: two jobs on one etcd run side by side") {

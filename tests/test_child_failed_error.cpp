@@ -102,7 +102,7 @@ TEST_CASE("width is counted in code points and capped at 60", "[child_failed_err
   CHECK(ChildFailedError("x", failures).format_msg().substr(1, 61) == std::string(60, '=') + "\n");
 }
 
-TEST_CASE("only a nested message is indented; values are inserted literally", "[child_failed_error]") {
+TEST_CASE("only a nested message is indented, and values are inserted literally", "[child_failed_error]") {
   TempDir dir;
   write_file(dir.file("s.json"), R"({"message": "a\nb ${idx} $$ {} %s", "timestamp": 1})");
   write_file(dir.file("n.json"),

@@ -568,7 +568,7 @@ std::vector<nlohmann::json> events_in(const std::string& err) {
 }
 }  // namespace
 
-TEST_CASE("event log handler console: one JSON object per worker status on stderr; null discards") {
+TEST_CASE("event log handler console: one JSON object per worker status on stderr, and null discards") {
   auto r = elastic_run({"--event-log-handler=console", "--nproc-per-node=2", "--rdzv-id=job9", "/bin/sh", "-c",
                         "if [ $RANK = 1 ]; then exit 3; fi; sleep 30"},
                        base_options());

@@ -70,7 +70,7 @@ TEST_CASE("shutdown on signal: forwarded to the workers, all reaped, non-zero ex
   }
 }
 
-TEST_CASE("a worker SIGKILLed mid-run is the root cause; the rest are stopped") {
+TEST_CASE("a worker SIGKILLed mid-run is the root cause, and the rest are stopped") {
   TempDir dir;
   Background launcher(with({"--nproc-per-node=3"}, family_worker(dir)), dir.file("out"), dir.file("err"),
                       base_options());

@@ -130,7 +130,7 @@ TEST_CASE("elastic: a finished job's id reused on the same store is RendezvousCl
   CHECK(host.wait(std::chrono::seconds(60)) == 0);
 }
 
-TEST_CASE("elastic: a late third launcher scales the job up, its SIGKILL scales it down at once") {
+TEST_CASE("elastic: a late third launcher scales the job up, its SIGKILL scales it down at once, a fourth scales it up") {
   TempDir out, logs;
   const int port = free_port();
   auto args = elastic_args("1:3", port, "scale", "last_call_timeout=2,join_timeout=60", 2) + waiting_worker(out);
@@ -147,9 +147,14 @@ TEST_CASE("elastic: a late third launcher scales the job up, its SIGKILL scales 
   // The survivors see the lost launcher and form a round of 4 again.
   for (int rank = 0; rank < 4; ++rank) fs::remove(out.file("w4_r" + std::to_string(rank)));
   REQUIRE(wait_until([&] { return has_world(out, 4); }));
+  // A fourth launcher, late: back to a round of 6.
+  for (int rank = 0; rank < 6; ++rank) fs::remove(out.file("w6_r" + std::to_string(rank)));
+  Background d(args, logs.file("d.out"), logs.file("d.err"));
+  REQUIRE(wait_until([&] { return has_world(out, 6); }));
   write_file(out.file("stop"), "");
   CHECK(a.wait(std::chrono::seconds(60)) == 0);
   CHECK(b.wait(std::chrono::seconds(60)) == 0);
+  CHECK(d.wait(std::chrono::seconds(60)) == 0);
   // Membership changes are not restarts.
   for (int rank = 0; rank < 4; ++rank)
     CHECK(read_env_file(out.file("w4_r" + std::to_string(rank)))["TORCHELASTIC_RESTART_COUNT"] == "0");

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/elastic_scenarios.hpp"
 #include "support/jobs.hpp"
 #include "support/launcher.hpp"
 
@@ -130,7 +131,8 @@ TEST_CASE("elastic: a finished job's id reused on the same store is RendezvousCl
   CHECK(host.wait(std::chrono::seconds(60)) == 0);
 }
 
-TEST_CASE("elastic: a late third launcher scales the job up, its SIGKILL scales it down at once, a fourth scales it up") {
+TEST_CASE(
+    "elastic: a late third launcher scales the job up, its SIGKILL scales it down at once, a fourth scales it up") {
   TempDir out, logs;
   const int port = free_port();
   auto args = elastic_args("1:3", port, "scale", "last_call_timeout=2,join_timeout=60", 2) + waiting_worker(out);
@@ -172,23 +174,7 @@ TEST_CASE("elastic: a SIGSTOPped launcher is dropped after its keep-alives lapse
   Background b(elastic_args("1:2", port, "stopped", conf + ",is_host=0", 2) + waiting_worker(out), logs.file("b.out"),
                logs.file("b.err"));
   INFO(a.err() << "\n---\n" << b.err());
-  REQUIRE(wait_until([&] { return has_world(out, 4); }));
-  for (int rank = 0; rank < 4; ++rank) fs::remove(out.file("w4_r" + std::to_string(rank)));
-
-  b.signal(SIGSTOP);
-  // The silent node's session lapses on the store's clock: the survivor goes on alone.
-  REQUIRE(wait_until([&] { return has_world(out, 2); }));
-  CHECK_FALSE(has_world(out, 4));
-  b.signal(SIGCONT);
-  // Continued, b finds the round moved on without it and joins again: a round of 4.
-  REQUIRE(wait_until([&] { return has_world(out, 4); }));
-  write_file(out.file("stop"), "");
-  CHECK(a.wait(std::chrono::seconds(60)) == 0);
-  CHECK(b.wait(std::chrono::seconds(60)) == 0);
-  CHECK_THAT(a.err(), Catch::Contains("a participant was lost"));
-  CHECK_THAT(b.err(), Catch::Contains("the round moved on without this node"));
-  for (int rank = 0; rank < 4; ++rank)
-    CHECK(read_env_file(out.file("w4_r" + std::to_string(rank)))["TORCHELASTIC_RESTART_COUNT"] == "0");
+  check_stopped_peer_rejoins(a, b, out);
 }
 
 TEST_CASE("elastic: failing workers with --max-restarts=1 run twice on every node, then fail") {

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "support/elastic_scenarios.hpp"
 #include "support/etcd_server.hpp"
 #include "support/jobs.hpp"
 #include "support/launcher.hpp"
@@ -132,17 +133,7 @@ TEST_CASE("etcd: a SIGSTOPped launcher's lease lapses, the survivor goes on alon
   Background a(args, logs.file("a.out"), logs.file("a.err"));
   Background b(args, logs.file("b.out"), logs.file("b.err"));
   INFO(a.err() << "\n---\n" << b.err());
-  REQUIRE(wait_until([&] { return has_world(out, 4); }));
-  for (int rank = 0; rank < 4; ++rank) std::filesystem::remove(out.file("w4_r" + std::to_string(rank)));
-  b.signal(SIGSTOP);
-  REQUIRE(wait_until([&] { return has_world(out, 2); }));
-  CHECK_FALSE(has_world(out, 4));
-  b.signal(SIGCONT);
-  REQUIRE(wait_until([&] { return has_world(out, 4); }));
-  write_file(out.file("stop"), "");
-  CHECK(a.wait(60s) == 0);
-  CHECK(b.wait(60s) == 0);
-  CHECK_THAT(a.err() + b.err(), Catch::Contains("the round moved on without this node"));
+  check_stopped_peer_rejoins(a, b, out);
 }
 
 TEST_CASE("etcd: two jobs on one etcd run side by side") {

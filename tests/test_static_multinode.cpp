@@ -1,8 +1,8 @@
 // Static multi-node launches (--nnodes=N without MIN:MAX), several launchers on
 // loopback standing in for nodes: they wait for each other before any worker starts.
-#include <csignal>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <csignal>
 #include <future>
 #include <string>
 #include <thread>
@@ -34,8 +34,8 @@ TEST_CASE("static multi-node: node 0 starts no worker before node 1 arrives, the
                    dir.file("err0"), quiet_launch_options());
   std::this_thread::sleep_for(1500ms);
   CHECK(files_in(dir.path()) == std::set<std::string>{"err0", "out0"});  // no worker has written yet
-  auto node1 = elastic_run(node(2, 1, port) + std::vector<std::string>{worker, dir.path().string()},
-                           quiet_launch_options());
+  auto node1 =
+      elastic_run(node(2, 1, port) + std::vector<std::string>{worker, dir.path().string()}, quiet_launch_options());
   INFO("node 0: " << node0.err() << "\nnode 1: " << node1.err);
   CHECK(node0.wait() == 0);
   REQUIRE(node1.exitcode == 0);
@@ -95,10 +95,10 @@ TEST_CASE("static multi-node: a peer that never comes is RendezvousTimeoutError 
 TEST_CASE("static multi-node: a node rank taken twice is RendezvousStateError for the second launcher") {
   TempDir dir;
   const int port = free_port();
-  Background node0(node(3, 0, port, {"--rdzv-conf=join_timeout=60", "/bin/true"}), dir.file("out0"),
-                   dir.file("err0"), quiet_launch_options());
-  Background first(node(3, 1, port, {"--rdzv-conf=join_timeout=60", "/bin/true"}), dir.file("out1"),
-                   dir.file("err1"), quiet_launch_options());
+  Background node0(node(3, 0, port, {"--rdzv-conf=join_timeout=60", "/bin/true"}), dir.file("out0"), dir.file("err0"),
+                   quiet_launch_options());
+  Background first(node(3, 1, port, {"--rdzv-conf=join_timeout=60", "/bin/true"}), dir.file("out1"), dir.file("err1"),
+                   quiet_launch_options());
   std::this_thread::sleep_for(1s);
   auto second = elastic_run(node(3, 1, port, {"--rdzv-conf=join_timeout=60", "/bin/true"}), quiet_launch_options());
   CHECK(second.exitcode == 1);
@@ -126,8 +126,7 @@ TEST_CASE("static multi-node: a signal while waiting for peers ends the launcher
 }
 
 TEST_CASE("static multi-node: a join_timeout that is not a positive integer is a usage error") {
-  auto r = elastic_run(node(2, 0, free_port(), {"--rdzv-conf=join_timeout=soon", "/bin/true"}),
-                       quiet_launch_options());
+  auto r = elastic_run(node(2, 0, free_port(), {"--rdzv-conf=join_timeout=soon", "/bin/true"}), quiet_launch_options());
   CHECK(r.exitcode == 2);
   CHECK_THAT(r.err, Catch::Contains("join_timeout 'soon' is not a positive integer"));
 }

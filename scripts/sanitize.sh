@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:?usage: scripts/sanitize.sh asan|tsan}
+# Everything below runs without address randomization (see scripts/without-aslr):
+# the build runs the sanitized test programs too, to list their test cases.
+if [[ -z ${ELASTIC_WITHOUT_ASLR:-} ]]; then ELASTIC_WITHOUT_ASLR=1 exec scripts/without-aslr "$0" "$@"; fi
 scripts/install-deps.sh clang-14 libclang-rt-14-dev
 
 # Signals stay the program's own: tests check that a worker dies by SIGSEGV or
@@ -35,4 +38,16 @@ cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CX
   -DELASTIC_SANITIZE="$flags" -DELASTIC_BUILD_TESTS=ON -DELASTIC_BUILD_EXAMPLES=ON ${CMAKE_ARGS:-}
 cmake --build "$build_dir" -j"$(nproc)"
 cd "$build_dir"
-"$OLDPWD/scripts/without-aslr" ctest --output-on-failure -j"$(nproc)" -E "^package:$exclude" ${CTEST_ARGS:-}
+# A test program that could not start when the build listed its cases would add no
+# test to CTest, silently: every program's cases must all be there.
+for program in tests/test_*; do
+  [[ -f $program && -x $program ]] || continue
+  name=$(basename "$program")
+  listed=$("$program" --list-test-names-only | grep -c .)
+  registered=$(ctest -N -R "^$name:" | grep -c "Test *#" || true)
+  if [[ $listed -ne $registered ]]; then
+    echo "$name: CTest knows $registered of its $listed test cases (its listing failed at build time?)" >&2
+    exit 1
+  fi
+done
+ctest --output-on-failure -j"$(nproc)" -E "^package:$exclude" ${CTEST_ARGS:-}

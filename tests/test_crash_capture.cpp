@@ -321,6 +321,7 @@ TEST_CASE("files planted at the crash writer's old temporary names do not stop t
   REQUIRE(child >= 0);
   if (child == 0) {
     ::close(go[1]);
+    ::signal(SIGSEGV, SIG_DFL);  // as a new process: no test framework's handler to chain to
     elastic::set_crash_report_path(file);
     elastic::install_crash_handlers();
     char byte = 0;

@@ -64,10 +64,16 @@ RunOptions job_options(std::map<std::string, std::string> extra = {}, std::vecto
   return options;
 }
 
-RunResult launch(const std::vector<std::string>& args, const RunOptions& options = job_options()) {
+// Runs elastic-run; safe on any thread (Catch2's macros are not).
+RunResult run_launcher(const std::vector<std::string>& args, const RunOptions& options = job_options()) {
   std::vector<std::string> argv = {elastic_run};
   argv.insert(argv.end(), args.begin(), args.end());
-  RunResult result = run(argv, options);
+  return run(argv, options);
+}
+
+// run_launcher() on the test's thread, its output kept for a failure's report.
+RunResult launch(const std::vector<std::string>& args, const RunOptions& options = job_options()) {
+  RunResult result = run_launcher(args, options);
   UNSCOPED_INFO("elastic-run exit code " << result.exitcode << (result.timed_out ? " (timed out)" : "")
                                          << "\n--- stdout\n"
                                          << result.out << "\n--- stderr\n"
@@ -429,7 +435,8 @@ TEST_CASE("six concurrent single-node jobs on one host all form their own group"
   options.with_timeout(std::chrono::seconds(280));
   for (auto& out : outs)
     jobs.push_back(std::async(std::launch::async, [&out, &options] {
-      return launch({"--nproc-per-node=2", job_worker, "--out-dir", out.path().string(), "--timeout", "240"}, options);
+      return run_launcher({"--nproc-per-node=2", job_worker, "--out-dir", out.path().string(), "--timeout", "240"},
+                          options);
     }));
   std::set<std::string> ports, run_ids;
   for (std::size_t job = 0; job < jobs.size(); ++job) {
@@ -449,8 +456,8 @@ TEST_CASE("a busy explicit master port fails clearly and never disturbs the job 
   const std::string port = std::to_string(free_port());
   const std::string release = hold.file("release");
   auto holder = std::async(std::launch::async, [&] {
-    return launch({"--nproc-per-node=2", "--master-port=" + port, job_worker, "--out-dir", out.path().string(),
-                   "--hold-until", release});
+    return run_launcher({"--nproc-per-node=2", "--master-port=" + port, job_worker, "--out-dir", out.path().string(),
+                         "--hold-until", release});
   });
   // The holder's group has formed once its rank 0 store answers on the port and its ranks
   // reported the all_reduce; they then wait for `release`.

@@ -24,7 +24,7 @@ case "$mode" in
     ;;
   tsan)
     flags=thread
-    export TSAN_OPTIONS="exitcode=66:halt_on_error=1:second_deadlock_stack=1:handle_segv=0:handle_sigbus=0:handle_abort=0:handle_sigfpe=0:handle_sigill=0"
+    export TSAN_OPTIONS="suppressions=$PWD/tests/sanitizers/tsan.supp:exitcode=66:halt_on_error=1:second_deadlock_stack=1:handle_segv=0:handle_sigbus=0:handle_abort=0:handle_sigfpe=0:handle_sigill=0"
     # The launcher's spawn uses fork() in this build: ThreadSanitizer cannot follow
     # clone(CLONE_VM | CLONE_VFORK) (see multiprocessing/spawn.hpp).
     exclude=

@@ -136,14 +136,6 @@ class EtcdClient {
       throw std::invalid_argument("etcd over https: this build's cpp-httplib has no TLS support");
 #endif
     if (options_.read_timeout.count() <= 0) throw std::invalid_argument("etcd read_timeout must be positive");
-    // One idle client made here (it connects only when used): cpp-httplib builds
-    // function-local statics in its first client, and this constructor runs before
-    // the threads that share this object.
-    try {
-      idle_.push_back(make_http_client(options_.read_timeout));
-    } catch (const std::invalid_argument&) {
-      // Unusable TLS files: the first request reports it, as a StoreError.
-    }
   }
 
   EtcdClient(const EtcdClient&) = delete;

@@ -101,6 +101,13 @@ inline std::pair<std::string, int> split_endpoint(const std::string& endpoint, i
   return {host, std::stoi(port)};
 }
 
+// MASTER_ADDR and MASTER_PORT of a static launch: --rdzv-endpoint when given, else
+// --master-addr and --master-port.
+inline std::pair<std::string, int> master_endpoint(const LaunchConfig& config) {
+  if (config.rdzv_endpoint.empty()) return {config.master_addr, config.master_port};
+  return split_endpoint(config.rdzv_endpoint, config.master_port);
+}
+
 using multiprocessing::detail::children_of_self;
 
 // As a subreaper, descendants whose parents died come back to us: kill and reap
@@ -211,10 +218,7 @@ inline multiprocessing::Env worker_environment(const LaunchConfig& config, int l
   const int nnodes = config.max_nodes;
   const int rank = config.node_rank * config.nproc_per_node + local_rank;
   const int world_size = nnodes * config.nproc_per_node;
-  std::string master_addr = config.master_addr;
-  int master_port = config.master_port;
-  if (!config.rdzv_endpoint.empty())
-    std::tie(master_addr, master_port) = detail::split_endpoint(config.rdzv_endpoint, config.master_port);
+  const auto [master_addr, master_port] = detail::master_endpoint(config);
   env["LOCAL_RANK"] = config.virtual_local_rank ? "0" : std::to_string(local_rank);
   env["RANK"] = std::to_string(rank);
   env["GROUP_RANK"] = std::to_string(config.node_rank);
@@ -324,9 +328,7 @@ inline std::map<int, int> launch(const LaunchConfig& config, const std::string& 
   detail::ConsoleLog console_log(options.console_stall_limit);
   if (config.max_nodes > 1) {
     detail::StaticBarrierOptions barrier;
-    std::tie(barrier.master_addr, barrier.master_port) =
-        config.rdzv_endpoint.empty() ? std::make_pair(config.master_addr, config.master_port)
-                                     : detail::split_endpoint(config.rdzv_endpoint, config.master_port);
+    std::tie(barrier.master_addr, barrier.master_port) = detail::master_endpoint(config);
     barrier.node_rank = config.node_rank;
     barrier.nnodes = config.max_nodes;
     barrier.run_id = config.run_id;

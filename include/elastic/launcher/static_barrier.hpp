@@ -19,6 +19,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <elastic/errors/detail/hostname.hpp>
 #include <elastic/log.hpp>
@@ -131,22 +132,19 @@ inline int static_barrier(const StaticBarrierOptions& options) {
     if (!wait_for(arrived, "not every node rank arrived")) return sig;
     if (!host) {
       if (!wait_for({prefix + "go"}, "node 0 did not give the start")) return sig;
-      log::info("static rendezvous of {} nodes complete", options.nnodes);
-      return 0;
-    }
-    server->stop_accepting();
-    store->set(prefix + "go", "1");
-    // The others end their sessions on "go"; the store goes after them (or after a
-    // few seconds), so that none of them sees it vanish before it saw "go".
-    std::vector<std::string> others;
-    for (int r = 1; r < options.nnodes; ++r) others.push_back(prefix + "alive/" + std::to_string(r));
-    const auto release_by = steady_clock::now() + seconds(5);
-    for (;;) {
-      auto alive = store->get_many(others);
-      bool any = false;
-      for (const auto& value : alive) any = any || value.has_value();
-      if (!any || steady_clock::now() >= release_by) break;
-      std::this_thread::sleep_for(milliseconds(20));
+    } else {
+      server->stop_accepting();
+      store->set(prefix + "go", "1");
+      // The others end their sessions on "go"; the store goes after them (or after a
+      // few seconds), so that none of them sees it vanish before it saw "go".
+      const std::vector<std::string> others(arrived.begin() + 1, arrived.end());
+      const auto release_by = steady_clock::now() + seconds(5);
+      for (;;) {
+        auto alive = store->get_many(others);
+        const bool any = std::any_of(alive.begin(), alive.end(), [](const auto& value) { return value.has_value(); });
+        if (!any || steady_clock::now() >= release_by) break;
+        std::this_thread::sleep_for(milliseconds(20));
+      }
     }
   } catch (const rendezvous::StoreError& e) {
     throw RendezvousConnectionError("the static rendezvous at " + where + ": " + e.what());

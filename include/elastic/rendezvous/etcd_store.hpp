@@ -175,6 +175,8 @@ class EtcdStore : public Store {
   bool wait(const std::vector<std::string>& keys, std::chrono::milliseconds timeout) override {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     return guarded([&] {
+      std::set<std::string> names;  // the keys as etcd names them
+      for (const auto& key : keys) names.insert(full(key));
       for (;;) {
         auto [revision, values] = read_many(keys);
         std::set<std::string> missing;
@@ -185,8 +187,6 @@ class EtcdStore : public Store {
         // One watch over the range spanning every key, from the revision read (no
         // write in between is lost): the keys may appear in any order, and a node
         // waiting for 64 of them should not read them all again after each one.
-        std::set<std::string> names;
-        for (const auto& key : keys) names.insert(full(key));
         auto end = client_.watch(*names.begin(), *names.rbegin() + std::string(1, '\0'), revision + 1, deadline,
                                  [&](const auto& events) {
                                    for (const auto& event : events) {

@@ -53,6 +53,20 @@ TEST_CASE("static multi-node: node 0 starts no worker before node 1 arrives, the
   }
 }
 
+TEST_CASE("static multi-node: a node that waits longer than a store session's 15 s TTL still gets its start") {
+  TempDir dir;
+  const int port = free_port();
+  Background node0(node(2, 0, port) + std::vector<std::string>{worker, dir.path().string()}, dir.file("out0"),
+                   dir.file("err0"), quiet_launch_options());
+  std::this_thread::sleep_for(17s);  // node 0 waits, connected to its store, past a session's TTL
+  auto node1 =
+      elastic_run(node(2, 1, port) + std::vector<std::string>{worker, dir.path().string()}, quiet_launch_options());
+  INFO("node 0: " << node0.err() << "\nnode 1: " << node1.err);
+  CHECK(node0.wait() == 0);
+  CHECK(node1.exitcode == 0);
+  for (int rank = 0; rank < 4; ++rank) CHECK(read_env_file(dir.file(std::to_string(rank)))["WORLD_SIZE"] == "4");
+}
+
 TEST_CASE("static multi-node: three nodes started in any order form one job") {
   TempDir dir;
   const int port = free_port();

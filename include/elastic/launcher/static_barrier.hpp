@@ -8,9 +8,9 @@
 // TCPStore (TORCHELASTIC_USE_AGENT_STORE=False).
 //   every node   claims nodes/<node rank> (a rank claimed twice is an error), then
 //                waits until all N are there (alive/<node rank>, one per session)
-//   node 0       stops accepting connections, writes "go", waits (a few seconds at
-//                most) for the others to end their sessions, closes the store and
-//                starts its workers
+//   node 0       stops accepting connections, writes "go", waits (60 s at most) for
+//                the others to end their sessions, closes the store and starts its
+//                workers
 //   other nodes  on "go" end their session and start theirs; their workers'
 //                TCPStore clients find the port refused until rank 0 listens on it,
 //                and retry, as PyTorch's clients do
@@ -111,6 +111,7 @@ inline int static_barrier(const StaticBarrierOptions& options) {
   auto wait_for = [&](const std::vector<std::string>& keys, const std::string& what) {
     for (;;) {
       if ((sig = options.pending_signal()) != 0) return false;
+      store->keep_alive();  // a session without keep-alives ends after its TTL (15 s)
       if (store->wait(keys, std::min(milliseconds(200), std::max(left(), milliseconds(1))))) return true;
       if (left().count() <= 0) throw timed_out(what);
     }
@@ -135,11 +136,13 @@ inline int static_barrier(const StaticBarrierOptions& options) {
     } else {
       server->stop_accepting();
       store->set(prefix + "go", "1");
-      // The others end their sessions on "go"; the store goes after them (or after a
-      // few seconds), so that none of them sees it vanish before it saw "go".
+      // The others end their sessions on "go"; the store goes after them, so that
+      // none of them sees it vanish before it saw "go" (a loaded host may take
+      // seconds to schedule them: only one that is stopped or hung is given up on).
       const std::vector<std::string> others(arrived.begin() + 1, arrived.end());
-      const auto release_by = steady_clock::now() + seconds(5);
+      const auto release_by = steady_clock::now() + seconds(60);
       for (;;) {
+        store->keep_alive();
         auto alive = store->get_many(others);
         const bool any = std::any_of(alive.begin(), alive.end(), [](const auto& value) { return value.has_value(); });
         if (!any || steady_clock::now() >= release_by) break;

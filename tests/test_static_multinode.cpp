@@ -99,6 +99,7 @@ TEST_CASE("static multi-node: a peer that never comes is RendezvousTimeoutError 
       const auto took = std::chrono::steady_clock::now() - started;
       CHECK(r.exitcode == 1);
       CHECK_THAT(r.err, Catch::Contains("RendezvousTimeoutError") && Catch::Contains("within 2 s"));
+      CHECK_THAT(r.err, Catch::Contains(node_rank == 0 ? "node rank 1 never arrived" : "node 0 never answered"));
       CHECK(took >= 2s);
       CHECK(took < 30s);
       CHECK(files_in(dir.path()).empty());

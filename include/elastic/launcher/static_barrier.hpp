@@ -6,12 +6,14 @@
 // Node 0 serves one of our c10d stores at MASTER_PORT for the barrier alone, and
 // closes it before its workers start: worker rank 0 binds that port for PyTorch's
 // TCPStore (TORCHELASTIC_USE_AGENT_STORE=False).
-//   every node   claims nodes/<node rank> (a rank claimed twice is an error), then
-//                waits until all N are there (alive/<node rank>, one per session)
-//   node 0       stops accepting connections, writes "go", waits (60 s at most) for
-//                the others to end their sessions, closes the store and starts its
-//                workers
-//   other nodes  on "go" end their session and start theirs; their workers'
+//   every node   claims nodes/<node rank> (a rank claimed twice is an error) and
+//                marks itself there (alive/<node rank>, one per session)
+//   node 0       waits until all N are there, stops accepting connections, writes
+//                "go", waits (60 s at most) for the others to end their sessions,
+//                closes the store and starts its workers
+//   other nodes  wait for "go" alone (not for all N: a node that saw "go" leaves,
+//                and its mark with it, so a slower node would never see all N at
+//                once), end their session and start their workers; those workers'
 //                TCPStore clients find the port refused until rank 0 listens on it,
 //                and retry, as PyTorch's clients do
 // Only the first attempt waits: a restarted group meets in PyTorch's store again.
@@ -106,14 +108,26 @@ inline int static_barrier(const StaticBarrierOptions& options) {
     if (left().count() <= 0) throw timed_out("node 0 never answered");
   }
 
+  std::vector<std::string> arrived;
+  for (int r = 0; r < options.nnodes; ++r) arrived.push_back(prefix + "alive/" + std::to_string(r));
+  // At the deadline: which node ranks are not there (as far as this node can tell).
+  auto missing = [&] {
+    auto marks = store->get_many(arrived);
+    std::string ranks;
+    for (std::size_t r = 0; r < marks.size(); ++r)
+      if (!marks[r]) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
+    if (ranks.empty()) return std::string("node 0 did not give the start");
+    return "node rank" + std::string(ranks.find(',') == std::string::npos ? " " : "s ") + ranks + " never arrived";
+  };
+
   // Waits for `keys` in short slices; false when a signal came (sig set).
   int sig = 0;
-  auto wait_for = [&](const std::vector<std::string>& keys, const std::string& what) {
+  auto wait_for = [&](const std::vector<std::string>& keys) {
     for (;;) {
       if ((sig = options.pending_signal()) != 0) return false;
       store->keep_alive();  // a session without keep-alives ends after its TTL (15 s)
       if (store->wait(keys, std::min(milliseconds(200), std::max(left(), milliseconds(1))))) return true;
-      if (left().count() <= 0) throw timed_out(what);
+      if (left().count() <= 0) throw timed_out(missing());
     }
   };
 
@@ -128,12 +142,10 @@ inline int static_barrier(const StaticBarrierOptions& options) {
       throw rendezvous::RendezvousStateError("node rank " + rank + " of the static job at " + where +
                                              " is already taken by the launcher " + claimed.current.value_or("?"));
     store->set_ephemeral(prefix + "alive/" + rank, "1");
-    std::vector<std::string> arrived;
-    for (int r = 0; r < options.nnodes; ++r) arrived.push_back(prefix + "alive/" + std::to_string(r));
-    if (!wait_for(arrived, "not every node rank arrived")) return sig;
     if (!host) {
-      if (!wait_for({prefix + "go"}, "node 0 did not give the start")) return sig;
+      if (!wait_for({prefix + "go"})) return sig;
     } else {
+      if (!wait_for(arrived)) return sig;
       server->stop_accepting();
       store->set(prefix + "go", "1");
       // The others end their sessions on "go"; the store goes after them, so that

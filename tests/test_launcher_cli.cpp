@@ -349,11 +349,17 @@ TEST_CASE("GPU counting: CUDA_VISIBLE_DEVICES with indices, UUIDs and MIG ids") 
   CHECK(gpu_count(four, "") == 0);
   CHECK(visible_devices("2,0", four) == std::vector<int>{2, 0});
   CHECK(visible_devices(" 1 , 3 ", four) == std::vector<int>{1, 3});
-  // Entries up to the first invalid one: an index out of range, -1, a repeat, garbage.
+  // Entries up to the first invalid one: an index out of range, -1, garbage. Indices as
+  // strtoul reads them.
   CHECK(visible_devices("0,7,1", four) == std::vector<int>{0});
   CHECK(visible_devices("-1,0", four).empty());
-  CHECK(visible_devices("1,1,2", four) == std::vector<int>{1});
   CHECK(visible_devices("0,x,1", four) == std::vector<int>{0});
+  CHECK(visible_devices("1gpu2,2ampere", four) == std::vector<int>{1, 2});
+  // A device named twice: no device at all (newest PyTorch's count, seen on an H200 machine).
+  CHECK(visible_devices("1,1,2", four).empty());
+  CHECK(visible_devices("0,0", four).empty());
+  CHECK(visible_devices("GPU-bbbb3333,GPU-bbbb", four).empty());
+  CHECK(gpu_count(four, "2,0,2") == 0);
   // UUIDs, whole or a unique prefix; an ambiguous or unknown one ends the list.
   CHECK(visible_devices("GPU-bbbb3333,GPU-cccc", four) == std::vector<int>{2, 3});
   CHECK(visible_devices("GPU-aaaa,1", four).empty());
@@ -369,7 +375,10 @@ TEST_CASE("GPU counting: CUDA_VISIBLE_DEVICES with indices, UUIDs and MIG ids") 
   // Without NVML: the device nodes, any GPU-... entry counts, never more than there are nodes.
   GpuInventory nodes;
   nodes.count = 2;
-  CHECK(gpu_count(nodes, "GPU-anything,1") == 2);
+  CHECK(gpu_count(nodes, "GPU-anything,GPU-other") == 2);
+  CHECK(gpu_count(nodes, "GPU-anything,1") == 1);  // a list keeps the kind of its first entry
+  CHECK(gpu_count(nodes, "GPU-anything,GPU-anything") == 0);
+  CHECK(gpu_count(one, "MIG-a,MIG-a") == 0);
   CHECK(gpu_count(nodes, "0,1,GPU-x") == 2);
   CHECK(gpu_count(GpuInventory{}, "0,1") == 0);
 }

@@ -96,40 +96,48 @@ inline GpuInventory gpu_inventory(const std::string& dev_dir = "/dev") {
 }
 
 // The indices (into `gpus`) of the devices CUDA_VISIBLE_DEVICES = `visible` lets a process use,
-// in CUDA's order, read as CUDA reads it: comma-separated entries up to the first invalid one;
-// an entry is an index below the device count, a GPU-<uuid> (or a unique prefix of one) when
-// the UUIDs are known, or any GPU-... when they are not. MIG-... entries count one device
-// each and get the index -1 (a MIG instance, not a whole GPU), as do GPU-... entries when
-// the UUIDs are unknown. A repeated device index ends the list, as it does for CUDA.
+// in CUDA's order, read as newest PyTorch reads it: comma-separated entries of the first
+// entry's kind (indices, GPU-... or MIG-...) up to the first invalid one or one of another
+// kind. An index must be below the device count and is read as strtoul reads it ("1gpu" is
+// 1); a GPU-<uuid> (or a unique prefix of one) is looked up when the UUIDs are known. MIG-...
+// entries count one device each and get the index -1 (a MIG instance, not a whole GPU), as
+// do GPU-... entries when the UUIDs are unknown. A device named twice empties the list
+// (newest PyTorch counts no GPU then; torch 1.13 counted it once).
 inline std::vector<int> visible_devices(const std::string& visible, const GpuInventory& gpus) {
   std::vector<int> result;
+  std::vector<std::string> named;
+  char kind = 0;  // of the first entry: 'i' index, 'G' GPU-..., 'M' MIG-...
   std::size_t start = 0;
   while (start < visible.size()) {
     std::size_t comma = visible.find(',', start);
     std::string item = visible.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
     item.erase(0, item.find_first_not_of(" \t"));
     item.erase(item.find_last_not_of(" \t") + 1);
-    int index = -2;  // invalid
-    if (detail::all_decimal(item) && std::stoi(item) < gpus.count) {
-      index = std::stoi(item);
-    } else if (item.rfind("MIG-", 0) == 0 && item.size() > 4) {
-      index = -1;
-    } else if (item.rfind("GPU-", 0) == 0 && item.size() > 4) {
-      if (gpus.uuids.empty()) {
-        index = -1;  // some GPU: which one is unknown without NVML
-      } else {
-        int matches = 0;
-        for (std::size_t i = 0; i < gpus.uuids.size(); ++i)
-          if (gpus.uuids[i].rfind(item, 0) == 0) {
-            index = static_cast<int>(i);
-            ++matches;
-          }
-        if (matches != 1) index = -2;
-      }
+    const std::string digits = item.substr(0, item.find_first_not_of("0123456789"));
+    const char item_kind = !digits.empty()                                 ? 'i'
+                           : item.rfind("GPU-", 0) == 0 && item.size() > 4 ? 'G'
+                           : item.rfind("MIG-", 0) == 0 && item.size() > 4 ? 'M'
+                                                                           : 0;
+    if (item_kind == 0 || (kind != 0 && item_kind != kind)) break;
+    kind = item_kind;
+    int index = -1;
+    if (kind == 'i') {
+      if (!detail::all_decimal(digits) || std::stoi(digits) >= gpus.count) break;
+      index = std::stoi(digits);
+    } else if (kind == 'G' && !gpus.uuids.empty()) {
+      int matches = 0;
+      for (std::size_t i = 0; i < gpus.uuids.size(); ++i)
+        if (gpus.uuids[i].rfind(item, 0) == 0) {
+          index = static_cast<int>(i);
+          ++matches;
+        }
+      if (matches != 1) break;  // unknown or ambiguous
     }
-    if (index == -2) break;
-    if (index >= 0 && std::find(result.begin(), result.end(), index) != result.end()) break;
+    const bool repeated = index >= 0 ? std::find(result.begin(), result.end(), index) != result.end()
+                                     : std::find(named.begin(), named.end(), item) != named.end();
+    if (repeated) return {};
     result.push_back(index);
+    named.push_back(item);
     if (comma == std::string::npos) break;
     start = comma + 1;
   }

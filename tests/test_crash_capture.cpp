@@ -507,6 +507,16 @@ TEST_CASE("a crashing thread racing a throwing one: the file describes what ende
   SUCCEED();
 }
 
+TEST_CASE("a thread crashing while the process exits after an exception record: the exception ended it") {
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  RunResult result = run_worker({"crash_during_exit_after_throw"}, file);
+  INFO(result.err);
+  CHECK(result.exitcode == 1);
+  CHECK(recorded_cause(result, file) == "exception");
+  CHECK(other_files(dir, "error.json").empty());
+}
+
 TEST_CASE("initialize never ends a process that can map no more memory and a crash is still reported") {
   TempDir dir;
   const std::string file = dir.file("error.json");

@@ -171,6 +171,23 @@ void throw_after_crash() {
   throw DistinctiveError("thrown after another thread crashed");
 }
 
+// The main thread throws into record(); once its exception record is on disk and
+// exit() has begun, another thread faults, while an atexit handler registered
+// before record() (so run after the library's) keeps the exit going, as a leak
+// checker or a slow static destructor would.
+std::atomic<bool> exit_begun{false};
+void keep_exit_going() {
+  exit_begun.store(true);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+}
+void crash_during_exit_after_throw() {
+  std::thread([] {
+    while (!exit_begun.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    crash_here_on_purpose();
+  }).detach();
+  throw DistinctiveError("thrown before another thread crashed during exit");
+}
+
 [[noreturn]] void previous_terminate_handler() {
   static const char text[] = "previous terminate handler ran\n";
   ssize_t ignored = ::write(STDERR_FILENO, text, sizeof(text) - 1);
@@ -217,6 +234,8 @@ int worker_main(int argc, char** argv) {
     crash_races_throw();
   else if (mode == "throw_after_crash")
     throw_after_crash();
+  else if (mode == "crash_during_exit_after_throw")
+    crash_during_exit_after_throw();
   else if (mode == "ok")
     return 0;
   else {
@@ -302,5 +321,7 @@ int main(int argc, char** argv) {
     std::set_terminate(&crash_worker::previous_terminate_handler);
     return elastic::errors::detail::run_recorded_main("worker_main", worker_main, argc - 1, argv + 1);
   }
+  if (argc > 1 && std::strcmp(argv[1], "crash_during_exit_after_throw") == 0)
+    std::atexit(&crash_worker::keep_exit_going);
   return elastic::errors::detail::run_recorded_main("worker_main", worker_main, argc, argv);
 }

@@ -64,8 +64,11 @@ inline constexpr std::size_t max_crash_frames = 100;
 
 // Everything the signal handler touches, allocated before any crash.
 struct CrashState {
-  std::atomic<long> writer_thread{0};  // the thread writing the report; 0 while none
+  // The thread writing the crash report; 0 while none. Minus a thread's id: that
+  // thread is ending the process by exit() after an exception record (see below).
+  std::atomic<long> writer_thread{0};
   std::atomic<bool> report_done{false};
+  std::atomic<bool> exception_recorded{false};  // an exception record is on disk
   std::atomic<int> crashing_signal{0};
   unsigned watchdog_seconds = 20;
 
@@ -238,17 +241,31 @@ inline std::int64_t wall_clock_seconds() {
 // - an exception path that sees a crash begun writes nothing and waits for the
 //   crash to end the process;
 // - a crash that sees exception writers waits for them to finish (bounded), then
-//   renames its own file over theirs.
+//   renames its own file over theirs;
+// - exit() after an exception record claims `writer_thread` as minus its own id:
+//   the process ends by that exit, so a crash on another thread from then on (while
+//   exit runs destructors, or a leak checker) writes nothing and waits for the
+//   exit, bounded. A crash on the exiting thread itself is still reported.
 
 inline void pause_a_little() {
   timespec pause{0, 2 * 1000 * 1000};
   ::nanosleep(&pause, nullptr);
 }
 
-// A crash report begun or done on a thread other than the caller's.
+// A crash report begun or done, or an exit after an exception record begun, on a
+// thread other than the caller's.
 inline bool crash_on_other_thread(long self) {
   const long writer = crash_state().writer_thread.load();
-  return writer != 0 && writer != self;
+  return writer != 0 && writer != self && writer != -self;
+}
+
+// The calling thread takes `writer_thread`: when it is free, or held by this very
+// thread's exit (a crash during its own exit is still reported).
+inline bool claim_crash_report(long self) {
+  CrashState& state = crash_state();
+  long writer = 0;
+  if (state.writer_thread.compare_exchange_strong(writer, self)) return true;
+  return writer == -self && state.writer_thread.compare_exchange_strong(writer, self);
 }
 
 // Waits, bounded, until no thread but `self` writes an exception record.
@@ -281,6 +298,16 @@ inline void wait_for_crash_on_other_thread(long self) {
   }
 }
 
+// The atexit hook: after an exception record, the exit ends the process (a later
+// crash elsewhere waits for it); otherwise a crash begun on another thread ends it.
+inline void on_exit_hook() {
+  CrashState& state = crash_state();
+  const long self = current_thread_id();
+  long writer = 0;
+  if (state.exception_recorded.load() && state.writer_thread.compare_exchange_strong(writer, -self)) return;
+  wait_for_crash_on_other_thread(self);
+}
+
 // Held by the exception path while it writes a record (see above).
 class ExceptionRecordScope {
  public:
@@ -304,6 +331,8 @@ class ExceptionRecordScope {
 
   // False when a crash began on another thread: its record is the one to keep.
   bool may_write() const { return !crash_on_other_thread(self_); }
+  // To be called once the record is on disk.
+  void written() { crash_state().exception_recorded.store(true); }
 
  private:
   long self_;
@@ -437,8 +466,8 @@ inline void crash_signal_handler(int signo, siginfo_t* info, void* context) {
   const int saved_errno = errno;
   CrashState& state = crash_state();
   const long self = current_thread_id();
-  long writer = 0;
-  if (!state.writer_thread.compare_exchange_strong(writer, self)) {
+  if (!claim_crash_report(self)) {
+    const long writer = state.writer_thread.load();
     if (writer == self) {
       // Either our terminate handler wrote the report and now aborts (let the
       // previous handler see it), or the handler itself faulted (die now).
@@ -449,10 +478,11 @@ inline void crash_signal_handler(int signo, siginfo_t* info, void* context) {
       errno = saved_errno;
       return;
     }
-    // Another thread is writing the report and will end the process; wait for it,
-    // bounded, then die by the default action.
+    // Another thread is writing the report and will end the process, or is ending
+    // it by exit() after an exception record: wait for it, bounded, then die by the
+    // default action.
     for (unsigned waited = 0; waited < state.watchdog_seconds * 10 + 10; ++waited) {
-      if (state.report_done.load()) break;
+      if (writer > 0 && state.report_done.load()) break;
       timespec tenth{0, 100 * 1000 * 1000};
       ::nanosleep(&tenth, nullptr);
     }
@@ -510,8 +540,7 @@ inline void write_terminate_report(long thread) {
 [[noreturn]] inline void crash_terminate_handler() {
   CrashState& state = crash_state();
   const long self = current_thread_id();
-  long writer = 0;
-  if (state.writer_thread.compare_exchange_strong(writer, self)) {
+  if (claim_crash_report(self)) {
     try {
       write_terminate_report(self);
     } catch (...) {
@@ -684,7 +713,7 @@ inline void install_crash_handlers(const CrashCaptureOptions& options = {}) {
   static bool exit_hook_installed = false;
   if (!exit_hook_installed && (!signals.empty() || options.terminate_handler)) {
     // exit() on one thread while another reports a crash: let the crash end the process.
-    std::atexit([] { detail::wait_for_crash_on_other_thread(detail::current_thread_id()); });
+    std::atexit(&detail::on_exit_hook);
     exit_hook_installed = true;
   }
   if (options.terminate_handler && !terminate_installed) {

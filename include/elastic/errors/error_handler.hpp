@@ -105,7 +105,10 @@ class ErrorHandler {
     errors::detail::ExceptionRecordScope scope;
     if (!scope.may_write()) return;
     warn_if_overwriting(*destination);
-    if (write_error_file(*destination, contents)) log::info("dumped error file to parent's {}", *destination);
+    if (write_error_file(*destination, contents)) {
+      scope.written();
+      log::info("dumped error file to parent's {}", *destination);
+    }
   }
 
   // Lets a handler add context (e.g. a device fault) to the rendered root cause of
@@ -143,7 +146,7 @@ class ErrorHandler {
     if (auto path = error_file_path()) {
       // A crash on another thread meanwhile wins: its record is what ends the process.
       errors::detail::ExceptionRecordScope scope;
-      if (scope.may_write()) write_error_file(*path, contents);
+      if (scope.may_write() && write_error_file(*path, contents)) scope.written();
     } else {
       log::info("{} raised {} ({} not set, no error file written)", entrypoint_or_default(), headline, error_file_env);
     }

@@ -101,6 +101,27 @@ TEST_CASE("the launcher SIGKILLed: workers and their children do not outlive it"
   CHECK(wait_until([&] { return none_alive(pids); }, std::chrono::seconds(10)));
 }
 
+TEST_CASE("the launcher SIGKILLed with 70 workers: grandchildren without the job's marker go with their groups") {
+  // More workers than the watchdog is told of in one batch (64), no job cgroup, and
+  // grandchildren with an empty environment: only the watchdog's list of process
+  // groups can find them.
+  TempDir dir;
+  RunOptions options = base_options();
+  options.set_env["ELASTIC_JOB_CGROUP"] = "off";
+  const std::vector<std::string> worker = {
+      "/bin/sh", "-c",
+      "env -i /bin/sleep 300 & echo $! > \"$0/gc_$RANK\"; echo $$ > \"$0/w_$RANK.tmp\"; "
+      "mv \"$0/w_$RANK.tmp\" \"$0/w_$RANK\"; wait",
+      dir.path().string()};
+  Background launcher(with({"--nproc-per-node=70"}, worker), dir.file("out"), dir.file("err"), options);
+  REQUIRE(wait_until([&] { return all_started(dir, 70); }, std::chrono::seconds(60)));
+  auto pids = family_pids(dir, 70);
+  for (pid_t pid : pids) CHECK(alive(pid));
+  launcher.signal(SIGKILL);
+  CHECK(launcher.wait() == -SIGKILL);
+  CHECK(wait_until([&] { return none_alive(pids); }, std::chrono::seconds(10)));
+}
+
 TEST_CASE("a worker ignoring SIGTERM is SIGKILLed after the grace period") {
   TempDir dir;
   Background launcher(with({"--nproc-per-node=2", "--term-timeout=1"}, family_worker(dir, "trap '' TERM; ")),

@@ -121,43 +121,21 @@ class PContext {
       watchdog_.start(cgroup_.path());
     }
     if (options_.reap_orphans) watch_children();
-    for (const auto& [local_rank, env_in] : envs_) {
-      Env env = env_in;
-      env["TORCHELASTIC_ERROR_FILE"] = dest_.error_files[local_rank];
-      if (options_.watchdog) env[Watchdog::marker_name] = watchdog_.marker_value();
-      auto worker = std::make_unique<Worker>();
-      worker->local_rank = local_rank;
-      worker->error_file = dest_.error_files[local_rank];
-      std::vector<std::string> argv{entrypoint_};
-      auto a = args_.find(local_rank);
-      if (a != args_.end()) argv.insert(argv.end(), a->second.begin(), a->second.end());
-
-      SpawnOptions spawn;
-      detail::Fd out_child, err_child;
-      open_stream(*worker, worker->out, dest_.stdouts[local_rank], dest_.tee_stdouts[local_rank],
-                  options_.console_stdout, out_child);
-      open_stream(*worker, worker->err, dest_.stderrs[local_rank], dest_.tee_stderrs[local_rank],
-                  options_.console_stderr, err_child);
-      spawn.stdout_fd = out_child.get();
-      spawn.stderr_fd = err_child.get();
-      spawn.cgroup_procs_fd = cgroup_.procs_fd();
-      SpawnedProcess process = spawn_process(argv, env, spawn);
-      worker->pid = process.pid;
-      worker->pidfd = detail::Fd(process.pidfd);
-      worker->running = true;
-      if (options_.watchdog) watchdog_.add_group(process.pid);
-      // Owned before anything else can throw, so close() always finds it.
-      const std::size_t index = workers_.size();
-      workers_.push_back(std::move(worker));
-      ++running_;
-      Worker& added = *workers_.back();
-      add_to_epoll(added.pidfd.get(), kind_pid, index);
-      added.out.epoll_data = epoll_data(kind_out, index);
-      added.err.epoll_data = epoll_data(kind_err, index);
-      if (added.out.pipe) add_to_epoll(added.out.pipe.get(), kind_out, index);
-      if (added.err.pipe) add_to_epoll(added.err.pipe.get(), kind_err, index);
-      log::debug("started local_rank {} (pid {}): {}", local_rank, process.pid, argv[0]);
+    // The watchdog learns the workers' groups a batch at a time (one write, one
+    // wake-up). A worker not yet announced when the launcher dies still goes: its
+    // death signal, the job's marker and its cgroup reach it.
+    std::vector<pid_t> unannounced;
+    auto announce = [&] {
+      watchdog_.add_groups(unannounced);
+      unannounced.clear();
+    };
+    try {
+      start_workers(unannounced, announce);
+    } catch (...) {
+      announce();  // those started are stopped by close(); until then the watchdog knows them
+      throw;
     }
+    announce();
   }
 
   std::map<int, pid_t> pids() const {
@@ -215,6 +193,55 @@ class PContext {
   }
 
  private:
+  // Starts every worker, in local rank order; each one's group joins `unannounced`,
+  // which `announce` hands to the watchdog.
+  template <typename Announce>
+  void start_workers(std::vector<pid_t>& unannounced, Announce& announce) {
+    for (const auto& [local_rank, env_in] : envs_) {
+      std::vector<std::string> env;
+      env.reserve(env_in.size() + 2);
+      for (const auto& [name, value] : env_in)
+        if (name != "TORCHELASTIC_ERROR_FILE" && name != Watchdog::marker_name) env.push_back(name + "=" + value);
+      env.push_back("TORCHELASTIC_ERROR_FILE=" + dest_.error_files[local_rank]);
+      if (options_.watchdog) env.push_back(std::string(Watchdog::marker_name) + "=" + watchdog_.marker_value());
+      auto worker = std::make_unique<Worker>();
+      worker->local_rank = local_rank;
+      worker->error_file = dest_.error_files[local_rank];
+      std::vector<std::string> argv{entrypoint_};
+      auto a = args_.find(local_rank);
+      if (a != args_.end()) argv.insert(argv.end(), a->second.begin(), a->second.end());
+
+      SpawnOptions spawn;
+      detail::Fd out_child, err_child;
+      open_stream(*worker, worker->out, dest_.stdouts[local_rank], dest_.tee_stdouts[local_rank],
+                  options_.console_stdout, out_child);
+      open_stream(*worker, worker->err, dest_.stderrs[local_rank], dest_.tee_stderrs[local_rank],
+                  options_.console_stderr, err_child);
+      spawn.stdout_fd = out_child.get();
+      spawn.stderr_fd = err_child.get();
+      spawn.cgroup_procs_fd = cgroup_.procs_fd();
+      SpawnedProcess process = spawn_process(argv, std::move(env), spawn);
+      worker->pid = process.pid;
+      worker->pidfd = detail::Fd(process.pidfd);
+      worker->running = true;
+      if (options_.watchdog) {
+        unannounced.push_back(process.pid);
+        if (unannounced.size() == Watchdog::batch) announce();
+      }
+      // Owned before anything else can throw, so close() always finds it.
+      const std::size_t index = workers_.size();
+      workers_.push_back(std::move(worker));
+      ++running_;
+      Worker& added = *workers_.back();
+      add_to_epoll(added.pidfd.get(), kind_pid, index);
+      added.out.epoll_data = epoll_data(kind_out, index);
+      added.err.epoll_data = epoll_data(kind_err, index);
+      if (added.out.pipe) add_to_epoll(added.out.pipe.get(), kind_out, index);
+      if (added.err.pipe) add_to_epoll(added.err.pipe.get(), kind_err, index);
+      log::debug("started local_rank {} (pid {}): {}", local_rank, process.pid, argv[0]);
+    }
+  }
+
   enum : std::uint32_t {
     kind_pid = 1,
     kind_out = 2,

@@ -172,6 +172,35 @@ inline std::vector<std::string> env_strings(const std::map<std::string, std::str
   return result;
 }
 
+#if !ELASTIC_SPAWN_WITH_FORK
+// The stack a child runs on until execve, one per thread and reused: CLONE_VFORK
+// keeps the thread suspended until its child has exec'd or exited, so the stack is
+// free again when clone returns. (A fresh stack per worker cost an mmap, page
+// faults and an munmap with its TLB shootdown, each time.)
+class SpawnStack {
+ public:
+  static constexpr std::size_t size = 64 * 1024;
+  SpawnStack() = default;
+  SpawnStack(const SpawnStack&) = delete;
+  SpawnStack& operator=(const SpawnStack&) = delete;
+  ~SpawnStack() {
+    if (base_ != nullptr) ::munmap(base_, size);
+  }
+  // The top of the stack (it grows down); nullptr when it cannot be mapped.
+  char* top() {
+    if (base_ == nullptr) {
+      void* mapped = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+      if (mapped == MAP_FAILED) return nullptr;
+      base_ = mapped;
+    }
+    return static_cast<char*>(base_) + size;
+  }
+
+ private:
+  void* base_ = nullptr;
+};
+#endif
+
 }  // namespace detail
 
 // A started process: pid, its pidfd (close-on-exec), its process group (= pid).
@@ -187,20 +216,23 @@ struct SpawnOptions {
   int cgroup_procs_fd = -1;  // when set, the child joins that cgroup before exec
 };
 
-// Starts argv[0] (looked up in the PATH of `env`) with exactly `env`. Throws
-// std::system_error when the program cannot be started.
-inline SpawnedProcess spawn_process(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+// Starts argv[0] (looked up in the PATH of `env`) with exactly `env`, given as
+// NAME=value entries. Throws std::system_error when the program cannot be started.
+inline SpawnedProcess spawn_process(const std::vector<std::string>& argv, std::vector<std::string> env,
                                     const SpawnOptions& options = {}) {
   if (argv.empty()) throw std::invalid_argument("spawn_process: empty argv");
-  auto path_it = env.find("PATH");
-  std::string path = detail::resolve_executable(argv[0], path_it == env.end() ? "" : path_it->second);
+  std::string path_env;
+  for (const auto& entry : env)
+    if (entry.compare(0, 5, "PATH=") == 0) path_env = entry.substr(5);
+  std::string path = detail::resolve_executable(argv[0], path_env);
   std::vector<std::string> args = argv;
   std::vector<char*> arg_ptrs;
+  arg_ptrs.reserve(args.size() + 1);
   for (auto& a : args) arg_ptrs.push_back(a.data());
   arg_ptrs.push_back(nullptr);
-  std::vector<std::string> envs = detail::env_strings(env);
   std::vector<char*> env_ptrs;
-  for (auto& e : envs) env_ptrs.push_back(e.data());
+  env_ptrs.reserve(env.size() + 1);
+  for (auto& e : env) env_ptrs.push_back(e.data());
   env_ptrs.push_back(nullptr);
 
   detail::ChildPlan plan;
@@ -241,13 +273,11 @@ inline SpawnedProcess spawn_process(const std::vector<std::string>& argv, const 
 #else
   // The child runs on its own small stack until execve; with CLONE_VFORK the
   // parent resumes only once the child has exec'd or exited.
-  constexpr std::size_t stack_size = 64 * 1024;
-  void* stack = ::mmap(nullptr, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-  if (stack == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "mmap for spawn");
-  pid_t pid =
-      ::clone(detail::child_main, static_cast<char*>(stack) + stack_size, CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
+  thread_local detail::SpawnStack stack;
+  char* top = stack.top();
+  if (top == nullptr) throw std::system_error(errno, std::generic_category(), "mmap for spawn");
+  pid_t pid = ::clone(detail::child_main, top, CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
   int clone_errno = errno;
-  ::munmap(stack, stack_size);
 #endif
   if (pid < 0) throw std::system_error(clone_errno, std::generic_category(), "cannot start " + argv[0]);
   if (plan.failed_step != 0) {
@@ -258,8 +288,8 @@ inline SpawnedProcess spawn_process(const std::vector<std::string>& argv, const 
     throw std::system_error(plan.error, std::generic_category(),
                             "cannot start " + argv[0] + " (" + steps[plan.failed_step] + ")");
   }
-  // Also set from here: no window where a signal to the group misses the child.
-  ::setpgid(pid, pid);
+  // The child made its own group before execve, and this thread resumed only after
+  // that: a signal to the group reaches it from now on.
   SpawnedProcess process;
   process.pid = pid;
   process.pidfd = detail::pidfd_open(pid);
@@ -272,6 +302,12 @@ inline SpawnedProcess spawn_process(const std::vector<std::string>& argv, const 
   }
   ::fcntl(process.pidfd, F_SETFD, FD_CLOEXEC);
   return process;
+}
+
+// The same, with the environment as a map.
+inline SpawnedProcess spawn_process(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+                                    const SpawnOptions& options = {}) {
+  return spawn_process(argv, detail::env_strings(env), options);
 }
 
 }  // namespace elastic::multiprocessing

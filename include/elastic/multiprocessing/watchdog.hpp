@@ -15,8 +15,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <climits>
 #include <csignal>
 #include <cstdint>
 #include <cstring>
@@ -74,7 +76,19 @@ class Watchdog {
   // each worker's environment.
   const std::string& marker_value() const { return marker_value_; }
 
+  // Groups announced together by add_groups: one write, below PIPE_BUF.
+  static constexpr std::size_t batch = 64;
+
   void add_group(pid_t pgid) { send(static_cast<std::int32_t>(pgid)); }
+  // Up to `batch` groups in one write (more are sent `batch` at a time).
+  void add_groups(const std::vector<pid_t>& pgids) {
+    for (std::size_t at = 0; at < pgids.size(); at += batch) {
+      std::int32_t values[batch];
+      const std::size_t n = std::min(batch, pgids.size() - at);
+      for (std::size_t i = 0; i < n; ++i) values[i] = static_cast<std::int32_t>(pgids[at + i]);
+      send(values, n);
+    }
+  }
   void remove_group(pid_t pgid) { send(-static_cast<std::int32_t>(pgid)); }
 
   // A clean goodbye: the watchdog exits without killing anything, and is reaped.
@@ -90,10 +104,13 @@ class Watchdog {
   }
 
  private:
-  void send(std::int32_t value) {
-    if (write_fd_ < 0) return;
-    // 4 bytes are below PIPE_BUF: written whole or not at all.
-    while (::write(write_fd_, &value, sizeof(value)) < 0 && errno == EINTR) {
+  void send(std::int32_t value) { send(&value, 1); }
+  void send(const std::int32_t* values, std::size_t n) {
+    if (write_fd_ < 0 || n == 0) return;
+    // At most `batch` values, below PIPE_BUF: written whole or not at all, so the
+    // watchdog never reads part of a value.
+    static_assert(batch * sizeof(std::int32_t) <= PIPE_BUF);
+    while (::write(write_fd_, values, n * sizeof(std::int32_t)) < 0 && errno == EINTR) {
     }
   }
 
@@ -184,23 +201,24 @@ class Watchdog {
     const int keep = elastic::detail::become_helper_child("elastic-watchdog", read_fd);
     int count = 0;
     for (;;) {
-      std::int32_t value = 0;
-      ssize_t got = ::read(keep, &value, sizeof(value));
+      // Every write holds whole values and is atomic, so reads end on a value's end.
+      std::int32_t values[batch];
+      ssize_t got = ::read(keep, values, sizeof(values));
       if (got < 0 && errno == EINTR) continue;
-      if (got == static_cast<ssize_t>(sizeof(value))) {
+      if (got <= 0 || got % static_cast<ssize_t>(sizeof(std::int32_t)) != 0) break;  // the parent is gone
+      for (ssize_t i = 0; i < got / static_cast<ssize_t>(sizeof(std::int32_t)); ++i) {
+        const std::int32_t value = values[i];
         if (value == 0) ::_exit(0);  // goodbye
         if (value > 0) {
           if (count < max_groups) groups[count++] = value;
         } else {
-          for (int i = 0; i < count; ++i)
-            if (groups[i] == -value) {
-              groups[i] = groups[--count];
+          for (int g = 0; g < count; ++g)
+            if (groups[g] == -value) {
+              groups[g] = groups[--count];
               break;
             }
         }
-        continue;
       }
-      break;  // EOF without goodbye: the parent is gone
     }
     for (int i = 0; i < count; ++i) ::kill(-groups[i], SIGKILL);
     if (cgroup_dir != nullptr) JobCgroup::kill_all(cgroup_dir);

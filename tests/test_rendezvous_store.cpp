@@ -1,4 +1,5 @@
 // The in-memory store: every operation, sessions and their ephemeral keys on a manual clock.
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <elastic/rendezvous/in_memory_store.hpp>
 #include <thread>
@@ -48,11 +49,17 @@ TEST_CASE("in-memory store: wait and wait_change end at a write or at the deadli
   CHECK(waiter->wait({"k"}, 10s));
   later.join();
   CHECK(*waiter->wait_change("k", std::nullopt, 10s) == "v");
+  // The clock moves on until the wait returns: an advance that came before the wait
+  // took its deadline would otherwise leave it waiting for ever.
+  std::atomic<bool> returned{false};
   std::thread tick([&] {
-    std::this_thread::sleep_for(20ms);
-    clock.advance(11s);
+    while (!returned.load()) {
+      std::this_thread::sleep_for(20ms);
+      clock.advance(11s);
+    }
   });
   CHECK_FALSE(waiter->wait({"k", "missing"}, 10s));
+  returned.store(true);
   tick.join();
 }
 

@@ -114,10 +114,11 @@ inline int static_barrier(const StaticBarrierOptions& options) {
   auto missing = [&] {
     auto marks = store->get_many(arrived);
     std::string ranks;
+    int count = 0;
     for (std::size_t r = 0; r < marks.size(); ++r)
-      if (!marks[r]) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
-    if (ranks.empty()) return std::string("node 0 did not give the start");
-    return "node rank" + std::string(ranks.find(',') == std::string::npos ? " " : "s ") + ranks + " never arrived";
+      if (!marks[r]) ranks += (count++ == 0 ? "" : ", ") + std::to_string(r);
+    if (count == 0) return std::string("node 0 did not give the start");
+    return (count == 1 ? "node rank " : "node ranks ") + ranks + " never arrived";
   };
 
   // Waits for `keys` in short slices; false when a signal came (sig set).

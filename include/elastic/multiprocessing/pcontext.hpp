@@ -121,21 +121,13 @@ class PContext {
       watchdog_.start(cgroup_.path());
     }
     if (options_.reap_orphans) watch_children();
-    // The watchdog learns the workers' groups a batch at a time (one write, one
-    // wake-up). A worker not yet announced when the launcher dies still goes: its
-    // death signal, the job's marker and its cgroup reach it.
-    std::vector<pid_t> unannounced;
-    auto announce = [&] {
-      watchdog_.add_groups(unannounced);
-      unannounced.clear();
-    };
     try {
-      start_workers(unannounced, announce);
+      start_workers();
     } catch (...) {
-      announce();  // those started are stopped by close(); until then the watchdog knows them
+      watchdog_.flush();  // those started are stopped by close(); until then the watchdog knows them
       throw;
     }
-    announce();
+    watchdog_.flush();
   }
 
   std::map<int, pid_t> pids() const {
@@ -193,10 +185,9 @@ class PContext {
   }
 
  private:
-  // Starts every worker, in local rank order; each one's group joins `unannounced`,
-  // which `announce` hands to the watchdog.
-  template <typename Announce>
-  void start_workers(std::vector<pid_t>& unannounced, Announce& announce) {
+  // Starts every worker, in local rank order, each one's group registered with the
+  // watchdog (sent in batches: start() flushes the last one).
+  void start_workers() {
     for (const auto& [local_rank, env_in] : envs_) {
       std::vector<std::string> env;
       env.reserve(env_in.size() + 2);
@@ -224,10 +215,7 @@ class PContext {
       worker->pid = process.pid;
       worker->pidfd = detail::Fd(process.pidfd);
       worker->running = true;
-      if (options_.watchdog) {
-        unannounced.push_back(process.pid);
-        if (unannounced.size() == Watchdog::batch) announce();
-      }
+      if (options_.watchdog) watchdog_.add_group(process.pid);
       // Owned before anything else can throw, so close() always finds it.
       const std::size_t index = workers_.size();
       workers_.push_back(std::move(worker));

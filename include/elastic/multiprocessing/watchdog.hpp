@@ -15,7 +15,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <climits>
@@ -76,24 +75,29 @@ class Watchdog {
   // each worker's environment.
   const std::string& marker_value() const { return marker_value_; }
 
-  // Groups announced together by add_groups: one write, below PIPE_BUF.
+  // Groups told to the watchdog in one write (below PIPE_BUF).
   static constexpr std::size_t batch = 64;
 
-  void add_group(pid_t pgid) { send(static_cast<std::int32_t>(pgid)); }
-  // Up to `batch` groups in one write (more are sent `batch` at a time).
-  void add_groups(const std::vector<pid_t>& pgids) {
-    for (std::size_t at = 0; at < pgids.size(); at += batch) {
-      std::int32_t values[batch];
-      const std::size_t n = std::min(batch, pgids.size() - at);
-      for (std::size_t i = 0; i < n; ++i) values[i] = static_cast<std::int32_t>(pgids[at + i]);
-      send(values, n);
-    }
+  // Registers a group. Groups are sent `batch` at a time (one write, one wake-up of
+  // the watchdog); flush() sends the rest. A group not yet sent when the parent dies
+  // is missed by the group kill, not by the death signal, the job's marker or cgroup.
+  void add_group(pid_t pgid) {
+    pending_[pending_count_++] = static_cast<std::int32_t>(pgid);
+    if (pending_count_ == batch) flush();
   }
-  void remove_group(pid_t pgid) { send(-static_cast<std::int32_t>(pgid)); }
+  void flush() {
+    send(pending_, pending_count_);
+    pending_count_ = 0;
+  }
+  void remove_group(pid_t pgid) {
+    flush();  // added before removed
+    send(-static_cast<std::int32_t>(pgid));
+  }
 
   // A clean goodbye: the watchdog exits without killing anything, and is reaped.
   void stop() {
     if (pid_ <= 0) return;
+    flush();
     send(0);
     ::close(write_fd_);
     write_fd_ = -1;
@@ -236,6 +240,8 @@ class Watchdog {
 
   pid_t pid_ = -1;
   int write_fd_ = -1;
+  std::int32_t pending_[batch] = {};
+  std::size_t pending_count_ = 0;
   std::string marker_value_;
   std::string cgroup_dir_;
 };

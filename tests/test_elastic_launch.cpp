@@ -237,3 +237,21 @@ TEST_CASE("elastic: a signal while joining ends the launcher at once") {
   CHECK(a.wait(std::chrono::seconds(60)) == 128 + SIGTERM);
   CHECK(files_in(out.path()).empty());
 }
+
+TEST_CASE("elastic: the round's MASTER_PORT is held on group rank 0's host while its workers run") {
+  // Rank 0 listens on MASTER_PORT only once it starts: until then (and after) no
+  // other job on this host may be handed the port.
+  TempDir out, logs, other_out;
+  Background a(elastic_args("1:1", free_port(), "holdport", "last_call_timeout=1", 1) + waiting_worker(out),
+               logs.file("a.out"), logs.file("a.err"));
+  REQUIRE(wait_until([&] { return has_world(out, 1); }));
+  const std::string master_port = read_env_file(out.file("w1_r0"))["MASTER_PORT"];
+  INFO("MASTER_PORT " << master_port);
+  auto second = elastic_run({"--nnodes=1", "--nproc-per-node=1", "--master-port=" + master_port,
+                             ELASTIC_TEST_LAUNCH_WORKER, other_out.path().string()});
+  CHECK(second.exitcode == 1);
+  CHECK_THAT(second.err, Catch::Contains("port " + master_port + " is busy on this host"));
+  CHECK(files_in(other_out.path()).empty());
+  write_file(out.file("stop"), "");
+  CHECK(a.wait(std::chrono::seconds(60)) == 0);
+}

@@ -21,29 +21,12 @@
 #include <thread>
 #include <vector>
 
+#include "support/ports.hpp"
 #include "support/subprocess.hpp"
 
 namespace elastic::testing {
 
 inline const char* etcd_binary() { return "/usr/bin/etcd"; }
-
-// A loopback TCP port nobody listens on now (the kernel's pick).
-inline int free_tcp_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw std::runtime_error("socket failed");
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = 0;
-  socklen_t length = sizeof(address);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
-    ::close(fd);
-    throw std::runtime_error("bind to a free port failed");
-  }
-  ::close(fd);
-  return ntohs(address.sin_port);
-}
 
 // True when something accepts TCP connections on 127.0.0.1:port.
 inline bool tcp_port_open(int port) {
@@ -94,8 +77,8 @@ class EtcdServer {
   void start() {
     for (int attempt = 0; attempt < 3; ++attempt) {
       if (client_port_ == 0 || attempt > 0) {
-        client_port_ = free_tcp_port();
-        peer_port_ = free_tcp_port();
+        client_port_ = free_port();
+        peer_port_ = free_port();
         if (peer_port_ == client_port_) continue;
       }
       spawn();

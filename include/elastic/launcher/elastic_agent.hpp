@@ -11,10 +11,7 @@
 // The job's end (success or failure, not a signal) closes the rendezvous.
 #pragma once
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <poll.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -22,6 +19,7 @@
 #include <condition_variable>
 #include <elastic/errors/detail/hostname.hpp>
 #include <elastic/launcher/launch.hpp>
+#include <elastic/launcher/port.hpp>
 #include <elastic/rendezvous/backends.hpp>
 #include <elastic/rendezvous/dynamic_rendezvous.hpp>
 #include <future>
@@ -43,21 +41,6 @@ inline rendezvous::RendezvousSettings rendezvous_settings(const LaunchConfig& co
   } catch (const rendezvous::RendezvousConfigError& e) {
     throw UsageError(e.what());
   }
-}
-
-// A TCP port free now on this host (for MASTER_PORT), 0 if none could be had.
-inline int free_tcp_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return 0;
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  socklen_t length = sizeof(address);
-  int port = 0;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0)
-    port = ntohs(address.sin_port);
-  ::close(fd);
-  return port;
 }
 
 // Renews the node's session every keep_alive_interval on its own thread; remembers
@@ -127,6 +110,10 @@ struct RoundPlan {
   int world_size = 0;
   std::string master_addr;
   int master_port = 0;
+  // On group rank 0: MASTER_PORT held for as long as the round's workers run (see
+  // port.hpp), so that no other process on this host is handed it before rank 0
+  // listens there.
+  PortReservation master_port_hold;
 };
 
 // Shares this node's worker count (and, from group rank 0, MASTER_ADDR/PORT) in the
@@ -138,10 +125,11 @@ inline std::optional<RoundPlan> plan_round(rendezvous::DynamicRendezvous& rdzv, 
   RoundPlan plan;
   plan.info = info;
   const std::string master_key = rdzv.round_key(info.round, "master");
+  if (info.group_rank == 0) plan.master_port_hold = PortReservation::any();
   rdzv.guarded([&] {
     store.set(rdzv.round_key(info.round, "nproc/" + std::to_string(info.group_rank)), std::to_string(nproc));
     if (info.group_rank == 0)
-      store.set(master_key, elastic::errors::detail::fqdn() + "\n" + std::to_string(free_tcp_port()));
+      store.set(master_key, elastic::errors::detail::fqdn() + "\n" + std::to_string(plan.master_port_hold.port()));
   });
   std::vector<std::string> keys{master_key};
   for (int r = 0; r < info.group_world_size(); ++r)

@@ -2,11 +2,6 @@
 // c10d rendezvous, several launchers, a late joiner, a SIGKILLed launcher, worker
 // failures with restarts, and the rendezvous errors (timeout, connection, closed).
 // The first three cases are PyTorch's launcher suite's test_launch_elastic*.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <set>
@@ -223,16 +218,7 @@ TEST_CASE("elastic: a signal while joining ends the launcher at once") {
                    std::vector<std::string>{ELASTIC_TEST_LAUNCH_WORKER, out.path().string()},
                logs.file("a.out"), logs.file("a.err"));
   // Joining once its store answers.
-  REQUIRE(wait_until([&] {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = htons(static_cast<uint16_t>(port));
-    bool up = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-    ::close(fd);
-    return up;
-  }));
+  REQUIRE(wait_until([&] { return tcp_port_open(port); }));
   a.signal(SIGTERM);
   CHECK(a.wait(std::chrono::seconds(60)) == 128 + SIGTERM);
   CHECK(files_in(out.path()).empty());

@@ -140,6 +140,54 @@ TEST_CASE("static multi-node: a signal while waiting for peers ends the launcher
   }
 }
 
+TEST_CASE("static multi-node: node 0 dying while the others wait is RendezvousConnectionError for them, no worker") {
+  TempDir dir;
+  const int port = free_port();
+  Background node0(node(3, 0, port, {"--rdzv-conf=join_timeout=60", worker, dir.path().string()}), dir.file("out0"),
+                   dir.file("err0"), quiet_launch_options());
+  REQUIRE(wait_until([&] { return tcp_port_open(port); }));
+  Background node1(node(3, 1, port, {"--rdzv-conf=join_timeout=60", worker, dir.path().string()}), dir.file("out1"),
+                   dir.file("err1"), quiet_launch_options());
+  std::this_thread::sleep_for(2s);  // node 1 is in, waiting for node 2
+  node0.signal(SIGKILL);
+  node0.wait();
+  const auto killed = std::chrono::steady_clock::now();
+  const int code = node1.wait(60s);
+  INFO(node1.err());
+  CHECK(code == 1);
+  CHECK_THAT(node1.err(), Catch::Contains("RendezvousConnectionError") &&
+                              Catch::Contains("the static rendezvous at 127.0.0.1:" + std::to_string(port)));
+  CHECK(std::chrono::steady_clock::now() - killed < 10s);  // not join_timeout
+  CHECK(files_in(dir.path()) == std::set<std::string>{"err0", "err1", "out0", "out1"});
+}
+
+TEST_CASE("static multi-node: a node that died while waiting is replaced by one started again with its rank") {
+  TempDir dir;
+  const int port = free_port();
+  auto args = [&](int node_rank) {
+    return node(3, node_rank, port, {"--rdzv-conf=join_timeout=60", worker, dir.path().string()});
+  };
+  Background node0(args(0), dir.file("out0"), dir.file("err0"), quiet_launch_options());
+  REQUIRE(wait_until([&] { return tcp_port_open(port); }));
+  {
+    Background lost(args(1), dir.file("out_lost"), dir.file("err_lost"), quiet_launch_options());
+    std::this_thread::sleep_for(2s);  // its claim of node rank 1 is in
+    lost.signal(SIGKILL);
+    lost.wait();
+  }
+  Background node1(args(1), dir.file("out1"), dir.file("err1"), quiet_launch_options());
+  auto node2 = elastic_run(args(2), quiet_launch_options());
+  INFO("node 0: " << node0.err() << "\nnode 1: " << node1.err() << "\nnode 2: " << node2.err);
+  CHECK(node0.wait() == 0);
+  CHECK(node1.wait() == 0);
+  CHECK(node2.exitcode == 0);
+  for (int rank = 0; rank < 6; ++rank) {
+    auto env = read_env_file(dir.file(std::to_string(rank)));
+    CHECK(env["WORLD_SIZE"] == "6");
+    CHECK(env["GROUP_RANK"] == std::to_string(rank / 2));
+  }
+}
+
 TEST_CASE("static multi-node: a join_timeout that is not a positive integer is a usage error") {
   auto r = elastic_run(node(2, 0, free_port(), {"--rdzv-conf=join_timeout=soon", "/bin/true"}), quiet_launch_options());
   CHECK(r.exitcode == 2);

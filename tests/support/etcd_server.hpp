@@ -6,10 +6,8 @@
 
 #include <fcntl.h>
 #include <httplib.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -27,19 +25,6 @@
 namespace elastic::testing {
 
 inline const char* etcd_binary() { return "/usr/bin/etcd"; }
-
-// True when something accepts TCP connections on 127.0.0.1:port.
-inline bool tcp_port_open(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = htons(static_cast<uint16_t>(port));
-  bool open = ::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
-  ::close(fd);
-  return open;
-}
 
 // GET /health answers {"health":"true"} once the member has a leader.
 inline bool etcd_healthy(int client_port) {

@@ -10,6 +10,7 @@
 // Unix socket that the other test programs' picks respect.
 #pragma once
 
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -105,6 +106,19 @@ inline int free_port() {
     ::close(mark);
   }
   throw std::runtime_error("no free port between " + std::to_string(low) + " and " + std::to_string(high));
+}
+
+// True when something accepts TCP connections on 127.0.0.1:port.
+inline bool tcp_port_open(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  bool open = ::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
+  ::close(fd);
+  return open;
 }
 
 }  // namespace elastic::testing

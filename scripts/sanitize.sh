@@ -5,6 +5,7 @@
 #   scripts/sanitize.sh tsan    ThreadSanitizer, in build-tsan
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
 mode=${1:?usage: scripts/sanitize.sh asan|tsan}
 # Everything below runs without address randomization (see scripts/without-aslr):
 # the build runs the sanitized test programs too, to list their test cases.
@@ -51,4 +52,4 @@ for program in tests/test_*; do
     exit 1
   fi
 done
-ctest --output-on-failure -j"$(nproc)" -E "^package:$exclude" ${CTEST_ARGS:-}
+"$root"/scripts/run-ctest.sh -j"$(nproc)" -E "^package:$exclude" ${CTEST_ARGS:-}

@@ -5,6 +5,7 @@
 #   BUILD_DIR=x scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
 scripts/install-deps.sh
 
 build_dir=${BUILD_DIR:-build}
@@ -13,4 +14,4 @@ cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-RelWithDeb
   -DELASTIC_BUILD_TESTS=ON -DELASTIC_BUILD_EXAMPLES=ON ${CMAKE_ARGS:-}
 cmake --build "$build_dir" -j"$jobs"
 cd "$build_dir"
-ctest --output-on-failure -j"$jobs" ${CTEST_ARGS:-}
+"$root"/scripts/run-ctest.sh -j"$jobs" ${CTEST_ARGS:-}

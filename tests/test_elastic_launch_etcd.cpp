@@ -207,8 +207,8 @@ TEST_CASE("etcd: a PyTorch gloo all_reduce across two launchers", "[pytorch]") {
   TempDir out, logs;
   const std::string worker = std::string(ELASTIC_TEST_PYTHON_DIR) + "/jobs/job_worker.py";
   RunOptions options(std::map<std::string, std::string>{{"PYTHON_EXEC", system_python()}, {"OMP_NUM_THREADS", "1"}});
-  auto args = etcd_args(etcd, "1:2", "gloo", "join_timeout=60,last_call_timeout=30", 2) +
-              std::vector<std::string>{worker, "--out-dir", out.path().string()};
+  auto args = etcd_args(etcd, "1:2", "gloo", "join_timeout=90,last_call_timeout=60", 2) +
+              std::vector<std::string>{worker, "--timeout=60", "--out-dir", out.path().string()};
   Background a(args, logs.file("a.out"), logs.file("a.err"), options);
   Background b(args, logs.file("b.out"), logs.file("b.err"), options);
   const int code_a = a.wait(100s), code_b = b.wait(100s);

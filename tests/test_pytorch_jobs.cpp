@@ -268,7 +268,8 @@ TEST_CASE("two launchers on one host form one job of 4 ranks", "[pytorch][jobs]"
   auto node = [&](int node_rank) {
     return std::async(std::launch::async, [&, node_rank] {
       return run({elastic_run, "--nnodes=2", "--node-rank=" + std::to_string(node_rank), "--nproc-per-node=2",
-                  "--master-addr=127.0.0.1", "--master-port=" + port, job_worker, "--out-dir", out.path().string()},
+                  "--master-addr=127.0.0.1", "--master-port=" + port, job_worker, "--timeout=60", "--out-dir",
+                  out.path().string()},
                  job_options());
     });
   };
@@ -293,10 +294,11 @@ TEST_CASE("two elastic launchers over the c10d rendezvous with --nnodes=1:2 form
   const std::string endpoint = "localhost:" + std::to_string(free_port());
   auto node = [&] {
     return std::async(std::launch::async, [&] {
-      return run({elastic_run, "--nnodes=1:2", "--nproc-per-node=2", "--rdzv-backend=c10d",
-                  "--rdzv-endpoint=" + endpoint, "--rdzv-id=gloo-elastic",
-                  "--rdzv-conf=last_call_timeout=30,join_timeout=60", job_worker, "--out-dir", out.path().string()},
-                 job_options());
+      return run(
+          {elastic_run, "--nnodes=1:2", "--nproc-per-node=2", "--rdzv-backend=c10d", "--rdzv-endpoint=" + endpoint,
+           "--rdzv-id=gloo-elastic", "--rdzv-conf=last_call_timeout=60,join_timeout=90", job_worker, "--timeout=60",
+           "--out-dir", out.path().string()},
+          job_options());
     });
   };
   auto node0 = node(), node1 = node();

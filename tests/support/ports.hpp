@@ -13,7 +13,6 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,6 +21,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <elastic/launcher/port.hpp>
 #include <fstream>
 #include <mutex>
 #include <random>
@@ -61,17 +61,9 @@ inline bool port_bindable(int family, int port) {
 // Marks `port` as this test program's: the mark's descriptor, or -1 when another
 // program marked it. A mark kept open goes with the process, however it ends.
 inline int mark_port(int port) {
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw std::runtime_error("socket(AF_UNIX) failed: " + std::string(std::strerror(errno)));
-  sockaddr_un name{};
-  name.sun_family = AF_UNIX;
-  const std::string abstract = "elastic-tests/port/" + std::to_string(port);
-  std::memcpy(name.sun_path + 1, abstract.data(), abstract.size());
-  const auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + abstract.size());
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&name), length) != 0) {
-    ::close(fd);
-    return -1;
-  }
+  const int fd = launcher::detail::bind_abstract_socket("elastic-tests/port/" + std::to_string(port));
+  if (fd < 0 && errno != EADDRINUSE)
+    throw std::runtime_error("cannot mark port " + std::to_string(port) + ": " + std::strerror(errno));
   return fd;
 }
 

@@ -25,6 +25,33 @@
 
 namespace elastic::launcher {
 
+namespace detail {
+
+// A Unix socket bound to `name` in the abstract namespace (Linux): the name is
+// taken for as long as the socket is open, and freed with the process however it
+// ends, leaving no file behind. -1 and errno (EADDRINUSE: taken) on failure.
+inline int bind_abstract_socket(const std::string& name) {
+  sockaddr_un address{};
+  if (name.size() + 1 > sizeof(address.sun_path)) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path + 1, name.data(), name.size());
+  const auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&address), length) != 0) {
+    const int saved = errno;
+    ::close(fd);
+    errno = saved;
+    return -1;
+  }
+  return fd;
+}
+
+}  // namespace detail
+
 // The port cannot be held: another process listens on it, or another launcher holds it.
 class PortBusyError : public std::runtime_error {
  public:
@@ -111,19 +138,9 @@ class PortReservation {
   bool try_hold(int port, std::string& why) {
     release();
     // The launcher's mark first: a port another launcher holds is busy even before its rank 0 listens.
-    int mark = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int mark = detail::bind_abstract_socket("elastic-run/master-port/" + std::to_string(port));
     if (mark < 0) {
-      why = std::strerror(errno);
-      return false;
-    }
-    sockaddr_un name{};
-    name.sun_family = AF_UNIX;
-    const std::string abstract = "elastic-run/master-port/" + std::to_string(port);
-    std::memcpy(name.sun_path + 1, abstract.data(), abstract.size());
-    const auto name_len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + abstract.size());
-    if (::bind(mark, reinterpret_cast<sockaddr*>(&name), name_len) != 0) {
       why = errno == EADDRINUSE ? "another elastic-run job holds it" : std::strerror(errno);
-      ::close(mark);
       return false;
     }
     fds_.push_back(mark);

@@ -36,26 +36,9 @@ namespace detail {
 // `family` now (no SO_REUSEADDR: a port with connections in TIME_WAIT is passed
 // over too). An address family the host lacks counts as free.
 inline bool port_bindable(int family, int port) {
-  int fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return family == AF_INET6;
-  int rc;
-  if (family == AF_INET6) {
-    int one = 1;
-    ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-    sockaddr_in6 address{};
-    address.sin6_family = AF_INET6;
-    address.sin6_addr = in6addr_any;
-    address.sin6_port = htons(static_cast<std::uint16_t>(port));
-    rc = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-  } else {
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_ANY);
-    address.sin_port = htons(static_cast<std::uint16_t>(port));
-    rc = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-  }
-  ::close(fd);
-  return rc == 0;
+  const int fd = launcher::detail::bind_wildcard(family, port, false);
+  if (fd >= 0) ::close(fd);
+  return fd >= 0 || (family == AF_INET6 && errno == EAFNOSUPPORT);
 }
 
 // Marks `port` as this test program's: the mark's descriptor, or -1 when another
@@ -85,7 +68,7 @@ inline int free_port() {
   static std::minstd_rand random(static_cast<unsigned>(::getpid()) ^
                                  static_cast<unsigned>(std::chrono::steady_clock::now().time_since_epoch().count()));
   std::lock_guard<std::mutex> lock(mutex);
-  const int high = detail::ephemeral_low() - 1;
+  static const int high = detail::ephemeral_low() - 1;
   const int low = std::max(1024, high - 9999);
   if (high < low) throw std::runtime_error("no ports under the ephemeral range to test with");
   const int size = high - low + 1;

@@ -50,6 +50,36 @@ inline int bind_abstract_socket(const std::string& name) {
   return fd;
 }
 
+// A TCP socket of `family` bound to the wildcard address and `port` (IPv6: dual
+// stack), with SO_REUSEADDR when `reuse_address`; -1 and errno on failure.
+inline int bind_wildcard(int family, int port, bool reuse_address) {
+  int fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  int one = 1;
+  if (reuse_address) ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  int rc;
+  if (family == AF_INET6) {
+    sockaddr_in6 addr{};
+    addr.sin6_family = AF_INET6;
+    addr.sin6_addr = in6addr_any;
+    addr.sin6_port = htons(static_cast<uint16_t>(port));
+    rc = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  } else {
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_ANY);
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    rc = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  }
+  if (rc != 0) {
+    const int saved = errno;
+    ::close(fd);
+    errno = saved;
+    return -1;
+  }
+  return fd;
+}
+
 }  // namespace detail
 
 // The port cannot be held: another process listens on it, or another launcher holds it.
@@ -93,7 +123,7 @@ class PortReservation {
   static PortReservation any() {
     std::string why;
     for (int attempt = 0; attempt < 64; ++attempt) {
-      int fd = bound_socket(AF_INET, 0);
+      int fd = detail::bind_wildcard(AF_INET, 0, true);
       if (fd < 0) break;
       sockaddr_in addr{};
       socklen_t len = sizeof(addr);
@@ -106,35 +136,6 @@ class PortReservation {
   }
 
  private:
-  // A TCP socket of `family` bound to the wildcard address and `port`, with SO_REUSEADDR; -1 and errno on failure.
-  static int bound_socket(int family, int port) {
-    int fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    int one = 1;
-    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    int rc;
-    if (family == AF_INET6) {
-      sockaddr_in6 addr{};
-      addr.sin6_family = AF_INET6;
-      addr.sin6_addr = in6addr_any;
-      addr.sin6_port = htons(static_cast<uint16_t>(port));
-      rc = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-    } else {
-      sockaddr_in addr{};
-      addr.sin_family = AF_INET;
-      addr.sin_addr.s_addr = htonl(INADDR_ANY);
-      addr.sin_port = htons(static_cast<uint16_t>(port));
-      rc = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-    }
-    if (rc != 0) {
-      int saved = errno;
-      ::close(fd);
-      errno = saved;
-      return -1;
-    }
-    return fd;
-  }
-
   bool try_hold(int port, std::string& why) {
     release();
     // The launcher's mark first: a port another launcher holds is busy even before its rank 0 listens.
@@ -144,7 +145,7 @@ class PortReservation {
       return false;
     }
     fds_.push_back(mark);
-    int v4 = bound_socket(AF_INET, port);
+    int v4 = detail::bind_wildcard(AF_INET, port, true);
     if (v4 < 0) {
       why = errno == EADDRINUSE ? "a process listens on it" : std::strerror(errno);
       release();
@@ -152,7 +153,7 @@ class PortReservation {
     }
     fds_.push_back(v4);
     // IPv6 (dual stack) too where the host has it: c10d's store binds [::] first.
-    int v6 = bound_socket(AF_INET6, port);
+    int v6 = detail::bind_wildcard(AF_INET6, port, true);
     if (v6 >= 0) {
       fds_.push_back(v6);
     } else if (errno == EADDRINUSE) {

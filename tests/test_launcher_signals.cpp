@@ -2,6 +2,7 @@
 // itself SIGKILLed. Nothing a job started may outlive it, grandchildren included.
 #include <catch2/catch.hpp>
 
+#include "support/backends.hpp"
 #include "support/launcher.hpp"
 
 using namespace elastic::testing;
@@ -53,11 +54,13 @@ std::vector<std::string> with(std::vector<std::string> a, const std::vector<std:
 }  // namespace
 
 TEST_CASE("shutdown on signal: forwarded to the workers, all reaped, non-zero exit") {
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
   for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT}) {
     INFO("signal " << sig);
     TempDir dir;
-    Background launcher(with({"--nproc-per-node=2", "--term-timeout=5"}, family_worker(dir)), dir.file("out"),
-                        dir.file("err"), base_options());
+    Background launcher(on_backend(backend, with({"--nproc-per-node=2", "--term-timeout=5"}, family_worker(dir))),
+                        dir.file("out"), dir.file("err"), base_options());
     REQUIRE(wait_until([&] { return all_started(dir, 2); }));
     auto pids = family_pids(dir, 2);
     launcher.signal(sig);
@@ -71,9 +74,11 @@ TEST_CASE("shutdown on signal: forwarded to the workers, all reaped, non-zero ex
 }
 
 TEST_CASE("a worker SIGKILLed mid-run is the root cause, and the rest are stopped") {
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
   TempDir dir;
-  Background launcher(with({"--nproc-per-node=3"}, family_worker(dir)), dir.file("out"), dir.file("err"),
-                      base_options());
+  Background launcher(on_backend(backend, with({"--nproc-per-node=3"}, family_worker(dir))), dir.file("out"),
+                      dir.file("err"), base_options());
   REQUIRE(wait_until([&] { return all_started(dir, 3); }));
   auto pids = family_pids(dir, 3);
   ::kill(read_pid(dir.file("w_1")), SIGKILL);
@@ -90,9 +95,11 @@ TEST_CASE("a worker SIGKILLed mid-run is the root cause, and the rest are stoppe
 }
 
 TEST_CASE("the launcher SIGKILLed: workers and their children do not outlive it") {
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
   TempDir dir;
-  Background launcher(with({"--nproc-per-node=2"}, family_worker(dir)), dir.file("out"), dir.file("err"),
-                      base_options());
+  Background launcher(on_backend(backend, with({"--nproc-per-node=2"}, family_worker(dir))), dir.file("out"),
+                      dir.file("err"), base_options());
   REQUIRE(wait_until([&] { return all_started(dir, 2); }));
   auto pids = family_pids(dir, 2);
   for (pid_t pid : pids) CHECK(alive(pid));
@@ -135,12 +142,14 @@ TEST_CASE("a worker ignoring SIGTERM is SIGKILLed after the grace period") {
 }
 
 TEST_CASE("a failed run leaves no process behind, detached grandchildren included") {
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
   TempDir dir;
   // Rank 0 also starts a grandchild in a session of its own, out of its process group.
-  auto r = elastic_run({"--nproc-per-node=2", "/bin/sh", "-c",
-                        "setsid sleep 300 & echo $! > \"$0/escaped_$RANK\"; sleep 300 & echo $! > \"$0/gc_$RANK\"; "
-                        "if [ $RANK = 1 ]; then sleep 0.5; exit 7; fi; wait",
-                        dir.path().string()},
+  auto r = elastic_run(on_backend(backend, {"--nproc-per-node=2", "/bin/sh", "-c",
+                                            "setsid sleep 300 & echo $! > \"$0/escaped_$RANK\"; sleep 300 & echo $! > "
+                                            "\"$0/gc_$RANK\"; if [ $RANK = 1 ]; then sleep 0.5; exit 7; fi; wait",
+                                            dir.path().string()}),
                        base_options());
   CHECK(r.exitcode == 1);
   CHECK(r.err.find("exitcode  : 7") != std::string::npos);
@@ -170,11 +179,13 @@ TEST_CASE("a worker that ends is reaped at once, and what it left running is kil
 }
 
 TEST_CASE("signals-to-handle forwards other signals, such as Slurm SIGUSR1") {
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
   TempDir dir;
-  Background launcher({"--nproc-per-node=2", "--signals-to-handle=SIGUSR1,SIGTERM", "/bin/sh", "-c",
-                       "trap 'touch \"$0/usr1_$RANK\"; exit 0' USR1; touch \"$0/w_$RANK\"; "
-                       "while :; do sleep 0.05; done",
-                       dir.path().string()},
+  Background launcher(on_backend(backend, {"--nproc-per-node=2", "--signals-to-handle=SIGUSR1,SIGTERM", "/bin/sh", "-c",
+                                           "trap 'touch \"$0/usr1_$RANK\"; exit 0' USR1; touch \"$0/w_$RANK\"; "
+                                           "while :; do sleep 0.05; done",
+                                           dir.path().string()}),
                       dir.file("out"), dir.file("err"), base_options());
   REQUIRE(wait_until([&] { return file_exists(dir.file("w_0")) && file_exists(dir.file("w_1")); }));
   launcher.signal(SIGUSR1);

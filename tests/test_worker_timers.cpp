@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <regex>
 
+#include "support/backends.hpp"
 #include "support/launcher.hpp"
 
 using namespace elastic::testing;
@@ -30,9 +31,12 @@ RunOptions timer_options(bool enabled = true) {
 }  // namespace
 
 TEST_CASE("an expired timer kills the worker (-9) and the summary says so, the launcher stops as on any failure") {
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
   TempDir dir;
   // Rank 1 hangs inside a 1 s timer; rank 0 waits (inside a 60 s timer) for a release that never comes.
-  auto r = elastic_run({"--nproc-per-node=2", timer_worker, dir.path().string(), "hang", "1"}, timer_options());
+  auto r = elastic_run(on_backend(backend, {"--nproc-per-node=2", timer_worker, dir.path().string(), "hang", "1"}),
+                       timer_options());
   CHECK(r.exitcode == 1);
   CHECK(read_file(dir.file("1.active")) == "1");
   CHECK(read_file(dir.file("0.active")) == "1");
@@ -46,8 +50,11 @@ TEST_CASE("an expired timer kills the worker (-9) and the summary says so, the l
 }
 
 TEST_CASE("a released timer never fires") {
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
   TempDir dir;
-  auto r = elastic_run({"--nproc-per-node=2", timer_worker, dir.path().string(), "release"}, timer_options());
+  auto r = elastic_run(on_backend(backend, {"--nproc-per-node=2", timer_worker, dir.path().string(), "release"}),
+                       timer_options());
   CHECK(r.exitcode == 0);
   CHECK(read_file(dir.file("0.active")) == "1");
   CHECK(read_file(dir.file("1.active")) == "1");

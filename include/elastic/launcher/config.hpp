@@ -33,6 +33,17 @@ class NotSupportedError : public UsageError {
   explicit NotSupportedError(const std::string& what) : UsageError(what + ": not supported yet") {}
 };
 
+// One attempt's worker group on this node, as LaunchConfig's hooks see it.
+struct WorkerGroupInfo {
+  int restart_count = 0;  // TORCHELASTIC_RESTART_COUNT of the workers
+  int round = 0;          // the rendezvous round (0 on the static backend)
+  int group_rank = 0;     // this node's rank among the round's nodes
+  int group_world_size = 1;
+  int rank_offset = 0;  // the global rank of local rank 0
+  int world_size = 1;
+  std::map<int, pid_t> pids;  // by local rank
+};
+
 struct LaunchConfig {
   int min_nodes = 1;
   int max_nodes = 1;
@@ -65,12 +76,13 @@ struct LaunchConfig {
   // For a launcher process of its own: become a subreaper and kill any
   // descendant left over at the end. Off for library use inside a bigger program.
   bool own_process_tree = false;
-  // Hooks for services that live beside the workers (timer server, event log): called
-  // with an attempt's worker pids (by local rank) once they run, and with its result
-  // before the launcher acts on it, which they may amend (e.g. say why a worker died).
-  // `final`: no restart follows.
-  std::function<void(int restart_count, const std::map<int, pid_t>& pids)> on_workers_started;
-  std::function<void(int restart_count, multiprocessing::RunProcsResult& result, bool final)> on_workers_ended;
+  // Hooks for services that live beside the workers (timer server, event log, NUMA
+  // binding), called on every backend: with an attempt's workers once they run, and
+  // with its result before the launcher acts on it, which they may amend (e.g. say
+  // why a worker died). `final`: no restart follows.
+  std::function<void(const WorkerGroupInfo& group)> on_workers_started;
+  std::function<void(const WorkerGroupInfo& group, multiprocessing::RunProcsResult& result, bool final)>
+      on_workers_ended;
 };
 
 inline bool all_digits(const std::string& text) {

@@ -1,5 +1,7 @@
-// elastic-run: torchrun's command line over elastic::launch. Every option takes
-// its dash or underscore spelling and a PET_<NAME> environment default.
+// elastic-run's command line: torchrun's options, each in its dash and underscore
+// spelling, as an unambiguous prefix, and with a PET_<NAME> environment default;
+// turned into a LaunchConfig and the command the workers run.
+#pragma once
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -12,11 +14,6 @@
 #include <cstdio>
 #include <elastic/errors.hpp>
 #include <elastic/launcher.hpp>
-#include <elastic/launcher/cli.hpp>
-#include <elastic/launcher/events.hpp>
-#include <elastic/launcher/port.hpp>
-#include <elastic/launcher/timer_server.hpp>
-#include <elastic/launcher/torch_env.hpp>
 #include <elastic/multiprocessing/numa.hpp>
 #include <filesystem>
 #include <fstream>
@@ -29,7 +26,10 @@
 #include <system_error>
 #include <vector>
 
-namespace {
+#include "elastic_run/option_prefixes.hpp"
+#include "elastic_run/torch_env.hpp"
+
+namespace elastic_run {
 
 using elastic::launcher::UsageError;
 
@@ -121,7 +121,7 @@ int parse_signal(std::string name) {
 
 // A usage error on one line, whatever the values it quotes hold.
 void usage_error(const std::string& message) {
-  std::fprintf(stderr, "elastic-run: error: %s\n", elastic::launcher::one_line(message).c_str());
+  std::fprintf(stderr, "elastic-run: error: %s\n", one_line(message).c_str());
 }
 
 struct Command {
@@ -285,13 +285,24 @@ elastic::launcher::LaunchConfig make_config(Args& a) {
   return config;
 }
 
-}  // namespace
+// The end of elastic-run before any launch: --help, --version, or a usage error
+// (already printed).
+struct ExitNow {
+  int code;
+};
 
-int main(int argc, char** argv) {
-  // A closed console must not kill the launcher while it still has workers to stop.
-  std::signal(SIGPIPE, SIG_IGN);
+// What the command line asks for.
+struct Invocation {
+  Args options;
+  elastic::launcher::LaunchConfig config;
+  Command command;
+};
 
-  Args a;
+// Parses argv as torchrun does; throws ExitNow for --help, --version and usage errors
+// (printed on one line, exit 2: nothing is started).
+inline Invocation parse_command_line(int argc, char** argv) {
+  Invocation result;
+  Args& a = result.options;
   CLI::App app{
       "Starts N copies of ENTRY as a TorchElastic job (torchrun-compatible).\n"
       "Options come before ENTRY; everything after ENTRY is passed to the workers.",
@@ -342,15 +353,15 @@ int main(int argc, char** argv) {
          "Where worker status events go: null, or console (one JSON object per line on stderr)");
 
   // argparse's conveniences first: prefixes spelled out, typos and ambiguities reported.
-  std::vector<elastic::launcher::OptionSpelling> spellings;
+  std::vector<OptionSpelling> spellings;
   for (const CLI::Option* option : app.get_options())
     spellings.push_back({option->get_lnames(), option->get_snames(), option->get_items_expected_max() > 0});
   std::vector<std::string> args;
   try {
-    args = elastic::launcher::expand_option_prefixes(std::vector<std::string>(argv + 1, argv + argc), spellings);
+    args = expand_option_prefixes(std::vector<std::string>(argv + 1, argv + argc), spellings);
   } catch (const UsageError& e) {
     usage_error(e.what());
-    return 2;
+    throw ExitNow{2};
   }
   std::vector<char*> expanded = {argv[0]};
   for (auto& arg : args) expanded.push_back(arg.data());
@@ -358,10 +369,10 @@ int main(int argc, char** argv) {
   try {
     app.parse(static_cast<int>(expanded.size() - 1), expanded.data());
   } catch (const CLI::Success& e) {  // --help, --version
-    return app.exit(e);
+    throw ExitNow{app.exit(e)};
   } catch (const CLI::ParseError& e) {
     usage_error(e.what());
-    return 2;
+    throw ExitNow{2};
   }
   a.master_port_given = app.get_option("--master-port")->count() > 0;
   a.rdzv_id_given = app.get_option("--rdzv-id")->count() > 0;
@@ -369,189 +380,30 @@ int main(int argc, char** argv) {
   if (!rest.empty() && rest.front() == "--") rest.erase(rest.begin());
   if (rest.empty()) {
     usage_error("the following arguments are required: training_script");
-    return 2;
+    throw ExitNow{2};
   }
   if (!rest.front().empty() && rest.front()[0] == '-' && rest.front() != "-") {
     usage_error("unrecognized arguments: " + rest.front() + "; see elastic-run --help");
-    return 2;
+    throw ExitNow{2};
   }
   const std::string script = rest.front();
   const std::vector<std::string> script_args(rest.begin() + 1, rest.end());
-
-  elastic::launcher::LaunchConfig config;
-  Command command;
   try {
-    config = make_config(a);
-    command = make_command(a, script, script_args);
-    config.legacy_nccl_async_error_handling =
-        !command.direct && elastic::launcher::needs_legacy_nccl_name(command.entrypoint);
-    elastic::launcher::validate(config);
+    result.config = make_config(a);
+    result.command = make_command(a, script, script_args);
+    result.config.legacy_nccl_async_error_handling =
+        !result.command.direct && needs_legacy_nccl_name(result.command.entrypoint);
+    elastic::launcher::validate(result.config);
+    if (a.event_log_handler != "null" && a.event_log_handler != "console" &&
+        a.event_log_handler != "dynamic_rendezvous")
+      throw UsageError("--event-log-handler must be null or console, got " + a.event_log_handler);
+    if (!a.numa_binding.empty() && !elastic::multiprocessing::numa::parse_mode(a.numa_binding))
+      throw UsageError("--numa-binding must be node, socket, exclusive or core-complex, got " + a.numa_binding);
   } catch (const UsageError& e) {
     usage_error(e.what());
-    return 2;
+    throw ExitNow{2};
   }
-
-  if (a.event_log_handler != "null" && a.event_log_handler != "console" &&
-      a.event_log_handler != "dynamic_rendezvous") {
-    usage_error("--event-log-handler must be null or console, got " + a.event_log_handler);
-    return 2;
-  }
-
-  std::optional<elastic::multiprocessing::numa::Mode> numa_mode;
-  if (!a.numa_binding.empty()) {
-    numa_mode = elastic::multiprocessing::numa::parse_mode(a.numa_binding);
-    if (!numa_mode) {
-      usage_error("--numa-binding must be node, socket, exclusive or core-complex, got " + a.numa_binding);
-      return 2;
-    }
-  }
-  // The CPUs of each local rank, found before any worker starts: a binding that cannot be
-  // made fails the launch.
-  std::map<int, std::set<int>> numa_cpus;
-  if (numa_mode) {
-    namespace numa = elastic::multiprocessing::numa;
-    try {
-      const auto gpus = elastic::multiprocessing::gpu_inventory();
-      if (gpus.count > 0 && gpus.pci_bus_ids.empty())
-        throw numa::NumaError("the GPUs' places need NVML (libnvidia-ml.so.1), which is not available");
-      const numa::Topology topology = numa::this_machine(gpus);
-      std::vector<int> devices;  // CUDA index -> NVML index
-      if (const char* visible = std::getenv("CUDA_VISIBLE_DEVICES"))
-        devices = elastic::multiprocessing::visible_devices(visible, gpus);
-      else
-        for (int i = 0; i < gpus.count; ++i) devices.push_back(i);
-      for (int local_rank = 0; local_rank < config.nproc_per_node; ++local_rank) {
-        if (local_rank >= static_cast<int>(devices.size()) || devices[static_cast<std::size_t>(local_rank)] < 0)
-          throw numa::NumaError("local rank " + std::to_string(local_rank) + " has no GPU of its own (" +
-                                std::to_string(devices.size()) +
-                                " visible): NUMA binding places each local rank near the GPU of its index");
-        numa_cpus[local_rank] = numa::cpus_for_gpu(topology, *numa_mode, devices[static_cast<std::size_t>(local_rank)]);
-      }
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "elastic-run: error: NUMA binding (--numa-binding %s): %s\n", a.numa_binding.c_str(),
-                   e.what());
-      return 1;
-    }
-  }
-
-  // Node 0 runs rank 0, which hosts the store on the master port: hold the port for the
-  // whole job, so that no other job on this host takes it (see port.hpp).
-  elastic::launcher::PortReservation port;
-  if (config.node_rank == 0 && config.rdzv_backend == "static") {
-    try {
-      if (config.master_port == 0) {
-        port = elastic::launcher::PortReservation::any();
-        config.master_port = port.port();
-        elastic::log::info("single node without a master port: using port {} and run id {}", config.master_port,
-                           config.run_id);
-      } else {
-        int wanted = config.master_port;
-        if (!config.rdzv_endpoint.empty())
-          wanted = elastic::launcher::detail::split_endpoint(config.rdzv_endpoint, config.master_port).second;
-        port = elastic::launcher::PortReservation::hold(wanted);
-      }
-    } catch (const elastic::launcher::PortBusyError& e) {
-      std::fprintf(stderr,
-                   "elastic-run: error: master %s; give another --master-port, or none on a single node to get a free "
-                   "one\n",
-                   e.what());
-      return 1;
-    }
-  }
-
-  if (std::getenv("OMP_NUM_THREADS") == nullptr && config.nproc_per_node > 1) {
-    elastic::log::warning(
-        "Setting OMP_NUM_THREADS environment variable for each process to be 1 in default, to avoid your system "
-        "being overloaded, please further tune the variable for optimal performance in your application as needed.");
-    ::setenv("OMP_NUM_THREADS", "1", 1);
-  }
-
-  // Worker hang timers, as torchrun serves them when TORCHELASTIC_ENABLE_FILE_TIMER=1.
-  std::unique_ptr<elastic::launcher::TimerServer> timers;
-  if (const char* enabled = std::getenv("TORCHELASTIC_ENABLE_FILE_TIMER");
-      enabled != nullptr && std::string(enabled) == "1") {
-    const char* given = std::getenv("TORCHELASTIC_TIMER_FILE");
-    const std::string path = given != nullptr && *given != '\0'
-                                 ? std::string(given)
-                                 : (std::filesystem::temp_directory_path() / ("watchdog_timer_" + new_uuid())).string();
-    try {
-      timers = std::make_unique<elastic::launcher::TimerServer>(path);
-    } catch (const std::system_error& e) {
-      std::fprintf(stderr, "elastic-run: error: %s\n", e.what());
-      return 1;
-    }
-    ::setenv("TORCHELASTIC_TIMER_FILE", path.c_str(), 1);
-  }
-  std::map<int, pid_t> worker_pids;
-  const auto started_at = std::chrono::steady_clock::now();
-  const bool console_events = a.event_log_handler == "console";
-  config.on_workers_started = [&](int, const std::map<int, pid_t>& pids) {
-    worker_pids = pids;
-    if (timers) timers->set_workers(pids);
-    for (const auto& [local_rank, cpus] : numa_cpus)
-      if (auto pid = pids.find(local_rank); pid != pids.end()) {
-        elastic::multiprocessing::numa::bind_process(pid->second, cpus);
-        elastic::log::info("local rank {} (pid {}) bound to CPUs {}", local_rank, pid->second,
-                           elastic::multiprocessing::numa::format_ranges(cpus));
-      }
-  };
-  config.on_workers_ended = [&](int restart_count, elastic::multiprocessing::RunProcsResult& result, bool final) {
-    if (timers) timers->end_attempt();
-    if (timers)
-      for (auto& [local_rank, failure] : result.failures)
-        if (auto why = timers->expired(failure.pid);
-            why && failure.error_file == elastic::not_available && failure.message.is_string())
-          failure.message = failure.message.get<std::string>() + ": " + *why;
-    if (final && console_events) {
-      const long seconds = static_cast<long>(
-          std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started_at).count());
-      for (const auto& event :
-           elastic::launcher::worker_status_events(config, command.name, result, worker_pids, restart_count, seconds)) {
-        elastic::multiprocessing::Console::of(STDERR_FILENO).write(event.dump() + "\n");
-      }
-    }
-  };
-
-  // From here on the handled signals are only read (through launch's signalfd),
-  // never acted on by default: one that comes late cannot cut the summary short.
-  sigset_t handled;
-  sigemptyset(&handled);
-  for (int sig : config.signals_to_handle) sigaddset(&handled, sig);
-  ::sigprocmask(SIG_BLOCK, &handled, nullptr);
-
-  // Diagnostics and the summary go through the stderr console to the end (queued,
-  // in order with teed output): a stalled reader cannot block what follows the run.
-  using elastic::multiprocessing::Console;
-  elastic::log::detail::sink.store([](std::string_view line) { Console::of(STDERR_FILENO).write(line); });
-  Console& console = Console::of(STDERR_FILENO);
-  int code = 0;
-  try {
-    auto run = elastic::record(
-        [&] { return elastic::launcher::launch(config, command.entrypoint, command.args, command.name); });
-    run();
-  } catch (const elastic::ChildFailedError& e) {
-    // format_msg(), not what(): a C string would end the summary at a NUL in a message.
-    console.write("elastic.ChildFailedError: " + e.format_msg() + "\n");
-    code = 1;
-  } catch (const elastic::launcher::SignalException& e) {
-    code = 128 + e.signum();
-  } catch (const elastic::rendezvous::RendezvousError& e) {
-    // PyTorch's class name first, as torchrun's traceback ends with it.
-    console.write(std::string("elastic-run: error: ") + e.class_name() + ": " + e.what() + "\n");
-    code = 1;
-  } catch (const std::system_error& e) {
-    std::string hint;
-    const int error = e.code().value();
-    if (command.direct && (error == EACCES || error == ENOEXEC) &&
-        std::string(e.what()).find("cannot start " + command.entrypoint) != std::string::npos)
-      hint = " (it is run as a program: make it executable, or run a Python script with a .py name, --run-path or -m)";
-    console.write(std::string("elastic-run: error: ") + e.what() + hint + "\n");
-    code = 1;
-  } catch (const std::exception& e) {
-    console.write(std::string("elastic-run: error: ") + e.what() + "\n");
-    code = 1;
-  }
-  // A console that takes nothing for this long is left behind.
-  console.flush(elastic::multiprocessing::PContextOptions{}.console_stall_limit);
-  return code;
+  return result;
 }
+
+}  // namespace elastic_run

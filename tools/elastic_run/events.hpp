@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-namespace elastic::launcher {
+namespace elastic_run {
 
 namespace detail {
 
@@ -42,27 +42,27 @@ inline std::string fq_hostname() {
 
 // The events of an attempt's workers: SUCCEEDED, FAILED, or TERMINATED for a worker the
 // launcher stopped because another failed.
-inline std::vector<nlohmann::json> worker_status_events(const LaunchConfig& config, const std::string& entry_point,
-                                                        const multiprocessing::RunProcsResult& result,
-                                                        const std::map<int, pid_t>& pids, int restart_count,
+inline std::vector<nlohmann::json> worker_status_events(const elastic::launcher::LaunchConfig& config,
+                                                        const std::string& entry_point,
+                                                        const elastic::launcher::WorkerGroupInfo& group,
+                                                        const elastic::multiprocessing::RunProcsResult& result,
                                                         long total_run_time_s) {
   std::vector<nlohmann::json> events;
   const std::string hostname = detail::fq_hostname();
-  const int world_size = config.max_nodes * config.nproc_per_node;
-  for (const auto& [local_rank, pid] : pids) {
-    const int global_rank = config.node_rank * config.nproc_per_node + local_rank;
+  for (const auto& [local_rank, pid] : group.pids) {
+    const int global_rank = group.rank_offset + local_rank;
     auto failure = result.failures.find(local_rank);
     std::string state = !result.is_failed() ? "SUCCEEDED" : failure != result.failures.end() ? "FAILED" : "TERMINATED";
     nlohmann::json raw_error = nullptr;
     if (failure != result.failures.end()) raw_error = failure->second.error_file_data.dump();
-    nlohmann::json md = {{"group_world_size", config.max_nodes},
+    nlohmann::json md = {{"group_world_size", group.group_world_size},
                          {"entry_point", entry_point},
                          {"local_rank", {local_rank}},
                          {"role_rank", {global_rank}},
-                         {"role_world_size", {world_size}}};
+                         {"role_world_size", {group.world_size}}};
     nlohmann::json metadata = {{"run_id", config.run_id},
                                {"global_rank", global_rank},
-                               {"group_rank", config.node_rank},
+                               {"group_rank", group.group_rank},
                                {"worker_id", std::to_string(pid)},
                                {"role", config.role},
                                {"hostname", hostname},
@@ -71,7 +71,7 @@ inline std::vector<nlohmann::json> worker_status_events(const LaunchConfig& conf
                                {"rdzv_backend", config.rdzv_backend},
                                {"raw_error", raw_error},
                                {"metadata", md.dump()},
-                               {"agent_restarts", restart_count},
+                               {"agent_restarts", group.restart_count},
                                {"duration_ms", nullptr}};
     events.push_back({{"name", "torchelastic.worker.status." + state},
                       {"source", "WORKER"},
@@ -81,4 +81,4 @@ inline std::vector<nlohmann::json> worker_status_events(const LaunchConfig& conf
   return events;
 }
 
-}  // namespace elastic::launcher
+}  // namespace elastic_run

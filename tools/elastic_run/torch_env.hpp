@@ -17,7 +17,7 @@
 #include <utility>
 #include <vector>
 
-namespace elastic::launcher {
+namespace elastic_run {
 
 namespace detail {
 
@@ -84,4 +84,4 @@ inline bool needs_legacy_nccl_name(const std::string& interpreter) {
   return version && *version < std::make_pair(2, 2);
 }
 
-}  // namespace elastic::launcher
+}  // namespace elastic_run

@@ -10,7 +10,9 @@
 #include <string>
 #include <vector>
 
-namespace elastic::launcher {
+namespace elastic_run {
+
+using elastic::launcher::UsageError;
 
 // One option of the command line: its long names without "--" (every spelling,
 // e.g. "nproc-per-node" and "nproc_per_node"), its short names without "-", and
@@ -147,4 +149,4 @@ inline std::vector<std::string> expand_option_prefixes(const std::vector<std::st
   return out;
 }
 
-}  // namespace elastic::launcher
+}  // namespace elastic_run

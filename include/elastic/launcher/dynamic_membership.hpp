@@ -1,0 +1,310 @@
+// The membership of c10d and etcd jobs (`--nnodes MIN:MAX`, or a fixed count over a
+// dynamic backend). Each round: join the rendezvous, share the nodes' worker counts
+// in the round's keys, and derive ranks and the master endpoint. While the workers
+// run, the round is looked at every monitor interval:
+//   - nodes in the wait list: an uncounted restart at the larger size;
+//   - a participant lost (its launcher's session ended): the survivors restart at
+//     once at the smaller size (uncounted), as long as MIN nodes remain;
+//   - this node's session lost (the store is gone): RendezvousConnectionError.
+// The job's end (success or failure, not a signal) passes the exit barrier
+// (skipping nodes known dead) and closes the rendezvous.
+#pragma once
+
+#include <poll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <elastic/errors/detail/hostname.hpp>
+#include <elastic/launcher/config.hpp>
+#include <elastic/launcher/membership.hpp>
+#include <elastic/launcher/port.hpp>
+#include <elastic/log.hpp>
+#include <elastic/rendezvous/backends.hpp>
+#include <elastic/rendezvous/dynamic_rendezvous.hpp>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace elastic::launcher {
+
+inline bool is_dynamic_backend(const std::string& backend) {
+  return backend == "c10d" || backend == "etcd" || backend == "etcd-v2";
+}
+
+namespace detail {
+
+inline rendezvous::RendezvousSettings rendezvous_settings(const LaunchConfig& config) {
+  try {
+    return rendezvous::parse_settings(config.run_id, config.min_nodes, config.max_nodes, config.rdzv_configs);
+  } catch (const rendezvous::RendezvousConfigError& e) {
+    throw UsageError(e.what());
+  }
+}
+
+// Renews the node's session every keep_alive_interval on its own thread; remembers
+// the first failure (the store is gone) for the agent's loop to act on.
+class KeepAlive {
+ public:
+  KeepAlive(rendezvous::DynamicRendezvous& rdzv, std::chrono::milliseconds interval)
+      : thread_([this, &rdzv, interval] {
+          std::unique_lock<std::mutex> lock(mutex_);
+          while (!stop_) {
+            if (cv_.wait_for(lock, interval, [this] { return stop_; })) break;
+            lock.unlock();
+            try {
+              rdzv.keep_alive();
+            } catch (const rendezvous::RendezvousError& e) {
+              lock.lock();
+              if (!error_) error_ = e.what();
+              continue;
+            }
+            lock.lock();
+          }
+        }) {}
+  ~KeepAlive() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  std::optional<std::string> error() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return error_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::optional<std::string> error_;
+  std::thread thread_;
+};
+
+// Runs `step` (a blocking rendezvous step) on another thread while this one reads
+// the launcher's signals: a signal cancels the step and ends the launch.
+template <typename Step>
+auto interruptible(rendezvous::DynamicRendezvous& rdzv, SignalReader& signals, Step&& step) -> decltype(step()) {
+  auto result = std::async(std::launch::async, std::forward<Step>(step));
+  while (result.wait_for(std::chrono::milliseconds(0)) != std::future_status::ready) {
+    pollfd fd{signals.fd(), POLLIN, 0};
+    if (::poll(&fd, 1, 100) > 0) {
+      if (int sig = signals.next(); sig != 0) {
+        log::warning("Received {} death signal, leaving the rendezvous", sig);
+        rdzv.cancel();
+        result.wait();
+        throw SignalException(sig);
+      }
+    }
+  }
+  return result.get();
+}
+
+// Shares this node's worker count (and, from group rank 0, MASTER_ADDR/PORT) in the
+// round's keys and reads the others'. Empty when the round fell apart meanwhile.
+inline std::optional<NodeAssignment> plan_round(rendezvous::DynamicRendezvous& rdzv,
+                                                const rendezvous::RendezvousInfo& info, int nproc) {
+  using namespace std::chrono;
+  auto& store = rdzv.store();
+  NodeAssignment plan;
+  plan.round = info.round;
+  plan.group_rank = info.group_rank;
+  plan.group_world_size = info.group_world_size();
+  plan.world_size = 0;
+  const std::string master_key = rdzv.round_key(info.round, "master");
+  if (info.group_rank == 0) plan.master_port_hold = PortReservation::any();
+  rdzv.guarded([&] {
+    store.set(rdzv.round_key(info.round, "nproc/" + std::to_string(info.group_rank)), std::to_string(nproc));
+    if (info.group_rank == 0)
+      store.set(master_key, elastic::errors::detail::fqdn() + "\n" + std::to_string(plan.master_port_hold.port()));
+  });
+  std::vector<std::string> keys{master_key};
+  for (int r = 0; r < info.group_world_size(); ++r)
+    keys.push_back(rdzv.round_key(info.round, "nproc/" + std::to_string(r)));
+  const auto deadline = steady_clock::now() + rdzv.settings().join_timeout;
+  for (;;) {
+    bool all = false;
+    rdzv.guarded([&] { all = store.wait(keys, milliseconds(500)); });
+    if (all) break;
+    if (rdzv.cancelled()) throw rendezvous::RendezvousError("joining the rendezvous was cancelled");
+    auto health = rdzv.check_round(info);
+    if (health != rendezvous::RoundHealth::healthy && health != rendezvous::RoundHealth::waiting_nodes)
+      return std::nullopt;
+    if (steady_clock::now() > deadline)
+      throw rendezvous::RendezvousTimeoutError("the nodes of round " + std::to_string(info.round) +
+                                               " did not share their worker counts within join_timeout");
+  }
+  std::vector<std::optional<std::string>> values;
+  rdzv.guarded([&] { values = store.get_many(keys); });
+  if (!values[0]) return std::nullopt;
+  const auto newline = values[0]->find('\n');
+  plan.master_addr = values[0]->substr(0, newline);
+  plan.master_port = newline == std::string::npos ? 0 : std::atoi(values[0]->c_str() + newline + 1);
+  for (int r = 0; r < info.group_world_size(); ++r) {
+    const auto& value = values[static_cast<std::size_t>(r) + 1];
+    const int n = value ? std::atoi(value->c_str()) : 0;
+    if (r < info.group_rank) plan.rank_offset += n;
+    plan.world_size += n;
+  }
+  return plan;
+}
+
+// Waits (up to `limit`) until every other node of the round has finished it too:
+// written its exit key, died, or moved on to a later round.
+inline void exit_barrier(rendezvous::DynamicRendezvous& rdzv, const rendezvous::RendezvousInfo& info,
+                         std::chrono::seconds limit) {
+  using namespace std::chrono;
+  auto& store = rdzv.store();
+  try {
+    rdzv.guarded([&] { store.set(rdzv.round_key(info.round, "exit/" + std::to_string(info.group_rank)), "1"); });
+    const auto deadline = steady_clock::now() + limit;
+    std::vector<rendezvous::NodeDesc> others;
+    std::vector<std::string> keys;
+    for (int r = 0; r < info.group_world_size(); ++r) {
+      if (r == info.group_rank) continue;
+      others.push_back(info.nodes[static_cast<std::size_t>(r)]);
+      keys.push_back(rdzv.round_key(info.round, "exit/" + std::to_string(r)));
+    }
+    for (;;) {
+      // Usually every node gets here within moments: wait for their keys first, and
+      // look for the dead and the moved-on only when that takes a while.
+      bool all = false;
+      rdzv.guarded([&] { all = store.wait(keys, milliseconds(500)); });
+      if (all) return;
+      std::vector<std::optional<std::string>> exited;
+      rdzv.guarded([&] { exited = store.get_many(keys); });
+      auto alive = rdzv.alive_nodes(others);
+      const bool moved_on = rdzv.check_round(info) == rendezvous::RoundHealth::left_behind;
+      bool done = true;
+      for (std::size_t i = 0; i < others.size(); ++i)
+        if (!exited[i] && alive.count(others[i]) > 0 && !moved_on) done = false;
+      if (done) return;
+      if (steady_clock::now() > deadline) {
+        log::warning("Exit barrier of round {} timed out after {} s", info.round, limit.count());
+        return;
+      }
+    }
+  } catch (const rendezvous::RendezvousError& e) {
+    log::warning("Exit barrier of round {}: {}", info.round, e.what());
+  }
+}
+
+}  // namespace detail
+
+// Checks a dynamic-rendezvous configuration (usage errors), opening nothing.
+inline void validate_dynamic(const LaunchConfig& config) {
+  auto settings = detail::rendezvous_settings(config);
+  try {
+    rendezvous::parse_endpoint(config.rdzv_endpoint, config.rdzv_backend == "c10d" ? 29400 : 2379);
+  } catch (const rendezvous::RendezvousConfigError& e) {
+    throw UsageError(e.what());
+  }
+#if !ELASTIC_RENDEZVOUS_HAS_ETCD
+  if (config.rdzv_backend != "c10d")
+    throw NotSupportedError("rendezvous backend '" + config.rdzv_backend + "' (this build has no etcd store)");
+#else
+  if (config.rdzv_backend != "c10d") {
+    try {
+      rendezvous::validate_etcd_config(config.rdzv_configs);
+    } catch (const rendezvous::RendezvousConfigError& e) {
+      throw UsageError(e.what());
+    }
+  }
+#endif
+}
+
+class DynamicMembership final : public Membership {
+ public:
+  // Connects to the rendezvous backend (throws rendezvous::RendezvousError when it
+  // cannot) and keeps this node's session alive from now on.
+  explicit DynamicMembership(const LaunchConfig& config)
+      : config_(config),
+        settings_(detail::rendezvous_settings(config)),
+        backend_(rendezvous::open_backend(config.rdzv_backend, config.rdzv_endpoint, settings_,
+                                          [](const std::string& line) { log::info("{}", line); })),
+        node_{elastic::errors::detail::fqdn(), static_cast<long>(::getpid()), next_handler()},
+        rdzv_(backend_.store, settings_, node_),
+        keep_alive_(rdzv_, std::chrono::duration_cast<std::chrono::milliseconds>(settings_.keep_alive_interval)) {}
+
+  std::optional<NodeAssignment> join(int restart_count, SignalReader& signals) override {
+    auto info = detail::interruptible(rdzv_, signals, [&] { return rdzv_.next_rendezvous(); });
+    auto plan =
+        detail::interruptible(rdzv_, signals, [&] { return detail::plan_round(rdzv_, info, config_.nproc_per_node); });
+    if (!plan) {
+      log::warning("[{}] round {} changed before it started; rejoining", config_.role, info.round);
+      return std::nullopt;
+    }
+    log::info(
+        "[{}] Rendezvous complete for workers. Result: restart_count={} master_addr={} master_port={} "
+        "group_rank={} group_world_size={} ranks={}..{} world_size={}",
+        config_.role, restart_count, plan->master_addr, plan->master_port, info.group_rank, info.group_world_size(),
+        plan->rank_offset, plan->rank_offset + config_.nproc_per_node - 1, plan->world_size);
+    round_ = std::move(info);
+    return plan;
+  }
+
+  // How often the round is looked at between worker events.
+  std::chrono::milliseconds poll_interval() const override {
+    return std::chrono::milliseconds(std::clamp(static_cast<long>(config_.monitor_interval * 1000), 100L, 1000L));
+  }
+
+  std::optional<std::string> round_changed() override {
+    if (auto error = keep_alive_.error()) throw rendezvous::RendezvousConnectionError(*error);
+    auto health = rdzv_.check_round(*round_);
+    if (health == rendezvous::RoundHealth::healthy || health == rendezvous::RoundHealth::closed) return std::nullopt;
+    return rendezvous::to_string(health);
+  }
+
+  void finish() override {
+    if (!round_) return;
+    log::debug("[{}] exit barrier of round {}", config_.role, round_->round);
+    detail::exit_barrier(rdzv_, *round_, std::chrono::seconds(300));
+    log::debug("[{}] exit barrier passed; closing the rendezvous", config_.role);
+    try {
+      rdzv_.close();
+    } catch (const rendezvous::RendezvousError& e) {
+      log::warning("Closing the rendezvous: {}", e.what());
+    }
+    release_store();
+  }
+
+ private:
+  static long next_handler() {
+    static std::atomic<long> handlers{0};
+    return handlers++;
+  }
+
+  // The store's host serves the others until they are done with it: it waits (up
+  // to close_timeout) for the round's other launchers to disconnect.
+  void release_store() {
+    if (!backend_.server) return;
+    std::vector<rendezvous::NodeDesc> others;
+    for (const auto& n : round_->nodes)
+      if (!(n == node_)) others.push_back(n);
+    const auto deadline = std::chrono::steady_clock::now() + settings_.close_timeout;
+    try {
+      while (rdzv_.alive_nodes(others).size() > 1 && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    } catch (const rendezvous::RendezvousError&) {
+    }
+  }
+
+  const LaunchConfig& config_;
+  const rendezvous::RendezvousSettings settings_;
+  rendezvous::RendezvousBackend backend_;
+  rendezvous::NodeDesc node_;
+  rendezvous::DynamicRendezvous rdzv_;
+  detail::KeepAlive keep_alive_;
+  std::optional<rendezvous::RendezvousInfo> round_;  // the round this node's workers run in
+};
+
+}  // namespace elastic::launcher

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <set>
 
+#include "support/backends.hpp"
 #include "support/launcher.hpp"
 
 using namespace elastic::testing;
@@ -56,6 +57,8 @@ std::vector<std::string> rank1_writes(const std::string& command) {
 }  // namespace
 
 TEST_CASE("hostile error files from workers: the summary names each rank and why its file is unusable") {
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
   struct Case {
     const char* name;
     std::string command;
@@ -75,7 +78,7 @@ TEST_CASE("hostile error files from workers: the summary names each rank and why
   };
   for (const auto& c : cases) {
     INFO(c.name);
-    auto r = elastic_run(with({"--nproc-per-node=2"}, rank1_writes(c.command)), base_options());
+    auto r = elastic_run(on_backend(backend, with({"--nproc-per-node=2"}, rank1_writes(c.command))), base_options());
     INFO(r.err);
     CHECK(r.exitcode == 1);
     CHECK_THAT(r.err, Catch::Contains("/bin/sh FAILED"));
@@ -89,7 +92,7 @@ TEST_CASE("hostile error files from workers: the summary names each rank and why
                                     "ln -s /dev/zero \"$TORCHELASTIC_ERROR_FILE\"",
                                     "ln -s \"$TORCHELASTIC_ERROR_FILE\" \"$TORCHELASTIC_ERROR_FILE\""}) {
     INFO(command);
-    auto r = elastic_run(with({"--nproc-per-node=2"}, rank1_writes(command)), base_options());
+    auto r = elastic_run(on_backend(backend, with({"--nproc-per-node=2"}, rank1_writes(command))), base_options());
     CHECK(r.exitcode == 1);
     CHECK_THAT(r.err, Catch::Contains("rank      : 1 (local_rank: 1)"));
     CHECK_THAT(r.err, Catch::Contains("error_file: <N/A>"));
@@ -109,6 +112,8 @@ TEST_CASE("the launcher's own error file: an unusable root-cause file is reporte
 }
 
 TEST_CASE("a stale error file from an earlier attempt is never reported for a later one") {
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
   TempDir dir;
   // Attempt 0: rank 1 records "attempt 0 failed" and fails. Attempt 1: it fails without a file.
   const std::string script =
@@ -116,7 +121,8 @@ TEST_CASE("a stale error file from an earlier attempt is never reported for a la
       "  if [ \"$TORCHELASTIC_RESTART_COUNT\" = 0 ]; then "
       "    printf '{\"message\": \"attempt 0 failed\", \"timestamp\": 1}' > \"$TORCHELASTIC_ERROR_FILE\"; "
       "  fi; exit 5; fi";
-  auto r = elastic_run({"--nproc-per-node=2", "--max-restarts=1", "/bin/sh", "-c", script}, base_options());
+  auto r = elastic_run(on_backend(backend, {"--nproc-per-node=2", "--max-restarts=1", "/bin/sh", "-c", script}),
+                       base_options());
   INFO(r.err);
   CHECK(r.exitcode == 1);
   CHECK_THAT(r.err, Catch::Contains("exitcode  : 5"));
@@ -125,6 +131,8 @@ TEST_CASE("a stale error file from an earlier attempt is never reported for a la
 }
 
 TEST_CASE("workers flooding their output, or closing it, do not stop the summary") {
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
   // 4 workers x 16 MiB on stdout and stderr, teed to the console; rank 2 fails once
   // every worker has written all of it (a failure stops the others: what they had
   // not written yet would not count as lost).
@@ -132,16 +140,17 @@ TEST_CASE("workers flooding their output, or closing it, do not stop the summary
   const std::string script =
       "head -c 16777216 /dev/zero | tr '\\0' 'x'; head -c 16777216 /dev/zero >&2; touch \"$1/done.$RANK\"; "
       "if [ \"$RANK\" = 2 ]; then while [ $(ls \"$1\" | wc -l) -lt 4 ]; do sleep 0.05; done; exit 9; fi";
-  auto flood = elastic_run({"--nproc-per-node=4", "--tee=3", "/bin/sh", "-c", script, "sh", dir.path()},
-                           base_options().with_timeout(std::chrono::seconds(300)));
+  auto flood =
+      elastic_run(on_backend(backend, {"--nproc-per-node=4", "--tee=3", "/bin/sh", "-c", script, "sh", dir.path()}),
+                  base_options().with_timeout(std::chrono::seconds(300)));
   CHECK(flood.exitcode == 1);
   CHECK(flood.out.size() >= std::size_t{4} * 16777216);
   CHECK_THAT(flood.err, Catch::Contains("exitcode  : 9"));
   CHECK_THAT(flood.err, Catch::Contains("rank      : 2 (local_rank: 2)"));
 
   // Workers that close stdout and stderr at once, then fail.
-  auto closed = elastic_run({"--nproc-per-node=3", "--tee=3", "/bin/sh", "-c",
-                             "exec >&- 2>&-; sleep 0.2; if [ \"$RANK\" = 0 ]; then exit 4; fi"},
+  auto closed = elastic_run(on_backend(backend, {"--nproc-per-node=3", "--tee=3", "/bin/sh", "-c",
+                                                 "exec >&- 2>&-; sleep 0.2; if [ \"$RANK\" = 0 ]; then exit 4; fi"}),
                             base_options());
   CHECK(closed.exitcode == 1);
   CHECK_THAT(closed.err, Catch::Contains("exitcode  : 4"));
@@ -218,14 +227,16 @@ TEST_CASE("few file descriptors: a clear error or a clean run, never a hang or a
 }
 
 TEST_CASE("signals while starting: the launcher ends and leaves no worker behind") {
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
   // Sent right after the launcher starts, at a range of moments through its start.
   for (int delay_us : {0, 200, 1000, 3000, 10000, 30000}) {
     for (int sig : {SIGTERM, SIGINT}) {
       INFO("signal " << sig << " after " << delay_us << " us");
       TempDir dir;
-      Background launcher(
-          {"--nproc-per-node=8", "/bin/sh", "-c", "echo $$ > \"$0/w_$RANK\"; exec sleep 300", dir.path().string()},
-          dir.file("out"), dir.file("err"), base_options());
+      Background launcher(on_backend(backend, {"--nproc-per-node=8", "/bin/sh", "-c",
+                                               "echo $$ > \"$0/w_$RANK\"; exec sleep 300", dir.path().string()}),
+                          dir.file("out"), dir.file("err"), base_options());
       ::usleep(static_cast<useconds_t>(delay_us));
       launcher.signal(sig);
       const int code = launcher.wait();
@@ -237,13 +248,16 @@ TEST_CASE("signals while starting: the launcher ends and leaves no worker behind
 }
 
 TEST_CASE("signals while stopping: a second signal during the grace period ends it cleanly") {
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
   TempDir dir;
   // Rank 0 fails at once; rank 1 ignores SIGTERM, so the launcher waits out its grace period.
   const std::string script =
       "if [ \"$RANK\" = 0 ]; then sleep 0.3; exit 2; fi; trap '' TERM; "
       "echo $$ > \"$0/w_$RANK\"; while :; do sleep 1; done";
-  Background launcher({"--nproc-per-node=2", "--term-timeout=3", "/bin/sh", "-c", script, dir.path().string()},
-                      dir.file("out"), dir.file("err"), base_options());
+  Background launcher(
+      on_backend(backend, {"--nproc-per-node=2", "--term-timeout=3", "/bin/sh", "-c", script, dir.path().string()}),
+      dir.file("out"), dir.file("err"), base_options());
   REQUIRE(wait_until([&] { return file_exists(dir.file("w_1")); }));
   // Rank 1 is stopping once the launcher has logged that it sent SIGTERM.
   REQUIRE(wait_until([&] { return read_file(dir.file("err")).find("SIGTERM") != std::string::npos; }));

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "support/backends.hpp"
 #include "support/launcher.hpp"
 #include "support/sanitizers.hpp"
 
@@ -168,18 +169,21 @@ class SmallTmpfs {
 }  // namespace
 
 TEST_CASE("a signal during the grace period after a failure: the failure is still reported, at once") {
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
   TempDir dir;
   RunOptions options = base_options();
   options.set_env["TORCHELASTIC_ERROR_FILE"] = dir.file("launcher_error.json");
   // Rank 0 records an error and exits 3; rank 1 ignores SIGTERM, so the launcher
   // waits out a long grace period for it.
-  Background launcher({"--nproc-per-node=2", "--term-timeout=100", "/bin/sh", "-c",
-                       "if [ $RANK = 0 ]; then while [ ! -e \"$0/w_1\" ]; do sleep 0.05; done; "
-                       "printf '{\"message\": \"rank zero broke\"}' > \"$TORCHELASTIC_ERROR_FILE\"; exit 3; fi; "
-                       "trap 'touch \"$0/term_1\"' TERM; echo $$ > \"$0/w_1.tmp\"; mv \"$0/w_1.tmp\" \"$0/w_1\"; "
-                       "while :; do sleep 0.1; done",
-                       dir.path().string()},
-                      dir.file("out"), dir.file("err"), options);
+  Background launcher(
+      on_backend(backend, {"--nproc-per-node=2", "--term-timeout=100", "/bin/sh", "-c",
+                           "if [ $RANK = 0 ]; then while [ ! -e \"$0/w_1\" ]; do sleep 0.05; done; "
+                           "printf '{\"message\": \"rank zero broke\"}' > \"$TORCHELASTIC_ERROR_FILE\"; exit 3; fi; "
+                           "trap 'touch \"$0/term_1\"' TERM; echo $$ > \"$0/w_1.tmp\"; mv \"$0/w_1.tmp\" \"$0/w_1\"; "
+                           "while :; do sleep 0.1; done",
+                           dir.path().string()}),
+      dir.file("out"), dir.file("err"), options);
   REQUIRE(wait_until([&] { return file_exists(dir.file("term_1")); }));
   KillAtEnd cleanup{{read_pid(dir.file("w_1"))}};
   launcher.signal(SIGTERM);
@@ -195,12 +199,14 @@ TEST_CASE("a signal during the grace period after a failure: the failure is stil
 }
 
 TEST_CASE("a second signal during the grace period kills the workers at once, exit 128 + that signal") {
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
   TempDir dir;
-  Background launcher({"--nproc-per-node=2", "--term-timeout=100", "/bin/sh", "-c",
-                       "trap 'touch \"$0/term_$RANK\"' TERM; trap 'touch \"$0/int_$RANK\"' INT; "
-                       "echo $$ > \"$0/w_$RANK.tmp\"; mv \"$0/w_$RANK.tmp\" \"$0/w_$RANK\"; "
-                       "while :; do sleep 0.1; done",
-                       dir.path().string()},
+  Background launcher(on_backend(backend, {"--nproc-per-node=2", "--term-timeout=100", "/bin/sh", "-c",
+                                           "trap 'touch \"$0/term_$RANK\"' TERM; trap 'touch \"$0/int_$RANK\"' INT; "
+                                           "echo $$ > \"$0/w_$RANK.tmp\"; mv \"$0/w_$RANK.tmp\" \"$0/w_$RANK\"; "
+                                           "while :; do sleep 0.1; done",
+                                           dir.path().string()}),
                       dir.file("out"), dir.file("err"), base_options());
   REQUIRE(wait_until([&] { return file_exists(dir.file("w_0")) && file_exists(dir.file("w_1")); }));
   KillAtEnd cleanup{{read_pid(dir.file("w_0")), read_pid(dir.file("w_1"))}};
@@ -333,6 +339,8 @@ std::string job_cgroup_of(pid_t pid) {
 }
 
 TEST_CASE("the launcher dying uncleanly takes descendants that left their process group with it") {
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
   // Both ways of finding them: the job's cgroup (where one can be made) and,
   // with it turned off, the environment marker.
   for (const char* cgroup : {"off", "auto"}) {
@@ -344,13 +352,15 @@ TEST_CASE("the launcher dying uncleanly takes descendants that left their proces
       // One grandchild in a session of its own, one in a process group of its own,
       // one orphaned (its parent exits at once), and the worker's own child.
       Background launcher(
-          {"--nproc-per-node=2", "/bin/sh", "-c",
-           "setsid sleep 3137 & echo $! > \"$0/p_setsid_$RANK\"; "
-           "/usr/bin/python3 -c 'import os; os.setpgid(0, 0); os.execvp(\"sleep\", [\"sleep\", \"3138\"])' & "
-           "echo $! > \"$0/p_setpgid_$RANK\"; "
-           "(setsid sleep 3139 & echo $! > \"$0/p_orphan_$RANK\") ; sleep 3140 & echo $! > \"$0/p_child_$RANK\"; "
-           "touch \"$0/started_$RANK\"; wait",
-           dir.path().string()},
+          on_backend(
+              backend,
+              {"--nproc-per-node=2", "/bin/sh", "-c",
+               "setsid sleep 3137 & echo $! > \"$0/p_setsid_$RANK\"; "
+               "/usr/bin/python3 -c 'import os; os.setpgid(0, 0); os.execvp(\"sleep\", [\"sleep\", \"3138\"])' & "
+               "echo $! > \"$0/p_setpgid_$RANK\"; "
+               "(setsid sleep 3139 & echo $! > \"$0/p_orphan_$RANK\") ; sleep 3140 & echo $! > \"$0/p_child_$RANK\"; "
+               "touch \"$0/started_$RANK\"; wait",
+               dir.path().string()}),
           dir.file("out"), dir.file("err"), options);
       REQUIRE(wait_until([&] { return file_exists(dir.file("started_0")) && file_exists(dir.file("started_1")); }));
       KillAtEnd cleanup;

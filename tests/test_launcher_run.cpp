@@ -14,6 +14,7 @@
 #include <regex>
 #include <set>
 
+#include "support/backends.hpp"
 #include "support/launcher.hpp"
 
 using namespace elastic::testing;
@@ -80,9 +81,6 @@ struct Listener {
     return ok;
   }
 };
-
-// A port nobody listens on now.
-int free_port() { return Listener().port; }
 
 fs::path only_subdir(const fs::path& dir) {
   std::vector<fs::path> found;
@@ -203,11 +201,14 @@ TEST_CASE("virtual local rank: LOCAL_RANK 0 and one device per worker") {
 }
 
 TEST_CASE("capture logs: tee with the prefix template, redirects to files only") {
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
   TempDir dir;
   const std::string script = "echo out-$RANK; echo err-$RANK >&2; printf 'last-%s' $RANK";
   SECTION("default prefix, tee both streams, log files hold the raw bytes") {
-    auto r = elastic_run({"--nproc-per-node=2", "--tee=3", "--log-dir", dir.file("logs"), "/bin/sh", "-c", script},
-                         base_options());
+    auto r = elastic_run(
+        on_backend(backend, {"--nproc-per-node=2", "--tee=3", "--log-dir", dir.file("logs"), "/bin/sh", "-c", script}),
+        base_options());
     REQUIRE(r.exitcode == 0);
     CHECK(r.out.find("[default0]:out-0\n") != std::string::npos);
     CHECK(r.out.find("[default1]:out-1\n") != std::string::npos);
@@ -221,37 +222,38 @@ TEST_CASE("capture logs: tee with the prefix template, redirects to files only")
     CHECK((st.st_mode & 077) == 0);
   }
   SECTION("prefix template from the flag and from the environment") {
-    auto r = elastic_run(
-        {"--nproc-per-node=2", "--tee=1", "--log-line-prefix-template=<${role_name}|${rank}|${local_rank}> ",
-         "--log-dir", dir.file("logs"), "/bin/sh", "-c", script},
-        base_options());
+    auto r = elastic_run(on_backend(backend, {"--nproc-per-node=2", "--tee=1",
+                                              "--log-line-prefix-template=<${role_name}|${rank}|${local_rank}> ",
+                                              "--log-dir", dir.file("logs"), "/bin/sh", "-c", script}),
+                         base_options());
     REQUIRE(r.exitcode == 0);
     CHECK(r.out.find("<default|1|1> out-1\n") != std::string::npos);
     CHECK(r.err.find("[default") == std::string::npos);  // stderr not teed
     auto options = base_options();
     options.set_env["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] = "R${rank}: ";
-    auto e = elastic_run({"--tee=1", "--log-dir", dir.file("logs2"), "/bin/sh", "-c", script}, options);
+    auto e =
+        elastic_run(on_backend(backend, {"--tee=1", "--log-dir", dir.file("logs2"), "/bin/sh", "-c", script}), options);
     CHECK(e.out.find("R0: out-0\n") != std::string::npos);
   }
   SECTION("redirects only: nothing on the console") {
-    auto r =
-        elastic_run({"--nproc-per-node=2", "--redirects=3", "--log-dir", dir.file("logs"), "/bin/sh", "-c", script},
-                    base_options());
+    auto r = elastic_run(on_backend(backend, {"--nproc-per-node=2", "--redirects=3", "--log-dir", dir.file("logs"),
+                                              "/bin/sh", "-c", script}),
+                         base_options());
     REQUIRE(r.exitcode == 0);
     CHECK(r.out.find("out-") == std::string::npos);
     fs::path attempt = only_subdir(dir.file("logs")) / "attempt_0";
     CHECK(read_file((attempt / "1" / "stdout.log").string()) == "out-1\nlast-1");
   }
   SECTION("per-rank map and --local-ranks-filter") {
-    auto r =
-        elastic_run({"--nproc-per-node=3", "--tee=0:1,1:1", "--log-dir", dir.file("logs"), "/bin/sh", "-c", script},
-                    base_options());
+    auto r = elastic_run(on_backend(backend, {"--nproc-per-node=3", "--tee=0:1,1:1", "--log-dir", dir.file("logs"),
+                                              "/bin/sh", "-c", script}),
+                         base_options());
     REQUIRE(r.exitcode == 0);
     CHECK(r.out.find("[default0]:out-0") != std::string::npos);
     CHECK(r.out.find("[default1]:out-1") != std::string::npos);
     CHECK(r.out.find("[default2]:") == std::string::npos);
-    auto f = elastic_run({"--nproc-per-node=3", "--tee=3", "--local-ranks-filter=1", "--log-dir", dir.file("logs2"),
-                          "/bin/sh", "-c", script},
+    auto f = elastic_run(on_backend(backend, {"--nproc-per-node=3", "--tee=3", "--local-ranks-filter=1", "--log-dir",
+                                              dir.file("logs2"), "/bin/sh", "-c", script}),
                          base_options());
     REQUIRE(f.exitcode == 0);
     CHECK(f.out.find("[default1]:out-1") != std::string::npos);
@@ -288,11 +290,13 @@ TEST_CASE("tee keeps every line whole and of one rank, binary bytes included") {
 }
 
 TEST_CASE("worker raising: summary with its message, exit code 1, error file copied") {
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
   TempDir dir;
   auto options = base_options();
   options.set_env["TORCHELASTIC_ERROR_FILE"] = dir.file("launcher_error.json");
-  auto r = elastic_run({"--nproc-per-node=3", "--log-dir", dir.file("logs"), worker, dir.path().string(), "--fail-rank",
-                        "1", "--sleep-ms", "0"},
+  auto r = elastic_run(on_backend(backend, {"--nproc-per-node=3", "--log-dir", dir.file("logs"), worker,
+                                            dir.path().string(), "--fail-rank", "1", "--sleep-ms", "0"}),
                        options);
   CHECK(r.exitcode == 1);
   INFO(r.err);
@@ -308,8 +312,11 @@ TEST_CASE("worker raising: summary with its message, exit code 1, error file cop
 }
 
 TEST_CASE("workers the launcher stopped are not failures") {
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
   TempDir dir;
-  auto r = elastic_run({"--nproc-per-node=3", worker, dir.path().string(), "--fail-rank", "2", "--sleep-ms", "30000"},
+  auto r = elastic_run(on_backend(backend, {"--nproc-per-node=3", worker, dir.path().string(), "--fail-rank", "2",
+                                            "--sleep-ms", "30000"}),
                        base_options());
   CHECK(r.exitcode == 1);
   CHECK(r.err.find("<NO_OTHER_FAILURES>") != std::string::npos);
@@ -319,13 +326,16 @@ TEST_CASE("workers the launcher stopped are not failures") {
 }
 
 TEST_CASE("restarts: new attempt directories and TORCHELASTIC_RESTART_COUNT") {
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
   TempDir dir;
   SECTION("succeeds on the second attempt") {
-    auto r = elastic_run({"--nproc-per-node=2", "--max-restarts=3", "--log-dir", dir.file("logs"), "/bin/sh", "-c",
-                          "echo $TORCHELASTIC_RESTART_COUNT >> \"$0/count_$RANK\"; "
-                          "[ \"$TORCHELASTIC_RESTART_COUNT\" -ge 1 ] || [ $RANK = 0 ] || exit 3",
-                          dir.path().string()},
-                         base_options());
+    auto r = elastic_run(
+        on_backend(backend, {"--nproc-per-node=2", "--max-restarts=3", "--log-dir", dir.file("logs"), "/bin/sh", "-c",
+                             "echo $TORCHELASTIC_RESTART_COUNT >> \"$0/count_$RANK\"; "
+                             "[ \"$TORCHELASTIC_RESTART_COUNT\" -ge 1 ] || [ $RANK = 0 ] || exit 3",
+                             dir.path().string()}),
+        base_options());
     CHECK(r.exitcode == 0);
     // Rank 0 may be stopped by the failure of rank 1 before it writes on attempt 0.
     CHECK(read_file(dir.file("count_1")) == "0\n1\n");
@@ -335,9 +345,10 @@ TEST_CASE("restarts: new attempt directories and TORCHELASTIC_RESTART_COUNT") {
     CHECK(!fs::exists(run_dir / "attempt_2"));
   }
   SECTION("fails every attempt") {
-    auto r = elastic_run({"--max-restarts=2", "--log-dir", dir.file("logs"), "/bin/sh", "-c",
-                          "echo $TORCHELASTIC_RESTART_COUNT >> \"$0/count\"; exit 5", dir.path().string()},
-                         base_options());
+    auto r = elastic_run(
+        on_backend(backend, {"--max-restarts=2", "--log-dir", dir.file("logs"), "/bin/sh", "-c",
+                             "echo $TORCHELASTIC_RESTART_COUNT >> \"$0/count\"; exit 5", dir.path().string()}),
+        base_options());
     CHECK(r.exitcode == 1);
     CHECK(read_file(dir.file("count")) == "0\n1\n2\n");
     CHECK(r.err.find("exitcode  : 5") != std::string::npos);
@@ -355,13 +366,15 @@ TEST_CASE("64 workers at once") {
 }
 
 TEST_CASE("without --log-dir a private temporary directory is used and printed") {
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
   // At INFO, as torchrun: the default threshold (WARNING) keeps a healthy run quiet.
-  auto quiet_run = elastic_run({"/bin/true"}, base_options());
+  auto quiet_run = elastic_run(on_backend(backend, {"/bin/true"}), base_options());
   REQUIRE(quiet_run.exitcode == 0);
   CHECK(quiet_run.err.find("logs go to") == std::string::npos);
   auto options = base_options();
   options.set_env["ELASTIC_LOG_LEVEL"] = "INFO";
-  auto r = elastic_run({"/bin/true"}, options);
+  auto r = elastic_run(on_backend(backend, {"/bin/true"}), options);
   REQUIRE(r.exitcode == 0);
   std::smatch m;
   REQUIRE(std::regex_search(r.err, m, std::regex("logs go to (\\S+)")));
@@ -569,8 +582,10 @@ std::vector<nlohmann::json> events_in(const std::string& err) {
 }  // namespace
 
 TEST_CASE("event log handler console: one JSON object per worker status on stderr, and null discards") {
-  auto r = elastic_run({"--event-log-handler=console", "--nproc-per-node=2", "--rdzv-id=job9", "/bin/sh", "-c",
-                        "if [ $RANK = 1 ]; then exit 3; fi; sleep 30"},
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
+  auto r = elastic_run(on_backend(backend, {"--event-log-handler=console", "--nproc-per-node=2", "--rdzv-id=job9",
+                                            "/bin/sh", "-c", "if [ $RANK = 1 ]; then exit 3; fi; sleep 30"}),
                        base_options());
   CHECK(r.exitcode == 1);
   auto events = events_in(r.err);
@@ -590,7 +605,7 @@ TEST_CASE("event log handler console: one JSON object per worker status on stder
     CHECK(md["run_id"] == "job9");
     CHECK(md["group_rank"] == 0);
     CHECK(md["role"] == "default");
-    CHECK(md["rdzv_backend"] == "static");
+    CHECK(md["rdzv_backend"] == backend);
     CHECK(md["agent_restarts"] == 0);
     CHECK(std::stoi(md["worker_id"].get<std::string>()) > 0);
     auto inner = nlohmann::json::parse(md["metadata"].get<std::string>());
@@ -601,16 +616,16 @@ TEST_CASE("event log handler console: one JSON object per worker status on stder
 
   auto options = base_options();
   options.set_env["PET_EVENT_LOG_HANDLER"] = "console";
-  auto ok = elastic_run({"--nproc-per-node=2", "--max-restarts=1", "/bin/true"}, options);
+  auto ok = elastic_run(on_backend(backend, {"--nproc-per-node=2", "--max-restarts=1", "/bin/true"}), options);
   CHECK(ok.exitcode == 0);
   auto succeeded = events_in(ok.err);
   REQUIRE(succeeded.size() == 2);
   for (const auto& event : succeeded) CHECK(event["name"] == "torchelastic.worker.status.SUCCEEDED");
 
-  auto quiet_run = elastic_run({"--nproc-per-node=2", "/bin/true"}, base_options());
+  auto quiet_run = elastic_run(on_backend(backend, {"--nproc-per-node=2", "/bin/true"}), base_options());
   CHECK(quiet_run.exitcode == 0);
   CHECK(events_in(quiet_run.err).empty());
-  auto bad = elastic_run({"--event-log-handler=file", "/bin/true"}, base_options());
+  auto bad = elastic_run(on_backend(backend, {"--event-log-handler=file", "/bin/true"}), base_options());
   CHECK(bad.exitcode == 2);
   CHECK_THAT(bad.err, Catch::Contains("--event-log-handler must be null or console, got file"));
 }
@@ -648,11 +663,14 @@ TEST_CASE("NCCL_ASYNC_ERROR_HANDLING only for a Python whose torch is older than
 }
 
 TEST_CASE("duplicate filters: matching teed lines also go, prefixed, to attempt_<n>/filtered_*.log") {
+  const std::string backend = GENERATE(EVERY_BACKEND);
+  INFO("backend " << backend);
   TempDir dir;
-  auto r = elastic_run({"--nproc-per-node=2", "--tee=3", "--log-dir", dir.file("logs"),
-                        "--duplicate-stdout-filters=apple,a,,b", "--duplicate_stderr_filters", "warn", "/bin/sh", "-c",
-                        "echo apple $RANK; echo pear $RANK; echo \"a,b $RANK\"; echo a $RANK; "
-                        "echo warn$RANK >&2; echo quiet >&2; printf apple-end"},
+  auto r = elastic_run(on_backend(backend, {"--nproc-per-node=2", "--tee=3", "--log-dir", dir.file("logs"),
+                                            "--duplicate-stdout-filters=apple,a,,b", "--duplicate_stderr_filters",
+                                            "warn", "/bin/sh", "-c",
+                                            "echo apple $RANK; echo pear $RANK; echo \"a,b $RANK\"; echo a $RANK; "
+                                            "echo warn$RANK >&2; echo quiet >&2; printf apple-end"}),
                        base_options());
   REQUIRE(r.exitcode == 0);
   const fs::path attempt = only_subdir(dir.file("logs")) / "attempt_0";
@@ -672,7 +690,8 @@ TEST_CASE("duplicate filters: matching teed lines also go, prefixed, to attempt_
   CHECK(read_file((attempt / "0" / "stdout.log").string()) == "apple 0\npear 0\na,b 0\na 0\napple-end");
 
   TempDir none;
-  auto plain = elastic_run({"--tee=3", "--log-dir", none.file("logs"), "/bin/sh", "-c", "echo apple"}, base_options());
+  auto plain = elastic_run(
+      on_backend(backend, {"--tee=3", "--log-dir", none.file("logs"), "/bin/sh", "-c", "echo apple"}), base_options());
   REQUIRE(plain.exitcode == 0);
   CHECK_FALSE(fs::exists(only_subdir(none.file("logs")) / "attempt_0" / "filtered_stdout.log"));
 }

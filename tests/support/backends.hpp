@@ -8,6 +8,7 @@
 // `rendezvous_args(backend)` before its own arguments.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <string>
@@ -49,9 +50,14 @@ inline std::vector<std::string> rendezvous_args(const std::string& backend) {
   return {};
 }
 
-// `args` after the options of `backend`.
+// `args` after the options of `backend` (a run id in `args` is kept).
 inline std::vector<std::string> on_backend(const std::string& backend, const std::vector<std::string>& args) {
   std::vector<std::string> result = rendezvous_args(backend);
+  for (const auto& arg : args)
+    if (arg.rfind("--rdzv-id", 0) == 0)
+      result.erase(std::remove_if(result.begin(), result.end(),
+                                  [](const std::string& a) { return a.rfind("--rdzv-id=", 0) == 0; }),
+                   result.end());
   result.insert(result.end(), args.begin(), args.end());
   return result;
 }

@@ -168,22 +168,11 @@ TEST_CASE("the launcher's stdout closed by its reader: the summary still reaches
                                    "/bin/sh",
                                    "-c",
                                    "for i in 1 2 3 4 5; do echo line $i; done; if [ \"$RANK\" = 1 ]; then exit 6; fi"};
-  std::vector<std::string> env_strings = make_environment(base_options());
-  std::vector<char*> argv, env;
-  for (auto& s : args) argv.push_back(s.data());
-  argv.push_back(nullptr);
-  for (auto& s : env_strings) env.push_back(s.data());
-  env.push_back(nullptr);
-  pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    int err = ::open(err_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    ::dup2(pipe_fds[1], 1);
-    ::dup2(err, 2);
-    ::signal(SIGPIPE, SIG_DFL);
-    ::execve(argv[0], argv.data(), env.data());
-    _exit(127);
-  }
+  ChildSetup setup;
+  setup.out = pipe_fds[1];
+  setup.err = ::open(err_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  const pid_t pid = start_child(args, make_environment(base_options()), setup);
+  ::close(setup.err);
   ::close(pipe_fds[1]);
   int status = 0;
   REQUIRE(::waitpid(pid, &status, 0) == pid);

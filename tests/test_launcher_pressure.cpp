@@ -14,6 +14,8 @@
 #include "support/backends.hpp"
 #include "support/launcher.hpp"
 #include "support/sanitizers.hpp"
+#include "support/skip.hpp"
+#include "support/tmpfs.hpp"
 
 using namespace elastic::testing;
 namespace fs = std::filesystem;
@@ -44,12 +46,6 @@ class PipedLauncher {
  public:
   PipedLauncher(std::vector<std::string> args, bool nonblocking, const RunOptions& options = base_options()) {
     args.insert(args.begin(), ELASTIC_RUN_BINARY);
-    std::vector<std::string> env_strings = make_environment(with_scratch_tmpdir(options));
-    std::vector<char*> env, argv;
-    for (auto& s : env_strings) env.push_back(s.data());
-    env.push_back(nullptr);
-    for (auto& s : args) argv.push_back(s.data());
-    argv.push_back(nullptr);
     int out[2], err[2];
     REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
     REQUIRE(::pipe2(err, O_CLOEXEC) == 0);
@@ -57,13 +53,10 @@ class PipedLauncher {
       ::fcntl(out[1], F_SETFL, ::fcntl(out[1], F_GETFL) | O_NONBLOCK);
       ::fcntl(err[1], F_SETFL, ::fcntl(err[1], F_GETFL) | O_NONBLOCK);
     }
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::dup2(out[1], 1);
-      ::dup2(err[1], 2);
-      ::execve(argv[0], argv.data(), env.data());
-      _exit(127);
-    }
+    ChildSetup setup;
+    setup.out = out[1];
+    setup.err = err[1];
+    pid_ = start_child(args, make_environment(with_scratch_tmpdir(options)), setup);
     ::close(out[1]);
     ::close(err[1]);
     out_fd_ = out[0];
@@ -142,29 +135,6 @@ int zombie_children(pid_t parent) {
   }
   return count;
 }
-
-// A small tmpfs, unmounted at the end; empty path when it cannot be mounted.
-class SmallTmpfs {
- public:
-  SmallTmpfs(const std::string& path, const char* size) : path_(path) {
-    fs::create_directories(path);
-    std::string options = std::string("size=") + size + ",mode=0700";
-    if (::mount("tmpfs", path.c_str(), "tmpfs", 0, options.c_str()) == 0)
-      mounted_ = true;
-    else
-      error_ = std::strerror(errno);
-  }
-  ~SmallTmpfs() {
-    if (mounted_) ::umount2(path_.c_str(), MNT_DETACH);
-  }
-  bool mounted() const { return mounted_; }
-  const std::string& error() const { return error_; }
-
- private:
-  std::string path_;
-  bool mounted_ = false;
-  std::string error_;
-};
 
 }  // namespace
 
@@ -294,10 +264,9 @@ TEST_CASE("a console read only later: its queue stays bounded, then every line a
 TEST_CASE("a full disk under --log-dir is reported once, the console copy stays complete") {
   TempDir dir;
   const std::string mount_point = dir.file("small");
-  SmallTmpfs tmpfs(mount_point, "1m");
+  ScopedTmpfs tmpfs(mount_point, "size=1m,mode=0700");
   if (!tmpfs.mounted()) {
-    WARN("cannot mount a tmpfs at " << mount_point << " (" << tmpfs.error() << "): full-disk case skipped");
-    return;
+    ELASTIC_SKIP("cannot mount a tmpfs at " + mount_point + " (" + tmpfs.error() + ")");
   }
   // About 2 MB of numbered lines into a 1 MiB file system.
   auto r = elastic_run({"--nproc-per-node=1", "--tee=3", "--log-dir", mount_point, "/bin/sh", "-c", "seq 1 300000"},
@@ -397,8 +366,7 @@ TEST_CASE("a job cgroup, where one is made, is removed when the run ends") {
   for (std::string line; std::getline(lines, line);)
     if (line.rfind("0::", 0) == 0) relative = line.substr(3);
   if (relative.find("/elastic-") == std::string::npos) {
-    WARN("no writable cgroup v2 with cgroup.kill here: no job cgroup to check");
-    return;
+    ELASTIC_SKIP("no writable cgroup v2 with cgroup.kill here: no job cgroup to check");
   }
   // The same cgroup for both workers, gone now.
   CHECK(read_file(dir.file("cgroup_1")).find(relative) != std::string::npos);

@@ -16,7 +16,9 @@
 #include <thread>
 #include <vector>
 
+#include "support/skip.hpp"
 #include "support/subprocess.hpp"
+#include "support/tmpfs.hpp"
 
 using elastic::ProcessFailure;
 using elastic::testing::read_file;
@@ -25,6 +27,9 @@ using elastic::testing::RunOptions;
 using elastic::testing::RunResult;
 using elastic::testing::TempDir;
 using elastic::testing::write_file;
+using elastic::testing::ChildSetup;
+using elastic::testing::ScopedTmpfs;
+using elastic::testing::start_child;
 
 namespace fs = std::filesystem;
 
@@ -66,24 +71,6 @@ mode_t mode_of(const std::string& path) {
   REQUIRE(::lstat(path.c_str(), &st) == 0);
   return st.st_mode & 07777;
 }
-
-// A tmpfs of `size` mounted at `at` for one scope, when this process may mount.
-class ScopedTmpfs {
- public:
-  ScopedTmpfs(const std::string& at, const std::string& options) : at_(at) {
-    mounted_ = ::mount("tmpfs", at.c_str(), "tmpfs", 0, options.c_str()) == 0;
-  }
-  ~ScopedTmpfs() {
-    if (mounted_) ::umount2(at_.c_str(), MNT_DETACH);
-  }
-  ScopedTmpfs(const ScopedTmpfs&) = delete;
-  ScopedTmpfs& operator=(const ScopedTmpfs&) = delete;
-  bool mounted() const { return mounted_; }
-
- private:
-  std::string at_;
-  bool mounted_ = false;
-};
 
 }  // namespace
 
@@ -128,8 +115,7 @@ TEST_CASE("a read-only file system", "[write_faults]") {
   fs::create_directory(dir.file("ro"));
   ScopedTmpfs ro(dir.file("ro"), "ro,size=64k");
   if (!ro.mounted()) {
-    WARN("cannot mount a tmpfs here; the read-only directory case above covers EACCES instead of EROFS");
-    return;
+    ELASTIC_SKIP("cannot mount a tmpfs here (" + ro.error() + "); the read-only directory case covers EACCES");
   }
   check_original_failure_kept(throw_with_error_file(dir.file("ro/error.json")), "Read-only file system");
   check_original_failure_kept(throw_with_error_file(dir.file("ro/sub/error.json")), "Read-only file system");
@@ -140,8 +126,7 @@ TEST_CASE("a full disk", "[write_faults]") {
   fs::create_directory(dir.file("small"));
   ScopedTmpfs small(dir.file("small"), "size=16k");
   if (!small.mounted()) {
-    WARN("cannot mount a tmpfs here; the RLIMIT_FSIZE case covers a failing write instead");
-    return;
+    ELASTIC_SKIP("cannot mount a tmpfs here (" + small.error() + "); the RLIMIT_FSIZE case covers a failing write");
   }
   // Fill it up, then fail a worker there.
   {
@@ -162,8 +147,7 @@ TEST_CASE("a file size limit: EFBIG, not death by SIGXFSZ", "[write_faults]") {
   TempDir dir;
   const auto path = dir.file("error.json");
 #ifdef ELASTIC_TEST_UNDER_TSAN
-  WARN("skipped under ThreadSanitizer, which cannot start under ulimit -f 0; the other builds run it");
-  return;
+  ELASTIC_SKIP("ThreadSanitizer cannot start under ulimit -f 0; the other builds run this case");
 #endif
   // ulimit -f 0 makes any write to a regular file exceed RLIMIT_FSIZE.
   auto child = run({"/bin/sh", "-c", "ulimit -f 0 && exec \"$0\" throw", worker},
@@ -204,17 +188,9 @@ TEST_CASE("a closed stderr pipe does not turn the failure into SIGPIPE", "[write
   int pipe_fds[2];
   REQUIRE(::pipe(pipe_fds) == 0);
   ::close(pipe_fds[0]);  // nobody will ever read the worker's stderr
-  std::string env_entry = "TORCHELASTIC_ERROR_FILE=" + path;
-  pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::dup2(pipe_fds[1], STDERR_FILENO);
-    ::signal(SIGPIPE, SIG_DFL);
-    char* argv[] = {const_cast<char*>(worker), const_cast<char*>("throw"), nullptr};
-    char* envp[] = {env_entry.data(), nullptr};
-    ::execve(worker, argv, envp);
-    _exit(127);
-  }
+  ChildSetup setup;
+  setup.err = pipe_fds[1];
+  const pid_t pid = start_child({worker, "throw"}, {"TORCHELASTIC_ERROR_FILE=" + path}, setup);
   ::close(pipe_fds[1]);
   int status = 0;
   REQUIRE(::waitpid(pid, &status, 0) == pid);

@@ -115,25 +115,17 @@ class EtcdServer {
                                      "--initial-advertise-peer-urls=" + peer_url,
                                      "--initial-cluster=test=" + peer_url,
                                      "--initial-cluster-state=new"};
-    std::vector<char*> args;
-    for (auto& arg : argv) args.push_back(arg.data());
-    args.push_back(nullptr);
-    std::string log_path = dir_.file("etcd.log");
-    pid_ = ::fork();
-    if (pid_ < 0) throw std::runtime_error("fork failed");
-    if (pid_ == 0) {
-      int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-      int null_fd = ::open("/dev/null", O_RDONLY);
-      if (log_fd >= 0) {
-        ::dup2(log_fd, 1);
-        ::dup2(log_fd, 2);
-      }
-      if (null_fd >= 0) ::dup2(null_fd, 0);
-      // Dies with the test program, even when that is killed.
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      ::execv(args[0], args.data());
-      _exit(127);
-    }
+    ChildSetup setup;
+    setup.out = ::open(dir_.file("etcd.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    setup.err = setup.out;
+    setup.in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    // Dies with the test program, even when that is killed.
+    setup.die_with_parent = true;
+    std::vector<std::string> env;
+    for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
+    pid_ = start_child(argv, env, setup);
+    ::close(setup.out);
+    ::close(setup.in);
   }
 
   TempDir dir_;

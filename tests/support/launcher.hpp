@@ -96,32 +96,12 @@ class Background {
              const RunOptions& options = {})
       : out_file_(out_file), err_file_(err_file) {
     args.insert(args.begin(), ELASTIC_RUN_BINARY);
-    std::vector<std::string> env_strings = make_environment(with_scratch_tmpdir(options));
-    std::vector<char*> env, argv;
-    for (auto& s : env_strings) env.push_back(s.data());
-    env.push_back(nullptr);
-    for (auto& s : args) argv.push_back(s.data());
-    argv.push_back(nullptr);
-    // The constructor returns once the child runs elastic-run (the close-on-exec
-    // pipe reads EOF): a signal sent right after must reach the launcher, not a
-    // copy of this test that has not exec'd yet.
-    int exec_done[2];
-    if (::pipe2(exec_done, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::close(exec_done[0]);
-      int out = ::open(out_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-      int err = ::open(err_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-      ::dup2(out, 1);
-      ::dup2(err, 2);
-      ::execve(argv[0], argv.data(), env.data());
-      _exit(127);
-    }
-    ::close(exec_done[1]);
-    char ignored;
-    while (::read(exec_done[0], &ignored, 1) < 0 && errno == EINTR) {
-    }
-    ::close(exec_done[0]);
+    ChildSetup setup;
+    setup.out = ::open(out_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    setup.err = ::open(err_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    pid_ = start_child(args, make_environment(with_scratch_tmpdir(options)), setup);
+    ::close(setup.out);
+    ::close(setup.err);
   }
   ~Background() {
     if (!reaped_) {

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -67,30 +68,64 @@ inline std::vector<std::string> make_environment(const RunOptions& options) {
   return result;
 }
 
+// Where a child's standard descriptors come from (-1: the test's own), and what
+// else it starts with.
+struct ChildSetup {
+  int in = -1;
+  int out = -1;
+  int err = -1;
+  std::string cwd;               // empty: the test's own
+  bool die_with_parent = false;  // PR_SET_PDEATHSIG: gone even when the test is killed
+};
+
+// Starts `argv` (argv[0] a path, else looked up in PATH) with exactly `env`
+// (NAME=value entries), SIGPIPE at its default, and returns its pid once it runs the
+// program: a signal sent right after reaches the program, not a copy of this test
+// that has not exec'd yet. A program that cannot be started exits 127 (126: no cwd).
+inline pid_t start_child(const std::vector<std::string>& argv, const std::vector<std::string>& env,
+                         const ChildSetup& setup = {}) {
+  if (argv.empty()) throw std::invalid_argument("start_child: empty argv");
+  std::vector<std::string> argv_copy = argv, env_copy = env;
+  std::vector<char*> args, envp;
+  for (auto& a : argv_copy) args.push_back(a.data());
+  args.push_back(nullptr);
+  for (auto& e : env_copy) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  int exec_done[2];
+  if (::pipe2(exec_done, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
+  const pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    ::close(exec_done[0]);
+    if (setup.die_with_parent) ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (setup.in >= 0) ::dup2(setup.in, 0);
+    if (setup.out >= 0) ::dup2(setup.out, 1);
+    if (setup.err >= 0) ::dup2(setup.err, 2);
+    ::signal(SIGPIPE, SIG_DFL);
+    if (!setup.cwd.empty() && ::chdir(setup.cwd.c_str()) != 0) _exit(126);
+    ::execve(args[0], args.data(), envp.data());
+    ::execvpe(args[0], args.data(), envp.data());
+    _exit(127);
+  }
+  ::close(exec_done[1]);
+  char ignored;
+  while (::read(exec_done[0], &ignored, 1) < 0 && errno == EINTR) {
+  }
+  ::close(exec_done[0]);
+  return pid;
+}
+
 inline RunResult run(const std::vector<std::string>& argv, const RunOptions& options = {}) {
   if (argv.empty()) throw std::invalid_argument("run: empty argv");
   int out_pipe[2], err_pipe[2], in_pipe[2];
   if (::pipe2(out_pipe, O_CLOEXEC) || ::pipe2(err_pipe, O_CLOEXEC) || ::pipe2(in_pipe, O_CLOEXEC))
     throw std::runtime_error("pipe failed");
-  std::vector<std::string> env_strings = make_environment(options);
-  std::vector<char*> env, args;
-  for (auto& s : env_strings) env.push_back(s.data());
-  env.push_back(nullptr);
-  std::vector<std::string> argv_copy = argv;
-  for (auto& s : argv_copy) args.push_back(s.data());
-  args.push_back(nullptr);
-
-  pid_t pid = ::fork();
-  if (pid < 0) throw std::runtime_error("fork failed");
-  if (pid == 0) {
-    ::dup2(in_pipe[0], 0);
-    ::dup2(out_pipe[1], 1);
-    ::dup2(err_pipe[1], 2);
-    if (!options.cwd.empty() && ::chdir(options.cwd.c_str()) != 0) _exit(126);
-    ::execve(args[0], args.data(), env.data());
-    ::execvpe(args[0], args.data(), env.data());
-    _exit(127);
-  }
+  ChildSetup setup;
+  setup.in = in_pipe[0];
+  setup.out = out_pipe[1];
+  setup.err = err_pipe[1];
+  setup.cwd = options.cwd;
+  const pid_t pid = start_child(argv, make_environment(options), setup);
   ::close(out_pipe[1]);
   ::close(err_pipe[1]);
   ::close(in_pipe[0]);

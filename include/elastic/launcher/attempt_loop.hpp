@@ -18,7 +18,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
-#include <elastic/detail/helper_processes.hpp>
 #include <elastic/errors/child_failed_error.hpp>
 #include <elastic/launcher/config.hpp>
 #include <elastic/launcher/membership.hpp>
@@ -36,25 +35,6 @@
 namespace elastic::launcher {
 
 namespace detail {
-
-// As a subreaper, descendants whose parents died come back to us: kill and reap
-// them, so nothing the job started survives it.
-// The library's own helpers (elastic::detail::HelperProcesses) are spared.
-inline void kill_strays() {
-  for (int round = 0; round < 100; ++round) {
-    auto children = multiprocessing::detail::children_of_self();
-    children.erase(std::remove_if(children.begin(), children.end(),
-                                  [](pid_t pid) { return elastic::detail::HelperProcesses::instance().contains(pid); }),
-                   children.end());
-    if (children.empty()) return;
-    for (pid_t pid : children) {
-      ::kill(pid, SIGKILL);
-      int status = 0;
-      while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-      }
-    }
-  }
-}
 
 // While it lives, the launcher's diagnostics are queued on the stderr console,
 // in order with teed output, so a stalled reader never blocks the loop; at its
@@ -143,7 +123,7 @@ inline AttemptEnd watch_workers(const LaunchConfig& config, multiprocessing::PCo
                                 SignalReader& signals, int restart_count) {
   auto stop = [&](int sig) {
     context.close(sig, config.term_timeout);
-    if (config.own_process_tree) kill_strays();
+    if (config.own_process_tree) multiprocessing::kill_strays();
   };
   try {
     for (;;) {
@@ -159,7 +139,7 @@ inline AttemptEnd watch_workers(const LaunchConfig& config, multiprocessing::PCo
               log::warning("Received {} death signal while shutting down, workers killed", second);
               sig = second;
             }
-          if (config.own_process_tree) kill_strays();
+          if (config.own_process_tree) multiprocessing::kill_strays();
           throw SignalException(sig);
         }
       }
@@ -204,7 +184,7 @@ inline std::map<int, int> run_attempts(const LaunchConfig& config, const detail:
       if (config.on_workers_ended) config.on_workers_ended(group, result, false);
       continue;
     }
-    if (config.own_process_tree) detail::kill_strays();
+    if (config.own_process_tree) multiprocessing::kill_strays();
     // A signal that came after a failure (it cut the grace period short, or came
     // since) stops the job, but the failure that happened is still reported.
     int late_signal = 0;

@@ -23,6 +23,7 @@
 #include <elastic/log.hpp>
 #include <elastic/multiprocessing/logs_specs.hpp>
 #include <elastic/multiprocessing/spawn.hpp>
+#include <elastic/multiprocessing/strays.hpp>
 #include <elastic/multiprocessing/tee.hpp>
 #include <elastic/multiprocessing/watchdog.hpp>
 #include <fstream>
@@ -34,25 +35,6 @@
 #include <vector>
 
 namespace elastic::multiprocessing {
-
-namespace detail {
-
-// Children of this process (any thread: an orphan comes back to one of them), from /proc.
-inline std::vector<pid_t> children_of_self() {
-  std::vector<pid_t> result;
-  if (DIR* tasks = ::opendir("/proc/self/task")) {
-    while (dirent* entry = ::readdir(tasks)) {
-      if (entry->d_name[0] == '.') continue;
-      std::ifstream in(std::string("/proc/self/task/") + entry->d_name + "/children");
-      pid_t pid;
-      while (in >> pid) result.push_back(pid);
-    }
-    ::closedir(tasks);
-  }
-  return result;
-}
-
-}  // namespace detail
 
 struct RunProcsResult {
   std::map<int, int> return_values;        // local rank -> exit code (0), when all succeeded

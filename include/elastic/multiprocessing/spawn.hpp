@@ -24,20 +24,6 @@
 #include <system_error>
 #include <vector>
 
-// ThreadSanitizer builds start workers with fork(); all others with clone(CLONE_VM|CLONE_VFORK).
-#ifndef ELASTIC_SPAWN_WITH_FORK
-#if defined(__SANITIZE_THREAD__)
-#define ELASTIC_SPAWN_WITH_FORK 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define ELASTIC_SPAWN_WITH_FORK 1
-#endif
-#endif
-#endif
-#ifndef ELASTIC_SPAWN_WITH_FORK
-#define ELASTIC_SPAWN_WITH_FORK 0
-#endif
-
 namespace elastic::multiprocessing {
 
 namespace detail {
@@ -172,7 +158,6 @@ inline std::vector<std::string> env_strings(const std::map<std::string, std::str
   return result;
 }
 
-#if !ELASTIC_SPAWN_WITH_FORK
 // The stack a child runs on until execve, one per thread and reused: CLONE_VFORK
 // keeps the thread suspended until its child has exec'd or exited, so the stack is
 // free again when clone returns. (A fresh stack per worker cost an mmap, page
@@ -199,7 +184,60 @@ class SpawnStack {
  private:
   void* base_ = nullptr;
 };
-#endif
+
+// ThreadSanitizer's runtime, linked into a program built with -fsanitize=thread.
+extern "C" void __tsan_init() __attribute__((weak));
+
+// Workers start with clone(CLONE_VM | CLONE_VFORK) on a reused stack, or with a
+// plain fork() where a child sharing the parent's memory cannot be followed: under
+// ThreadSanitizer, or when ELASTIC_SPAWN_WITH_FORK=1 is in the environment. The
+// choice is made at run time, not by a macro, so that every translation unit of a
+// program starts workers the same way (one definition of every inline function).
+inline bool spawn_with_fork() {
+  static const bool with_fork = [] {
+    const char* forced = std::getenv("ELASTIC_SPAWN_WITH_FORK");
+    return (forced != nullptr && std::string(forced) == "1") || &__tsan_init != nullptr;
+  }();
+  return with_fork;
+}
+
+// fork(): the failed step comes back through a close-on-exec pipe. Reading it waits,
+// as CLONE_VFORK does, until the child has exec'd (EOF) or failed.
+inline pid_t start_child_with_fork(ChildPlan& plan, int& start_errno) {
+  int report[2];
+  if (::pipe2(report, O_CLOEXEC) != 0) throw std::system_error(errno, std::generic_category(), "pipe for spawn");
+  plan.report_fd = report[1];
+  pid_t pid = ::fork();
+  start_errno = errno;
+  if (pid == 0) {
+    ::close(report[0]);
+    child_main(&plan);
+  }
+  ::close(report[1]);
+  if (pid > 0) {
+    int failure[2] = {0, 0};
+    ssize_t got;
+    while ((got = ::read(report[0], failure, sizeof(failure))) < 0 && errno == EINTR) {
+    }
+    if (got == static_cast<ssize_t>(sizeof(failure))) {
+      plan.error = failure[0];
+      plan.failed_step = failure[1];
+    }
+  }
+  ::close(report[0]);
+  return pid;
+}
+
+// The child runs on its own small stack until execve; with CLONE_VFORK the parent
+// resumes only once the child has exec'd or exited.
+inline pid_t start_child_with_clone(ChildPlan& plan, int& start_errno) {
+  thread_local SpawnStack stack;
+  char* top = stack.top();
+  if (top == nullptr) throw std::system_error(errno, std::generic_category(), "mmap for spawn");
+  pid_t pid = ::clone(child_main, top, CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
+  start_errno = errno;
+  return pid;
+}
 
 }  // namespace detail
 
@@ -245,40 +283,9 @@ inline SpawnedProcess spawn_process(const std::vector<std::string>& argv, std::v
   plan.cgroup_procs_fd = options.cgroup_procs_fd;
   plan.parent = ::getpid();
 
-#if ELASTIC_SPAWN_WITH_FORK
-  // ThreadSanitizer cannot follow a child sharing its memory: a plain fork, the
-  // failed step coming back through a close-on-exec pipe. Reading it waits, as
-  // CLONE_VFORK does, until the child has exec'd (EOF) or failed.
-  int report[2];
-  if (::pipe2(report, O_CLOEXEC) != 0) throw std::system_error(errno, std::generic_category(), "pipe for spawn");
-  plan.report_fd = report[1];
-  pid_t pid = ::fork();
-  int clone_errno = errno;
-  if (pid == 0) {
-    ::close(report[0]);
-    detail::child_main(&plan);
-  }
-  ::close(report[1]);
-  if (pid > 0) {
-    int failure[2] = {0, 0};
-    ssize_t got;
-    while ((got = ::read(report[0], failure, sizeof(failure))) < 0 && errno == EINTR) {
-    }
-    if (got == static_cast<ssize_t>(sizeof(failure))) {
-      plan.error = failure[0];
-      plan.failed_step = failure[1];
-    }
-  }
-  ::close(report[0]);
-#else
-  // The child runs on its own small stack until execve; with CLONE_VFORK the
-  // parent resumes only once the child has exec'd or exited.
-  thread_local detail::SpawnStack stack;
-  char* top = stack.top();
-  if (top == nullptr) throw std::system_error(errno, std::generic_category(), "mmap for spawn");
-  pid_t pid = ::clone(detail::child_main, top, CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
-  int clone_errno = errno;
-#endif
+  int clone_errno = 0;
+  const pid_t pid = detail::spawn_with_fork() ? detail::start_child_with_fork(plan, clone_errno)
+                                              : detail::start_child_with_clone(plan, clone_errno);
   if (pid < 0) throw std::system_error(clone_errno, std::generic_category(), "cannot start " + argv[0]);
   if (plan.failed_step != 0) {
     int status = 0;

@@ -3,7 +3,9 @@
     timer_worker.py OUT_DIR HANG_RANK   # HANG_RANK hangs inside a 1 s timer (-1: nobody)
 
 Every rank writes OUT_DIR/<rank>.timer once its timer is set, runs a step inside
-``expires(after=...)``, and writes OUT_DIR/<rank> once the step is over.
+``expires(after=...)``, and writes OUT_DIR/<rank> once the step is over. The hanging
+rank enters its timer only once every other rank has finished its step, so that a
+slow start of the others (importing torch on a loaded machine) cannot race the kill.
 """
 import os
 import sys
@@ -16,6 +18,10 @@ def main():
     out_dir, hang_rank = sys.argv[1], int(sys.argv[2])
     rank = int(os.environ["RANK"])
     configure(FileTimerClient(os.environ["TORCHELASTIC_TIMER_FILE"]))
+    if rank == hang_rank:
+        others = [str(r) for r in range(int(os.environ["WORLD_SIZE"])) if r != rank]
+        while not all(os.path.exists(os.path.join(out_dir, r)) for r in others):
+            time.sleep(0.05)
     with expires(after=1 if rank == hang_rank else 60, scope="train_step"):
         open(os.path.join(out_dir, f"{rank}.timer"), "w").close()
         if rank == hang_rank:

@@ -186,7 +186,7 @@ class SpawnStack {
 };
 
 // ThreadSanitizer's runtime, linked into a program built with -fsanitize=thread.
-extern "C" void __tsan_init() __attribute__((weak));
+extern "C" void __tsan_init() __attribute__((weak));  // NOLINT(bugprone-reserved-identifier): the runtime's name
 
 // Workers start with clone(CLONE_VM | CLONE_VFORK) on a reused stack, or with a
 // plain fork() where a child sharing the parent's memory cannot be followed: under

@@ -49,15 +49,18 @@ using ::elastic::detail::write_all;
 // number closed and reused later gets a fresh start.
 //
 // The hand-off costs no copy (hand_off() swaps the caller's buffer for an empty
-// one, recycled), and the thread writes every chunk queued meanwhile, up to
-// `max_batch` bytes, with one writev(): under a flood it is woken once per
-// batch, not once per chunk, and never while it is already writing.
+// one, recycled); the thread takes every chunk queued meanwhile and writes them
+// with as few writev() calls as max_write allows, each of whole lines. It is
+// woken only when idle: under a flood, chunks queued while it writes go with
+// its next batch, unasked.
 class Console {
  public:
   static constexpr std::size_t high_water = std::size_t{4} << 20;
-  // Whole chunks, up to this many bytes, go in one writev() (a larger chunk goes
-  // alone): a reader that is slow but steady is still seen making progress.
-  static constexpr std::size_t max_batch = std::size_t{1} << 18;
+  // The thread takes up to this many queued bytes at a time (at least one chunk).
+  static constexpr std::size_t max_batch = std::size_t{1} << 20;
+  // One write() carries at most this much, whole lines (a longer line alone), so
+  // a reader that is slow but steady is seen making progress at least this often.
+  static constexpr std::size_t max_write = std::size_t{1} << 16;
 
   // The console of `fd`, made on first use and never destroyed (its thread may
   // still be blocked in a write when the process exits).
@@ -181,15 +184,27 @@ class Console {
     ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   }
 
-  // Writes `batch` in order, with as few writev() calls as the console allows.
-  // A chunk the console refuses is dropped alone; the next one is tried afresh.
-  void write_batch(std::vector<std::string>& batch, std::vector<iovec>& iov) {
-    iov.clear();
-    for (auto& chunk : batch) iov.push_back(iovec{chunk.data(), chunk.size()});
+  // Writes `batch` in order: chunks together, up to max_write bytes a writev();
+  // a larger chunk in pieces that end with a newline. A chunk the console
+  // refuses is dropped alone; the next one is tried afresh.
+  void write_batch(std::vector<std::string>& batch, std::vector<iovec>& pending, std::vector<iovec>& out) {
+    pending.clear();
+    for (auto& chunk : batch) pending.push_back(iovec{chunk.data(), chunk.size()});
     std::size_t first = 0;
-    while (first < iov.size()) {
-      const int count = static_cast<int>(std::min<std::size_t>(iov.size() - first, IOV_MAX));
-      ssize_t n = ::writev(fd_, iov.data() + first, count);
+    while (first < pending.size()) {
+      out.clear();
+      std::size_t bytes = 0;
+      for (std::size_t i = first; i < pending.size() && out.size() < IOV_MAX; ++i) {
+        std::size_t size = pending[i].iov_len;
+        if (bytes + size > max_write) {
+          if (!out.empty()) break;
+          size = line_aligned(static_cast<const char*>(pending[i].iov_base), size);
+        }
+        out.push_back(iovec{pending[i].iov_base, size});
+        bytes += size;
+        if (size < pending[i].iov_len) break;
+      }
+      ssize_t n = ::writev(fd_, out.data(), static_cast<int>(out.size()));
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
         // Non-blocking console (O_NONBLOCK set by whoever shares it): wait for room.
@@ -203,17 +218,27 @@ class Console {
       }
       note_progress();
       auto left = static_cast<std::size_t>(n);
-      while (first < iov.size() && left >= iov[first].iov_len) left -= iov[first++].iov_len;
+      while (first < pending.size() && left >= pending[first].iov_len) left -= pending[first++].iov_len;
       if (left > 0) {
-        iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + left;
-        iov[first].iov_len -= left;
+        pending[first].iov_base = static_cast<char*>(pending[first].iov_base) + left;
+        pending[first].iov_len -= left;
       }
     }
   }
 
+  // How much of `data` (over max_write bytes) one write takes: up to its last
+  // newline within max_write, else up to its first newline, else all of it.
+  static std::size_t line_aligned(const char* data, std::size_t size) {
+    if (const void* newline = ::memrchr(data, '\n', max_write))
+      return static_cast<std::size_t>(static_cast<const char*>(newline) - data) + 1;
+    if (const void* newline = std::memchr(data + max_write, '\n', size - max_write))
+      return static_cast<std::size_t>(static_cast<const char*>(newline) - data) + 1;
+    return size;
+  }
+
   void run() {
     std::vector<std::string> batch;
-    std::vector<iovec> iov;
+    std::vector<iovec> pending, out;
     std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
       idle_ = true;
@@ -227,7 +252,7 @@ class Console {
       } while (!queue_.empty() && bytes + queue_.front().size() <= max_batch);
       writing_ = true;
       lock.unlock();
-      write_batch(batch, iov);
+      write_batch(batch, pending, out);
       lock.lock();
       writing_ = false;
       queued_.store(queued_.load(std::memory_order_relaxed) - bytes, std::memory_order_relaxed);

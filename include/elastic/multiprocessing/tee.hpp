@@ -1,7 +1,7 @@
 // Tee of one worker stream: raw bytes to its log file, and whole lines, each
 // with the rank's prefix, to the console. Every console write() carries only
-// whole lines of one rank, so ranks never split or mix each other's lines; a
-// last line without a newline is completed at the end.
+// whole lines, so ranks never split or mix each other's lines; a last line
+// without a newline is completed at the end.
 //
 // The console (the launcher's stdout or stderr) is written by a thread of its
 // own, so a slow reader, a reader that never reads, or a non-blocking console

@@ -1,10 +1,13 @@
 // The in-memory store: every operation, sessions and their ephemeral keys on a manual clock.
 #include <atomic>
 #include <catch2/catch.hpp>
-#include <elastic/rendezvous/in_memory_store.hpp>
 #include <thread>
 
+#include "support/in_memory_store.hpp"
+
 using namespace elastic::rendezvous;
+using elastic::testing::InMemoryStore;
+using elastic::testing::ManualClock;
 using namespace std::chrono_literals;
 
 TEST_CASE("in-memory store: get, set, get_many, remove, add") {

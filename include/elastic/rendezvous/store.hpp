@@ -59,6 +59,7 @@ struct StoreOptions {
   std::chrono::milliseconds read_timeout{std::chrono::seconds(60)};  // bound of every request
   std::chrono::milliseconds session_ttl{std::chrono::seconds(15)};   // ephemeral keys' life without keep-alive
   std::map<std::string, std::string> config;  // the backend's --rdzv-conf keys (e.g. etcd TLS files)
+  std::string secret;  // c10d: the job secret proved at the handshake (empty: none; see job_secret())
 };
 
 class Store {

@@ -240,6 +240,8 @@ class EtcdStore : public Store {
     });
   }
 
+  void cancel() override { client_.cancel(); }
+
   bool keep_alive() override {
     return guarded([&] {
       std::int64_t lease = lease_id();

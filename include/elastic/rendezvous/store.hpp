@@ -92,6 +92,11 @@ class Store {
   // Renews the session; false when it had expired (its ephemeral keys are gone and a
   // new session has begun).
   virtual bool keep_alive() = 0;
+
+  // Makes the requests now in flight on other threads fail soon (StoreError) instead
+  // of running to their deadline; later requests run as usual. May be called from
+  // any thread. Default: nothing (requests end by their read_timeout).
+  virtual void cancel() {}
 };
 
 }  // namespace elastic::rendezvous

@@ -121,7 +121,11 @@ class C10dStoreServer {
     asio::error_code ec;
     auto remote = socket.remote_endpoint(ec);
     if (ec) return;
-    const std::string peer = remote.address().to_string();
+    auto address = remote.address();
+    // An IPv4 peer of the dual-stack listener is named (and counted) as IPv4.
+    if (address.is_v6() && address.to_v6().is_v4_mapped())
+      address = asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6());
+    const std::string peer = address.to_string();
     auto& connections = context_.connections;
     const auto& options = context_.options;
     if (connections.from(peer) >= options.max_connections_per_peer && !connections.evict_expendable(peer))

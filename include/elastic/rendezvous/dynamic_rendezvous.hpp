@@ -70,9 +70,7 @@ class DynamicRendezvous {
 
   DynamicRendezvous(
       std::shared_ptr<Store> store, RendezvousSettings settings, NodeDesc node, Now now = [] { return Clock::now(); })
-      : store_(std::move(store)), settings_(std::move(settings)), node_(std::move(node)), now_(std::move(now)) {
-    guarded([&] { store_->set_ephemeral(alive_key(node_), "1"); });
-  }
+      : store_(std::move(store)), settings_(std::move(settings)), node_(std::move(node)), now_(std::move(now)) {}
 
   const NodeDesc& node() const { return node_; }
   const RendezvousSettings& settings() const { return settings_; }
@@ -89,6 +87,9 @@ class DynamicRendezvous {
   // Leaves the round this node is in (if any) and joins the next complete one.
   RendezvousInfo next_rendezvous() {
     const auto deadline = now_() + settings_.join_timeout;
+    // Written here, not at construction: the first request to the store may block
+    // (an etcd that answers slowly), and this step is the one a launcher can cancel.
+    guarded([&] { store_->set_ephemeral(alive_key(node_), "1"); });
     update([&](RendezvousState& s) {
       bool changed = s.wait_list.erase(node_) > 0;
       if (s.participants.count(node_) > 0) {

@@ -46,11 +46,12 @@ nlohmann::json attack(const std::vector<std::string>& args, long nofile = 0) {
   return nlohmann::json::parse(result.out);
 }
 
+// The peak resident set of this process so far (VmHWM): what an attack cost at its worst.
 long rss_kib() {
   std::ifstream status("/proc/self/status");
   std::string line;
   while (std::getline(status, line))
-    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
   return -1;
 }
 
@@ -81,7 +82,7 @@ TEST_CASE("hostile c10d peers: 10 announced 64 MiB requests are refused at their
   const long before = rss_kib();
   auto result = attack({"announce", std::to_string(server.port()), "10", std::to_string(64 << 20), "10"});
   const long grown = rss_kib() - before;
-  WARN("RSS growth for 10 announced 64 MiB requests: " << grown << " KiB");
+  WARN("peak RSS growth for 10 announced 64 MiB requests: " << grown << " KiB");
   CHECK(result["closed"] == 10);
   CHECK(server.refused("oversized") == 10);
   CHECK(logged.count("refused 127.0.0.1") == 1);  // once per peer and kind
@@ -92,7 +93,7 @@ TEST_CASE("hostile c10d peers: 10 announced 64 MiB requests are refused at their
   C10dStoreServer patient(0, options);
   const long before_patient = rss_kib();
   auto held = attack({"announce", std::to_string(patient.port()), "10", std::to_string((4 << 20) - 1), "20"});
-  WARN("RSS growth for 10 announced 4 MiB requests never sent: " << rss_kib() - before_patient << " KiB");
+  WARN("peak RSS growth for 10 announced 4 MiB requests never sent: " << rss_kib() - before_patient << " KiB");
   CHECK(held["closed"] == 10);
   CHECK(patient.refused("slow-request") == 10);
   CHECK(rss_kib() - before_patient < 32 * 1024);
@@ -105,7 +106,7 @@ TEST_CASE("hostile c10d peers: a count larger than the bytes sent is an error an
   C10dStoreServer server(0);
   const long before = rss_kib();
   auto result = attack({"wait-count", std::to_string(server.port())});
-  WARN("RSS growth for a WAIT naming 2^25 keys in 9 bytes: " << rss_kib() - before << " KiB");
+  WARN("peak RSS growth for a WAIT naming 2^25 keys in 9 bytes: " << rss_kib() - before << " KiB");
   CHECK(result["status"] == 1);
   CHECK_THAT(result["message"].get<std::string>(), Catch::Contains("count larger than the bytes sent"));
   CHECK(result["usable"] == true);
@@ -116,8 +117,8 @@ TEST_CASE("hostile c10d peers: an answer above the limit is refused, not built")
   C10dStoreServer server(0);
   const long before = rss_kib();
   auto result = attack({"get-many", std::to_string(server.port())});
-  WARN("GET_MANY of " << result["request_bytes"] << " bytes: answer " << result["answer_bytes"] << " bytes, RSS growth "
-                      << rss_kib() - before << " KiB");
+  WARN("GET_MANY of " << result["request_bytes"] << " bytes: answer " << result["answer_bytes"]
+                      << " bytes, peak RSS growth " << rss_kib() - before << " KiB");
   CHECK(result["status"] == 1);
   CHECK_THAT(result["message"].get<std::string>(), Catch::Contains("larger than the store's limit"));
   CHECK(result["answer_bytes"].get<int>() < 4096);

@@ -7,6 +7,7 @@
 #include <array>
 #include <asio.hpp>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <elastic/rendezvous/c10d/connection_manager.hpp>
 #include <elastic/rendezvous/c10d/frame_parser.hpp>

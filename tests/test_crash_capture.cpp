@@ -233,6 +233,30 @@ TEST_CASE("ELASTIC_THROW_TRACES=0 turns throw-site traces off") {
   CHECK(callstack_of(failure) == "crash_worker::DistinctiveError: thrown deep inside");
 }
 
+TEST_CASE("units built with and without ELASTIC_THROW_TRACES link into one traced program, in either order") {
+  if (!throw_traces_built) {
+    WARN("skipped: throw-site traces are compiled out of this build (AddressSanitizer)");
+    return;
+  }
+  for (const char* program : {ELASTIC_TEST_MIXED_TRACES_OFF_ON, ELASTIC_TEST_MIXED_TRACES_ON_OFF}) {
+    INFO(program);
+    TempDir dir;
+    const std::string file = dir.file("error.json");
+    RunOptions options;
+    options.set_env = {{"TORCHELASTIC_ERROR_FILE", file}};
+    options.unset_env = {"ELASTIC_CRASH_SIGNALS", "ELASTIC_THROW_TRACES"};
+    RunResult result = elastic::testing::run({program}, options);
+    INFO(result.err);
+    REQUIRE_FALSE(result.timed_out);
+    CHECK(result.exitcode == 1);
+    elastic::ProcessFailure failure(0, result.pid, result.exitcode, file);
+    const std::string callstack = callstack_of(failure);
+    INFO(callstack);
+    CHECK(first_line(callstack) == "std::runtime_error: thrown in the off unit");
+    CHECK(callstack.find("throw_in_unit_without_traces") != std::string::npos);
+  }
+}
+
 TEST_CASE("two threads faulting together leave one complete report") {
   TempDir dir;
   const std::string file = dir.file("error.json");

@@ -522,7 +522,7 @@ int main(int argc, char** argv) {
   // Diagnostics and the summary go through the stderr console to the end (queued,
   // in order with teed output): a stalled reader cannot block what follows the run.
   using elastic::multiprocessing::Console;
-  elastic::log::detail::sink.store([](std::string_view line) { Console::of(STDERR_FILENO).write(line); });
+  elastic::log::set_sink([](std::string_view line) { Console::of(STDERR_FILENO).write(line); });
   Console& console = Console::of(STDERR_FILENO);
   int code = 0;
   try {

@@ -7,7 +7,7 @@
 
 #include <cstdint>
 #include <cstdlib>
-#include <elastic/errors/crash_handler.hpp>
+#include <elastic/errors/crash/install.hpp>
 #include <elastic/errors/detail/exception_info.hpp>
 #include <elastic/errors/detail/file_io.hpp>
 #include <elastic/errors/detail/python_json.hpp>

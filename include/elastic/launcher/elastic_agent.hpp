@@ -17,7 +17,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <elastic/errors/detail/hostname.hpp>
+#include <elastic/errors/hostname.hpp>
 #include <elastic/launcher/launch.hpp>
 #include <elastic/launcher/port.hpp>
 #include <elastic/rendezvous/backends.hpp>
@@ -129,7 +129,7 @@ inline std::optional<RoundPlan> plan_round(rendezvous::DynamicRendezvous& rdzv, 
   rdzv.guarded([&] {
     store.set(rdzv.round_key(info.round, "nproc/" + std::to_string(info.group_rank)), std::to_string(nproc));
     if (info.group_rank == 0)
-      store.set(master_key, elastic::errors::detail::fqdn() + "\n" + std::to_string(plan.master_port_hold.port()));
+      store.set(master_key, elastic::fqdn() + "\n" + std::to_string(plan.master_port_hold.port()));
   });
   std::vector<std::string> keys{master_key};
   for (int r = 0; r < info.group_world_size(); ++r)
@@ -259,7 +259,7 @@ inline std::map<int, int> launch_elastic(const LaunchConfig& config, const std::
   auto backend = rendezvous::open_backend(config.rdzv_backend, config.rdzv_endpoint, settings,
                                           [](const std::string& line) { log::info("{}", line); });
   static std::atomic<long> handlers{0};
-  rendezvous::NodeDesc node{elastic::errors::detail::fqdn(), static_cast<long>(::getpid()), handlers++};
+  rendezvous::NodeDesc node{elastic::fqdn(), static_cast<long>(::getpid()), handlers++};
   rendezvous::DynamicRendezvous rdzv(backend.store, settings, node);
   detail::KeepAlive keep_alive(rdzv,
                                std::chrono::duration_cast<std::chrono::milliseconds>(settings.keep_alive_interval));

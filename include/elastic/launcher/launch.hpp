@@ -135,9 +135,9 @@ inline void kill_strays() {
 class ConsoleLog {
  public:
   explicit ConsoleLog(std::chrono::milliseconds stall_limit)
-      : stall_limit_(stall_limit), previous_(log::detail::sink.exchange(&to_console)) {}
+      : stall_limit_(stall_limit), previous_(log::set_sink(&to_console)) {}
   ~ConsoleLog() {
-    log::detail::sink.store(previous_);
+    log::set_sink(previous_);
     multiprocessing::Console::of(STDERR_FILENO).flush(stall_limit_);
   }
   ConsoleLog(const ConsoleLog&) = delete;
@@ -146,7 +146,7 @@ class ConsoleLog {
  private:
   static void to_console(std::string_view line) { multiprocessing::Console::of(STDERR_FILENO).write(line); }
   std::chrono::milliseconds stall_limit_;
-  log::detail::Sink previous_;
+  log::Sink previous_;
 };
 
 // Blocks `signals` and reads them from a signalfd for as long as it lives.

@@ -19,7 +19,7 @@
 #include <condition_variable>
 #include <csignal>
 #include <deque>
-#include <elastic/detail/write_all.hpp>
+#include <elastic/write_all.hpp>
 #include <map>
 #include <mutex>
 #include <string>
@@ -31,7 +31,7 @@
 namespace elastic::multiprocessing {
 
 namespace detail {
-using ::elastic::detail::write_all;
+using ::elastic::write_all;
 }  // namespace detail
 
 // One per console file descriptor, process-wide (Console::of): a FIFO of chunks

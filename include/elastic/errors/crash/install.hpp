@@ -10,6 +10,7 @@
 //   fault.hpp           the headline of a fatal signal                       [signal path]
 //   record_race.hpp     which record wins: crash, exception record or exit   [signal path]
 //   signal_handler.hpp  the handler, the report, the re-raise, the watchdog  [signal path]
+//   symbolizer.hpp      file:line added by a helper process, bounded      [signal path]
 //   terminate.hpp       the std::terminate handler
 //   alt_stack.hpp       per-thread alternate signal stacks
 //   install.hpp         this file: installing all of the above
@@ -25,6 +26,7 @@
 #include <elastic/errors/crash/options.hpp>
 #include <elastic/errors/crash/signal_handler.hpp>
 #include <elastic/errors/crash/state.hpp>
+#include <elastic/errors/crash/symbolizer.hpp>
 #include <elastic/errors/crash/terminate.hpp>
 #include <elastic/errors/stacktrace.hpp>
 #include <elastic/errors/throw_trace.hpp>
@@ -96,6 +98,8 @@ inline void install_crash_handlers(const CrashCaptureOptions& options = {}) {
     warmed_up = true;
   }
   errors::detail::arm_throw_traces(options.throw_traces);
+  state.traceback_all.store(traceback_all_requested());
+  detail::configure_symbolizer();
   state.watchdog_seconds = options.watchdog_seconds;
   for (int signo : signals) {
     if (signo <= 0 || signo >= NSIG || state.installed[signo]) continue;

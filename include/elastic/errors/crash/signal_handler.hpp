@@ -16,6 +16,7 @@
 #include <elastic/errors/crash/fault.hpp>
 #include <elastic/errors/crash/record_race.hpp>
 #include <elastic/errors/crash/state.hpp>
+#include <elastic/errors/crash/symbolizer.hpp>
 #include <elastic/errors/detail/file_io.hpp>
 #include <elastic/errors/detail/signal_safe.hpp>
 #include <elastic/errors/signals.hpp>
@@ -56,11 +57,16 @@ inline void write_signal_report(int signo, const siginfo_t* info, const void* co
   const std::size_t captured = capture_stack(state.frames, max_crash_frames + 1);
   const std::size_t first = first_interrupted_frame(state.frames, captured, context);
   const bool name = can_name_frames();  // else module and offset alone: still enough for addr2line
-  for (std::size_t i = first; i < captured && i - first < max_crash_frames; ++i) {
+  const std::size_t shown = captured - first < max_crash_frames ? captured - first : max_crash_frames;
+  const std::size_t hidden =
+      state.traceback_all.load() ? 0 : mark_plumbing_frames(state.frames + first, shown, state.hidden, name);
+  for (std::size_t i = 0; i < shown; ++i) {
+    if (hidden > 0 && state.hidden[i]) continue;
     stack_text.append('\n');
-    append_frame(stack_text, i - first, state.frames[i], name);
+    append_frame(stack_text, i, state.frames[first + i], name);
   }
   if (captured > max_crash_frames && captured - first >= max_crash_frames) stack_text.append("\n... (more frames)");
+  if (hidden > 0) append_hidden_frames_line(stack_text.append('\n'), hidden);
 
   const char* path = crash_report_path();
   write_stderr("[elastic] ERROR: ");
@@ -90,6 +96,7 @@ inline void write_signal_report(int signo, const siginfo_t* info, const void* co
     number.append(": errno ").append_decimal(error).append('\n');
     write_stderr(number.c_str(), number.size());
   } else {
+    symbolize_record_from_handler(path);  // file:line, bounded; the record is complete already
     write_stderr("[elastic] ERROR: error file written to ");
     write_stderr(path);
     write_stderr("\n");

@@ -53,6 +53,13 @@ struct CrashState {
   bool installed[NSIG] = {};
 
   StackFrame frames[max_crash_frames + 1] = {};
+  bool hidden[max_crash_frames + 1] = {};  // plumbing frames left out of the report
+  std::atomic<bool> traceback_all{false};  // ELASTIC_TRACEBACK_ALL, read at installation
+
+  // The helper that adds file:line to a written record (see symbolizer.hpp).
+  char symbolizer[4096] = {};
+  std::atomic<bool> has_symbolizer{false};
+
   StaticText<32 * 1024> headline_and_frames;  // py_callstack
   StaticText<96 * 1024> report;               // the JSON document
   StaticText<8 * 1024> scratch;               // file names, one frame line

@@ -7,6 +7,7 @@
 #include <elastic/errors/crash/record_race.hpp>
 #include <elastic/errors/crash/signal_handler.hpp>
 #include <elastic/errors/crash/state.hpp>
+#include <elastic/errors/crash/symbolizer.hpp>
 #include <elastic/errors/detail/exception_info.hpp>
 #include <elastic/errors/detail/file_io.hpp>
 #include <elastic/errors/detail/python_json.hpp>
@@ -56,7 +57,10 @@ inline void write_terminate_report(long thread) {
   const std::string contents = python_json_dumps(data);
   wait_for_record_writers(thread);
   std::string problem = write_file_atomically(path, contents);
-  if (!problem.empty()) log::error("cannot write error file {}: {}", path, problem);
+  if (!problem.empty())
+    log::error("cannot write error file {}: {}", path, problem);
+  else
+    symbolize_record(path);
 }
 
 // Not async-signal-safe; installed with std::set_terminate.

@@ -11,6 +11,7 @@
 //   record_race.hpp     which record wins: crash, exception record or exit   [signal path]
 //   signal_handler.hpp  the handler, the report, the re-raise, the watchdog  [signal path]
 //   symbolizer.hpp      file:line added by a helper process, bounded      [signal path]
+//   symbolizer_setup.hpp  which helper; its run from the exception path
 //   terminate.hpp       the std::terminate handler
 //   alt_stack.hpp       per-thread alternate signal stacks
 //   install.hpp         this file: installing all of the above
@@ -27,6 +28,7 @@
 #include <elastic/errors/crash/signal_handler.hpp>
 #include <elastic/errors/crash/state.hpp>
 #include <elastic/errors/crash/symbolizer.hpp>
+#include <elastic/errors/crash/symbolizer_setup.hpp>
 #include <elastic/errors/crash/terminate.hpp>
 #include <elastic/errors/stacktrace.hpp>
 #include <elastic/errors/throw_trace.hpp>

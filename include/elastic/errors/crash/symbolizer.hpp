@@ -7,12 +7,11 @@
 // file atomically; while it runs, and whenever it fails or is too slow, the file
 // holds the complete record with function+offset frames.
 //
-// Which helper: ELASTIC_SYMBOLIZER (a path; "off" or 0 for none), else the one
-// built with the library (ELASTIC_SYMBOLIZER_PATH, set by the CMake target).
+// Signal-path file: what the crash handler runs (async-signal-safe). The
+// exception path's run and the choice of helper are in symbolizer_setup.hpp.
 #pragma once
 
 #include <signal.h>
-#include <spawn.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -20,7 +19,7 @@
 
 #include <atomic>
 #include <cerrno>
-#include <cstdlib>
+#include <cstdint>
 #include <elastic/errors/crash/state.hpp>
 #include <elastic/errors/detail/signal_safe.hpp>
 
@@ -36,7 +35,13 @@ inline constexpr unsigned exception_symbolizer_wait_ms = 4 * 1000;
 
 // Waits for the helper at most `limit_ms`, then kills it. Async-signal-safe.
 inline void wait_for_symbolizer(long child, unsigned limit_ms) {
-  for (unsigned waited = 0; waited < limit_ms; ++waited) {
+  const auto now_ms = [] {
+    timespec now{};
+    ::clock_gettime(CLOCK_MONOTONIC, &now);
+    return static_cast<std::int64_t>(now.tv_sec) * 1000 + now.tv_nsec / 1000000;
+  };
+  const std::int64_t deadline = now_ms() + limit_ms;
+  while (now_ms() < deadline) {
     int status = 0;
     const long done = ::waitpid(static_cast<pid_t>(child), &status, WNOHANG);
     if (done == child) return;
@@ -70,38 +75,6 @@ inline void symbolize_record_from_handler(const char* path) {
     ::_exit(127);
   }
   wait_for_symbolizer(child, crash_symbolizer_wait_ms);
-}
-
-// The same from ordinary code (the exception path). Not async-signal-safe.
-inline void symbolize_record(const char* path) {
-  CrashState& state = crash_state();
-  if (path == nullptr || !state.has_symbolizer.load()) return;
-  char pid_storage[24];
-  FixedText pid(pid_storage, sizeof(pid_storage));
-  pid.append_decimal(static_cast<std::int64_t>(::getpid()));
-  char pid_flag[] = "--pid";
-  char* argv[] = {state.symbolizer, pid_flag, pid_storage, const_cast<char*>(path), nullptr};
-  pid_t child = 0;
-  if (::posix_spawn(&child, argv[0], nullptr, nullptr, argv, environ) != 0) return;
-  wait_for_symbolizer(child, exception_symbolizer_wait_ms);
-}
-
-// Chooses the helper (see above). Not async-signal-safe; called at installation.
-inline void configure_symbolizer() {
-  CrashState& state = crash_state();
-  const char* chosen = std::getenv("ELASTIC_SYMBOLIZER");
-  if (chosen != nullptr && (safe_streq(chosen, "off") || safe_streq(chosen, "0") || *chosen == '\0')) chosen = nullptr;
-#ifdef ELASTIC_SYMBOLIZER_PATH
-  else if (chosen == nullptr)
-    chosen = ELASTIC_SYMBOLIZER_PATH;
-#endif
-  const bool usable =
-      chosen != nullptr && safe_strlen(chosen) < sizeof(state.symbolizer) && ::access(chosen, X_OK) == 0;
-  state.has_symbolizer.store(false);
-  if (!usable) return;
-  FixedText copy(state.symbolizer, sizeof(state.symbolizer));
-  copy.append(chosen);
-  state.has_symbolizer.store(true);
 }
 
 }  // namespace elastic::errors::detail

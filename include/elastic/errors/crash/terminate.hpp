@@ -8,6 +8,7 @@
 #include <elastic/errors/crash/signal_handler.hpp>
 #include <elastic/errors/crash/state.hpp>
 #include <elastic/errors/crash/symbolizer.hpp>
+#include <elastic/errors/crash/symbolizer_setup.hpp>
 #include <elastic/errors/detail/exception_info.hpp>
 #include <elastic/errors/detail/file_io.hpp>
 #include <elastic/errors/detail/python_json.hpp>

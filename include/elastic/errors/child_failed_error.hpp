@@ -5,8 +5,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <elastic/errors/detail/hostname.hpp>
-#include <elastic/errors/handlers.hpp>
+#include <elastic/errors/detail/summary_hook.hpp>
+#include <elastic/errors/hostname.hpp>
 #include <elastic/errors/process_failure.hpp>
 #include <map>
 #include <stdexcept>
@@ -109,8 +109,8 @@ class ChildFailedError : public std::runtime_error {
         "  exitcode  : {} (pid: {})\n"
         "  error_file: {}\n"
         "  traceback : {}",
-        idx, failure.timestamp_isoformat(), errors::detail::fqdn(), rank, failure.local_rank, failure.exitcode,
-        failure.pid, failure.error_file, errors::detail::traceback_text(failure.message));
+        idx, failure.timestamp_isoformat(), fqdn(), rank, failure.local_rank, failure.exitcode, failure.pid,
+        failure.error_file, errors::detail::traceback_text(failure.message));
   }
 
   static std::string format(const std::string& name, const Failures& failures, char boarder, char section) {
@@ -124,7 +124,7 @@ class ChildFailedError : public std::runtime_error {
       width = std::max(width, errors::detail::widest_line(rendered));
       if (rank == root_rank) {
         if (failure.exitcode < 0)
-          rendered = get_error_handler()->maybe_enrich_signal_failure_message(std::move(rendered), failure.error_file);
+          rendered = errors::detail::enrich_signal_failure_message(std::move(rendered), failure.error_file);
         root = std::move(rendered);
       } else {
         if (!others.empty()) others += '\n';

@@ -7,7 +7,7 @@
 
 #include <cstdint>
 #include <cstdlib>
-#include <elastic/errors/crash_handler.hpp>
+#include <elastic/errors/crash/install.hpp>
 #include <elastic/errors/detail/exception_info.hpp>
 #include <elastic/errors/detail/file_io.hpp>
 #include <elastic/errors/detail/python_json.hpp>
@@ -146,7 +146,10 @@ class ErrorHandler {
     if (auto path = error_file_path()) {
       // A crash on another thread meanwhile wins: its record is what ends the process.
       errors::detail::ExceptionRecordScope scope;
-      if (scope.may_write() && write_error_file(*path, contents)) scope.written();
+      if (scope.may_write() && write_error_file(*path, contents)) {
+        errors::detail::symbolize_record(path->c_str());  // file:line, by a helper process
+        scope.written();
+      }
     } else {
       log::info("{} raised {} ({} not set, no error file written)", entrypoint_or_default(), headline, error_file_env);
     }

@@ -102,9 +102,8 @@ namespace errors::detail {
 inline void report_escaped(const std::string& entrypoint) {
   auto levels = describe_exception(std::current_exception());
   auto path = get_error_handler()->error_file_path();
-  log::detail::write_line(log::Level::error,
-                          fmt::format("{} failed: {}{}", entrypoint, levels.front().headline(),
-                                      path ? fmt::format(" (error file: {})", *path) : std::string()));
+  log::write_line(log::Level::error, fmt::format("{} failed: {}{}", entrypoint, levels.front().headline(),
+                                                 path ? fmt::format(" (error file: {})", *path) : std::string()));
 }
 
 // main() for ELASTIC_RECORD_MAIN: fn may take (int, char**) or nothing and return
@@ -137,7 +136,7 @@ int run_recorded_main(const char* entrypoint, F fn, int argc, char** argv) {
   } catch (const SystemExit& exit) {
     return exit.code;
   } catch (const ChildFailedError& error) {
-    log::detail::write_line(log::Level::error, fmt::format("{} failed: {}", entrypoint, error.format_msg()));
+    log::write_line(log::Level::error, fmt::format("{} failed: {}", entrypoint, error.format_msg()));
     return 1;
   } catch (...) {
     report_escaped(entrypoint);

@@ -42,9 +42,9 @@ namespace detail {
 class ConsoleLog {
  public:
   explicit ConsoleLog(std::chrono::milliseconds stall_limit)
-      : stall_limit_(stall_limit), previous_(log::detail::sink.exchange(&to_console)) {}
+      : stall_limit_(stall_limit), previous_(log::set_sink(&to_console)) {}
   ~ConsoleLog() {
-    log::detail::sink.store(previous_);
+    log::set_sink(previous_);
     multiprocessing::Console::of(STDERR_FILENO).flush(stall_limit_);
   }
   ConsoleLog(const ConsoleLog&) = delete;
@@ -53,7 +53,7 @@ class ConsoleLog {
  private:
   static void to_console(std::string_view line) { multiprocessing::Console::of(STDERR_FILENO).write(line); }
   std::chrono::milliseconds stall_limit_;
-  log::detail::Sink previous_;
+  log::Sink previous_;
 };
 
 // What every attempt's PContext gets from the launch.

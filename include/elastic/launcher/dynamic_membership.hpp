@@ -17,7 +17,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <elastic/errors/detail/hostname.hpp>
+#include <elastic/errors/hostname.hpp>
 #include <elastic/launcher/config.hpp>
 #include <elastic/launcher/membership.hpp>
 #include <elastic/launcher/port.hpp>
@@ -125,7 +125,7 @@ inline std::optional<NodeAssignment> plan_round(rendezvous::DynamicRendezvous& r
   rdzv.guarded([&] {
     store.set(rdzv.round_key(info.round, "nproc/" + std::to_string(info.group_rank)), std::to_string(nproc));
     if (info.group_rank == 0)
-      store.set(master_key, elastic::errors::detail::fqdn() + "\n" + std::to_string(plan.master_port_hold.port()));
+      store.set(master_key, elastic::fqdn() + "\n" + std::to_string(plan.master_port_hold.port()));
   });
   std::vector<std::string> keys{master_key};
   for (int r = 0; r < info.group_world_size(); ++r)
@@ -227,7 +227,7 @@ class DynamicMembership final : public Membership {
         settings_(detail::rendezvous_settings(config)),
         backend_(rendezvous::open_backend(config.rdzv_backend, config.rdzv_endpoint, settings_,
                                           [](const std::string& line) { log::info("{}", line); })),
-        node_{elastic::errors::detail::fqdn(), static_cast<long>(::getpid()), next_handler()},
+        node_{elastic::fqdn(), static_cast<long>(::getpid()), next_handler()},
         rdzv_(backend_.store, settings_, node_),
         keep_alive_(rdzv_, std::chrono::duration_cast<std::chrono::milliseconds>(settings_.keep_alive_interval)) {}
 

@@ -23,7 +23,7 @@
 
 #include <algorithm>
 #include <chrono>
-#include <elastic/errors/detail/hostname.hpp>
+#include <elastic/errors/hostname.hpp>
 #include <elastic/log.hpp>
 #include <elastic/rendezvous/c10d_store.hpp>
 #include <elastic/rendezvous/errors.hpp>
@@ -136,7 +136,7 @@ inline int static_barrier(const StaticBarrierOptions& options) {
     // A rank's claim names its launcher; a claim whose launcher's session is gone
     // (it died, and was started again) may be taken over.
     const std::string rank = std::to_string(options.node_rank);
-    const std::string token = elastic::errors::detail::fqdn() + ":" + std::to_string(::getpid());
+    const std::string token = elastic::fqdn() + ":" + std::to_string(::getpid());
     auto claimed = store->compare_set(prefix + "nodes/" + rank, std::nullopt, token);
     if (!claimed.swapped && (store->get(prefix + "alive/" + rank) ||
                              !store->compare_set(prefix + "nodes/" + rank, claimed.current, token).swapped))

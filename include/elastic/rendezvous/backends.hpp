@@ -121,6 +121,8 @@ inline RendezvousBackend open_backend(const std::string& name, const std::string
     if (host_it) {
       try {
         backend.server = std::make_unique<C10dStoreServer>(backend.port, settings.read_timeout);
+        // Port 0 (torchrun's HOST:0): the free port the server got.
+        backend.port = options.port = backend.server->port();
         if (log) log("hosting the c10d rendezvous store on port " + std::to_string(backend.port));
       } catch (const std::system_error& e) {
         // Another agent on this host serves it already (or the port is someone else's:

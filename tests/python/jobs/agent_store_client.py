@@ -64,8 +64,6 @@ seen["cas_swapped"] = store.compare_set("k", "v1", "v2").decode()
 seen["cas_not_swapped"] = store.compare_set("k", "v1", "v3").decode()
 seen["cas_missing_expected_empty"] = store.compare_set("fresh", "", "new").decode()
 seen["cas_missing_expected_given"] = store.compare_set("absent", "x", "y").decode()
-seen["check_present"] = store.check(["k", "counter"])
-seen["check_absent"] = store.check(["k", "nothing"])
 store.wait(["k"])
 try:
     store.wait(["never"], datetime.timedelta(seconds=1))

@@ -115,9 +115,9 @@ void check_group_formed(const TempDir& out, const RunResult& result, int world_s
 void check_init_method(const std::string& init_method_of_port) {
   TempDir out;
   const int port = free_port();
-  // tcp:// names a port of its own, as in PyTorch's test: MASTER_PORT is the launcher's store.
-  const std::string init_method =
-      std::regex_replace(init_method_of_port, std::regex("PORT"), std::to_string(free_port()));
+  // tcp:// names MASTER_PORT, as in PyTorch's test: with the agent store its workers
+  // connect there as clients too.
+  const std::string init_method = std::regex_replace(init_method_of_port, std::regex("PORT"), std::to_string(port));
   auto result = launch({"--run-path", "--nnodes=1", "--nproc-per-node=4", "--master-addr=localhost",
                         "--master-port=" + std::to_string(port), "--monitor-interval=1", job_worker,
                         "--init-method=" + init_method, "--out-dir", out.path().string()});

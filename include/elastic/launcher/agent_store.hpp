@@ -18,8 +18,8 @@
 // TORCHELASTIC_RUN_ID (a worker of another launcher of the job on this host). A
 // connection from another host is served only in a job that may span several
 // nodes: TCPStore's clients carry no credential to check them by. Anything else is
-// closed at once and logged. Requests are bounded (key and value sizes, keys per request, open
-// connections); a malformed or oversized one closes its connection, logged.
+// closed at once and logged. Requests are bounded (key and value sizes, keys and bytes per
+// request, open connections); a malformed or oversized one closes its connection, logged.
 #pragma once
 
 #include <dirent.h>
@@ -261,6 +261,7 @@ class AgentStore {
     asio::post(io_, [this] {
       asio::error_code ignored;
       acceptor_.close(ignored);
+      retry_.cancel();
       for (auto& connection : std::vector<std::shared_ptr<Connection>>(connections_.begin(), connections_.end()))
         connection->close();
       io_.stop();
@@ -389,6 +390,12 @@ class AgentStore {
       socket_.async_read_some(asio::buffer(chunk_), [self](const asio::error_code& ec, std::size_t got) {
         if (ec) return self->close();
         self->in_.append(self->chunk_.data(), got);
+        // One request at most is buffered (clients wait for each answer): anything
+        // larger than the largest request is refused.
+        if (self->in_.size() > self->store_.max_request()) {
+          self->store_.refuse(self->socket_, "a request over " + std::to_string(self->store_.max_request()) + " bytes");
+          return self->close();
+        }
         self->process();
         if (self->socket_.is_open()) self->read();
       });
@@ -613,11 +620,20 @@ class AgentStore {
     std::vector<std::string> wait_keys_;
   };
 
+  std::size_t max_request() const { return 2 * limits_.max_value + 2 * limits_.max_key + 64; }
+
   void accept() {
     acceptor_.async_accept([this](const asio::error_code& ec, asio::ip::tcp::socket socket) {
       if (ec == asio::error::operation_aborted || !acceptor_.is_open()) return;
-      if (!ec) admit(std::move(socket));
-      accept();
+      if (!ec) {
+        admit(std::move(socket));
+        return accept();
+      }
+      // Out of descriptors, say: try again shortly rather than spin.
+      retry_.expires_after(std::chrono::milliseconds(100));
+      retry_.async_wait([this](const asio::error_code& wait_ec) {
+        if (!wait_ec) accept();
+      });
     });
   }
 
@@ -662,6 +678,7 @@ class AgentStore {
 
   asio::io_context io_;
   asio::ip::tcp::acceptor acceptor_;
+  asio::steady_timer retry_{io_};
   const bool remote_peers_;
   const std::string run_id_;
   const AgentStoreLimits limits_;

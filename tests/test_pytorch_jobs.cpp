@@ -571,9 +571,21 @@ TEST_CASE("the launcher's store serves its workers and closes a stranger's conne
   auto inside = nlohmann::json::parse(read_file(out.file("inside")));
   CHECK(inside["answered"] == true);
   CHECK(inside["value"] == 5);
+  // torch 2.x's dialect, spoken by hand (no torch 2.x here): PING echoes its nonce,
+  // APPEND extends, MULTI_GET answers each value.
+  CHECK(inside["v2"]["pong"] == 12345);
+  CHECK(inside["v2"]["multi_get"] ==
+        "0400000000000000"
+        "61626364"
+        "0100000000000000"
+        "78");
+  CHECK(inside["oversized_closed"] == true);
+  CHECK(inside["unknown_closed"] == true);
   REQUIRE(stranger.exitcode == 0);
   auto outside = nlohmann::json::parse(stranger.out);
   CHECK(outside["answered"] == false);
   CHECK_THAT(result.err, Catch::Contains("workers' store on port " + port + ": refused 127.0.0.1:"));
   CHECK_THAT(result.err, Catch::Contains("not a process of this job"));
+  CHECK_THAT(result.err, Catch::Contains("a key of 1099511627776 bytes is over the limit"));
+  CHECK_THAT(result.err, Catch::Contains("an unknown request type 200"));
 }

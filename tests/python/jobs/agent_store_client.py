@@ -30,11 +30,47 @@ def probe(port):
     return {"answered": bool(answer), "value": value}
 
 
+def closed_after(port, request):
+    """Whether the server closes the connection, unanswered, after `request`."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(request)
+    try:
+        return s.recv(1) == b""
+    except (socket.timeout, ConnectionResetError):
+        return False
+
+
+def string(data):
+    return struct.pack("=Q", len(data)) + data
+
+
+def v2_session(port):
+    """torch 2.x's dialect: VALIDATE, PING, SET, APPEND, MULTI_GET."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(struct.pack("=BI", 0, 0x3C85F7CE) + struct.pack("=BI", 13, 12345))
+    pong = struct.unpack("=I", s.recv(4))[0]
+    s.sendall(bytes([1]) + string(b"/v2a") + string(b"ab") + bytes([9]) + string(b"/v2a") + string(b"cd"))
+    s.sendall(bytes([1]) + string(b"/v2b") + string(b"x"))
+    s.sendall(bytes([10]) + struct.pack("=Q", 2) + string(b"/v2a") + string(b"/v2b"))
+    got = b""
+    while len(got) < 8 + 4 + 8 + 1:
+        chunk = s.recv(64)
+        if not chunk:
+            break
+        got += chunk
+    return {"pong": pong, "multi_get": got.hex()}
+
+
 if len(sys.argv) > 2 and sys.argv[1] == "serve":
     out = sys.argv[2]
     port = int(os.environ["MASTER_PORT"])
+    seen = probe(port)
+    seen["v2"] = v2_session(port)
+    # A key length far over the bound, and an unknown request type.
+    seen["oversized_closed"] = closed_after(port, struct.pack("=BQ", 2, 1 << 40))
+    seen["unknown_closed"] = closed_after(port, bytes([200]))
     with open(os.path.join(out, "inside.tmp"), "w") as f:
-        json.dump(probe(port), f)
+        json.dump(seen, f)
     os.rename(os.path.join(out, "inside.tmp"), os.path.join(out, "inside"))
     with open(os.path.join(out, "port.tmp"), "w") as f:
         f.write(str(port))

@@ -43,7 +43,7 @@ TEST_CASE("test_launch_elastic") {
     CHECK(env["GROUP_WORLD_SIZE"] == "1");
     CHECK(env["TORCHELASTIC_RUN_ID"] == "elastic");
     CHECK(env["TORCHELASTIC_RESTART_COUNT"] == "0");
-    CHECK(env["TORCHELASTIC_USE_AGENT_STORE"] == "False");
+    CHECK(env["TORCHELASTIC_USE_AGENT_STORE"] == "True");
   }
 }
 

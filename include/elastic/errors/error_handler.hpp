@@ -60,6 +60,25 @@ class ErrorHandler {
   virtual void set_entrypoint_fn_name(std::string name) { entrypoint_fn_name_ = std::move(name); }
   const std::string& entrypoint_fn_name() const noexcept { return entrypoint_fn_name_; }
 
+  // Sets `error_code` in the root cause's data read from `rootcause_error_file`, as
+  // dump_error_file() does with a non-zero code; override to change how. Returns
+  // whether `rootcause_error` changed (false: the copy stays byte-identical).
+  virtual bool override_error_code_in_rootcause_data(const std::string& rootcause_error_file,
+                                                     nlohmann::ordered_json& rootcause_error, int error_code) {
+    if (!rootcause_error.is_object() || !rootcause_error.contains("message")) {
+      log::warning("child error file ({}) does not have field `message`; cannot override error code: {}",
+                   rootcause_error_file, error_code);
+      return false;
+    }
+    if (!rootcause_error["message"].is_object()) {
+      log::warning("child error file ({}) has a new message format; skipping error code override",
+                   rootcause_error_file);
+      return false;
+    }
+    rootcause_error["message"]["errorCode"] = error_code;
+    return true;
+  }
+
   // Copies a child's error file to this process's error file. With a non-zero
   // error_code and a nested message, message.errorCode is set; with 0 the copy
   // is byte-identical. Problems are logged, never thrown: this runs while a
@@ -83,17 +102,8 @@ class ErrorHandler {
       return;
     }
     std::string contents = std::move(read.data);
-    if (error_code != 0) {
-      if (!data.is_object() || !data.contains("message")) {
-        log::warning("child error file ({}) does not have field `message`; cannot override error code: {}", child_file,
-                     error_code);
-      } else if (!data["message"].is_object()) {
-        log::warning("child error file ({}) has a new message format; skipping error code override", child_file);
-      } else {
-        data["message"]["errorCode"] = error_code;
-        contents = errors::detail::python_json_dumps(data);
-      }
-    }
+    if (error_code != 0 && override_error_code_in_rootcause_data(child_file, data, error_code))
+      contents = errors::detail::python_json_dumps(data);
     if (log::enabled(log::Level::debug))  // the dump is costly: skip it when unseen
       log::debug("child error file ({}) contents:\n{}", child_file, data.dump(2));
 

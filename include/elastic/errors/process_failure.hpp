@@ -398,6 +398,13 @@ class ProcessFailure {
     }
   }
 
+  // Equal when every field is (as PyTorch's dataclass compares them).
+  friend bool operator==(const ProcessFailure& a, const ProcessFailure& b) {
+    return a.local_rank == b.local_rank && a.pid == b.pid && a.exitcode == b.exitcode && a.error_file == b.error_file &&
+           a.error_file_data == b.error_file_data && a.message == b.message && a.timestamp == b.timestamp;
+  }
+  friend bool operator!=(const ProcessFailure& a, const ProcessFailure& b) { return !(a == b); }
+
   // "SIGSEGV" for exit code -11; "<N/A>" for an unnamed signal or a non-negative code.
   std::string signal_name() const { return exitcode < 0 ? elastic::signal_name(-exitcode) : not_available; }
 

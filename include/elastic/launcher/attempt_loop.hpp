@@ -19,6 +19,7 @@
 #include <cerrno>
 #include <csignal>
 #include <elastic/errors/child_failed_error.hpp>
+#include <elastic/launcher/agent_store.hpp>
 #include <elastic/launcher/config.hpp>
 #include <elastic/launcher/membership.hpp>
 #include <elastic/launcher/signals.hpp>
@@ -165,9 +166,11 @@ inline AttemptEnd watch_workers(const LaunchConfig& config, multiprocessing::PCo
 inline std::map<int, int> run_attempts(const LaunchConfig& config, const detail::Job& job, Membership& membership,
                                        SignalReader& signals) {
   bool logged_dir = false;
+  std::unique_ptr<AgentStore> agent_store;
   for (int restart_count = 0;;) {
     std::optional<NodeAssignment> node = membership.join(restart_count, signals);
     if (!node) continue;
+    detail::serve_agent_store(config, *node, agent_store);
     auto context = detail::start_workers(config, job, *node, restart_count, signals.fd());
     const WorkerGroupInfo group{restart_count,     node->round,      node->group_rank, node->group_world_size,
                                 node->rank_offset, node->world_size, context->pids()};

@@ -41,9 +41,19 @@ inline bool is_dynamic_backend(const std::string& backend) {
 
 namespace detail {
 
+// This node in the rendezvous, and MASTER_ADDR where it hosts group rank 0:
+// --local-addr, else its FQDN.
+inline std::string node_address(const LaunchConfig& config) {
+  return config.local_addr.empty() ? elastic::fqdn() : config.local_addr;
+}
+
 inline rendezvous::RendezvousSettings rendezvous_settings(const LaunchConfig& config) {
   try {
-    return rendezvous::parse_settings(config.run_id, config.min_nodes, config.max_nodes, config.rdzv_configs);
+    // `timeout` belongs to PyTorch's static and legacy etcd backends: c10d and etcd-v2
+    // ignore it, whatever its value, as they ignore every key they do not read.
+    auto configs = config.rdzv_configs;
+    if (config.rdzv_backend != "etcd") configs.erase("timeout");
+    return rendezvous::parse_settings(config.run_id, config.min_nodes, config.max_nodes, configs);
   } catch (const rendezvous::RendezvousConfigError& e) {
     throw UsageError(e.what());
   }
@@ -112,7 +122,8 @@ auto interruptible(rendezvous::DynamicRendezvous& rdzv, SignalReader& signals, S
 // Shares this node's worker count (and, from group rank 0, MASTER_ADDR/PORT) in the
 // round's keys and reads the others'. Empty when the round fell apart meanwhile.
 inline std::optional<NodeAssignment> plan_round(rendezvous::DynamicRendezvous& rdzv,
-                                                const rendezvous::RendezvousInfo& info, int nproc) {
+                                                const rendezvous::RendezvousInfo& info, int nproc,
+                                                const std::string& address) {
   using namespace std::chrono;
   auto& store = rdzv.store();
   NodeAssignment plan;
@@ -124,8 +135,7 @@ inline std::optional<NodeAssignment> plan_round(rendezvous::DynamicRendezvous& r
   if (info.group_rank == 0) plan.master_port_hold = PortReservation::any();
   rdzv.guarded([&] {
     store.set(rdzv.round_key(info.round, "nproc/" + std::to_string(info.group_rank)), std::to_string(nproc));
-    if (info.group_rank == 0)
-      store.set(master_key, elastic::fqdn() + "\n" + std::to_string(plan.master_port_hold.port()));
+    if (info.group_rank == 0) store.set(master_key, address + "\n" + std::to_string(plan.master_port_hold.port()));
   });
   std::vector<std::string> keys{master_key};
   for (int r = 0; r < info.group_world_size(); ++r)
@@ -227,14 +237,14 @@ class DynamicMembership final : public Membership {
         settings_(detail::rendezvous_settings(config)),
         backend_(rendezvous::open_backend(config.rdzv_backend, config.rdzv_endpoint, settings_,
                                           [](const std::string& line) { log::info("{}", line); })),
-        node_{elastic::fqdn(), static_cast<long>(::getpid()), next_handler()},
+        node_{detail::node_address(config), static_cast<long>(::getpid()), next_handler()},
         rdzv_(backend_.store, settings_, node_),
         keep_alive_(rdzv_, std::chrono::duration_cast<std::chrono::milliseconds>(settings_.keep_alive_interval)) {}
 
   std::optional<NodeAssignment> join(int restart_count, SignalReader& signals) override {
     auto info = detail::interruptible(rdzv_, signals, [&] { return rdzv_.next_rendezvous(); });
-    auto plan =
-        detail::interruptible(rdzv_, signals, [&] { return detail::plan_round(rdzv_, info, config_.nproc_per_node); });
+    auto plan = detail::interruptible(
+        rdzv_, signals, [&] { return detail::plan_round(rdzv_, info, config_.nproc_per_node, node_.host); });
     if (!plan) {
       log::warning("[{}] round {} changed before it started; rejoining", config_.role, info.round);
       return std::nullopt;

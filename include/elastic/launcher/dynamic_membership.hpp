@@ -5,7 +5,9 @@
 //   - nodes in the wait list: an uncounted restart at the larger size;
 //   - a participant lost (its launcher's session ended): the survivors restart at
 //     once at the smaller size (uncounted), as long as MIN nodes remain;
-//   - this node's session lost (the store is gone): RendezvousConnectionError.
+//   - this node's session lost (the store is gone): RendezvousConnectionError;
+//   - a worker of another node failed (the round's failure keys, job_failures.hpp):
+//     this node's workers are stopped at once.
 // The job's end (success or failure, not a signal) passes the exit barrier
 // (skipping nodes known dead) and closes the rendezvous.
 #pragma once
@@ -248,6 +250,7 @@ class DynamicMembership final : public Membership {
         "group_rank={} group_world_size={} ranks={}..{} world_size={}",
         config_.role, restart_count, plan->master_addr, plan->master_port, info.group_rank, info.group_world_size(),
         plan->rank_offset, plan->rank_offset + config_.nproc_per_node - 1, plan->world_size);
+    board_.emplace(rdzv_.store(), rdzv_.round_key(info.round, "failures/"));
     round_ = std::move(info);
     return plan;
   }
@@ -262,6 +265,27 @@ class DynamicMembership final : public Membership {
     auto health = rdzv_.check_round(*round_);
     if (health == rendezvous::RoundHealth::healthy || health == rendezvous::RoundHealth::closed) return std::nullopt;
     return rendezvous::to_string(health);
+  }
+
+  void publish_failure(const FailureReport& report) override {
+    if (!board_) return;
+    FailureReport mine = report;
+    mine.node = node_.to_string();
+    try {
+      board_->publish(std::move(mine));
+    } catch (const rendezvous::StoreError& e) {
+      log::warning("[{}] cannot tell the other nodes of the failure: {}", config_.role, e.what());
+    }
+  }
+
+  std::vector<FailureReport> job_failures() override {
+    if (!board_) return {};
+    try {
+      return board_->others();
+    } catch (const rendezvous::StoreError& e) {
+      log::debug("[{}] reading the job's failures: {}", config_.role, e.what());
+      return {};
+    }
   }
 
   void finish() override {
@@ -305,6 +329,7 @@ class DynamicMembership final : public Membership {
   rendezvous::DynamicRendezvous rdzv_;
   detail::KeepAlive keep_alive_;
   std::optional<rendezvous::RendezvousInfo> round_;  // the round this node's workers run in
+  std::optional<FailureBoard> board_;                // the round's failure keys
 };
 
 }  // namespace elastic::launcher

@@ -80,8 +80,8 @@ class ChildFailedError : public std::runtime_error {
   const std::string& name() const noexcept { return name_; }
   const Failures& failures() const noexcept { return failures_; }
 
-  // The root cause: the smallest timestamp, then the earliest time_ns, then the
-  // lowest rank; a collateral failure only when every failure is one.
+  // The root cause: the smallest timestamp, the lowest rank on a tie (torchrun's
+  // rule); a collateral failure only when every failure is one.
   std::pair<int, const ProcessFailure&> get_first_failure() const { return first_failure(failures_); }
 
   std::string format_msg(char boarder = '=', char section = '-') const {
@@ -97,8 +97,7 @@ class ChildFailedError : public std::runtime_error {
   static std::pair<int, const ProcessFailure&> first_failure(const Failures& failures) {
     auto earlier = [](const ProcessFailure& a, const ProcessFailure& b) {
       if (a.collateral.empty() != b.collateral.empty()) return a.collateral.empty();
-      if (a.timestamp != b.timestamp) return a.timestamp < b.timestamp;
-      return a.time_ns < b.time_ns;
+      return a.timestamp < b.timestamp;
     };
     auto root = failures.begin();
     for (auto it = failures.begin(); it != failures.end(); ++it)

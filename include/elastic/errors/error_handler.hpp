@@ -112,15 +112,18 @@ class ErrorHandler {
   }
 
   // Writes `data` (an error file's contents, e.g. a failure another node of the job
-  // reported) as this process's error file. Problems are logged, never thrown.
-  virtual void dump_error_data(const nlohmann::json& data) {
+  // reported) as this process's error file; error_code as in dump_error_file().
+  // Problems are logged, never thrown.
+  virtual void dump_error_data(const nlohmann::json& data, int error_code = 0) {
     auto destination = error_file_path();
     if (!destination) return;
-    nlohmann::ordered_json ordered = nlohmann::ordered_json::parse(data.dump(), nullptr, /*allow_exceptions=*/false);
+    nlohmann::ordered_json ordered = nlohmann::ordered_json::parse(
+        data.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), nullptr, /*allow_exceptions=*/false);
     if (!ordered.is_object() || !ordered.contains("message")) {
       log::warning("the root cause's error data has no field `message`; not written to {}", *destination);
       return;
     }
+    if (error_code != 0 && ordered["message"].is_object()) ordered["message"]["errorCode"] = error_code;
     errors::detail::ExceptionRecordScope scope;
     if (!scope.may_write()) return;
     warn_if_overwriting(*destination);

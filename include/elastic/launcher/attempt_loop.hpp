@@ -224,7 +224,6 @@ inline std::map<int, int> run_attempts(const LaunchConfig& config, const detail:
     if (late_signal != 0 && result.is_failed())
       log::warning("Received {} death signal while stopping workers after a failure; not restarting", late_signal);
     const bool several_nodes = node->group_world_size > 1;
-    const bool stopped_for_remote = !end.remote.empty();
     std::vector<FailureReport> remote = std::move(end.remote);
     auto may_restart = [&] {
       return restart_count < config.max_restarts && late_signal == 0 &&
@@ -259,16 +258,16 @@ inline std::map<int, int> run_attempts(const LaunchConfig& config, const detail:
     ChildFailedError::Failures failures;
     for (auto& [local_rank, failure] : result.failures)
       failures.emplace(node->rank_offset + local_rank, std::move(failure));
+    failures = merge_job_failures(std::move(failures), remote, several_nodes);
     if (several_nodes) {
       // In a job of several nodes, the workers this launcher stopped are shown too:
-      // collateral of the failure that made it stop them.
-      std::string cause;
-      if (stopped_for_remote) {
-        const FailureReport& first = earliest_report(remote);
-        cause = "rank " + std::to_string(first.global_rank) + " failed on " + first.failure.host;
-      } else {
-        cause = "rank " + std::to_string(node->rank_offset + earliest_failure(result.failures).first) + " failed";
-      }
+      // collateral of the job's first failure.
+      const auto root = std::min_element(failures.begin(), failures.end(), [](const auto& a, const auto& b) {
+        if (a.second.collateral.empty() != b.second.collateral.empty()) return a.second.collateral.empty();
+        return earlier_failure(a.second, b.second);
+      });
+      const std::string cause = "rank " + std::to_string(root->first) + " failed on " +
+                                (root->second.host.empty() ? elastic::errors::detail::fqdn() : root->second.host);
       for (const auto& [local_rank, pid] : group.pids) {
         if (result.failures.count(local_rank) > 0) continue;
         ProcessFailure stopped(local_rank, static_cast<int>(pid), -SIGTERM, std::string(not_available));
@@ -276,7 +275,7 @@ inline std::map<int, int> run_attempts(const LaunchConfig& config, const detail:
         failures.emplace(node->rank_offset + local_rank, std::move(stopped));
       }
     }
-    throw ChildFailedError(job.name, merge_job_failures(std::move(failures), remote, several_nodes));
+    throw ChildFailedError(job.name, std::move(failures));
   }
 }
 

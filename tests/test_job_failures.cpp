@@ -120,6 +120,7 @@ TEST_CASE("job failures: a failure on one node stops every node, each naming it 
     REQUIRE(file_exists(dir.file(file)));
     auto data = nlohmann::json::parse(read_file(dir.file(file)));
     CHECK(data["message"]["message"] == "std::runtime_error: launch_worker rank 3 failed on purpose");
+    CHECK(data["message"]["errorCode"] == 1);  // its exit code, as torchrun's copy sets it
     CHECK_THAT(data["message"]["extraInfo"]["py_callstack"].get<std::string>(), Catch::Contains("work()"));
   }
 }

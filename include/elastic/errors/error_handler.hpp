@@ -121,6 +121,28 @@ class ErrorHandler {
     }
   }
 
+  // Writes `data` (an error file's contents, e.g. a failure another node of the job
+  // reported) as this process's error file; error_code as in dump_error_file().
+  // Problems are logged, never thrown.
+  virtual void dump_error_data(const nlohmann::json& data, int error_code = 0) {
+    auto destination = error_file_path();
+    if (!destination) return;
+    nlohmann::ordered_json ordered = nlohmann::ordered_json::parse(
+        data.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), nullptr, /*allow_exceptions=*/false);
+    if (!ordered.is_object() || !ordered.contains("message")) {
+      log::warning("the root cause's error data has no field `message`; not written to {}", *destination);
+      return;
+    }
+    if (error_code != 0 && ordered["message"].is_object()) ordered["message"]["errorCode"] = error_code;
+    errors::detail::ExceptionRecordScope scope;
+    if (!scope.may_write()) return;
+    warn_if_overwriting(*destination);
+    if (write_error_file(*destination, errors::detail::python_json_dumps(ordered))) {
+      scope.written();
+      log::info("dumped the root cause's error data to parent's {}", *destination);
+    }
+  }
+
   // Lets a handler add context (e.g. a device fault) to the rendered root cause of
   // a failure by signal when a summary is formatted. The base returns it unchanged.
   virtual std::string maybe_enrich_signal_failure_message(std::string message, const std::string& error_file) {
@@ -148,7 +170,9 @@ class ErrorHandler {
     if (!entrypoint_fn_name_.empty()) log::debug("recording the exception raised by {}", entrypoint_fn_name_);
     nlohmann::ordered_json extra;
     extra["py_callstack"] = format_callstack(levels);
-    extra["timestamp"] = std::to_string(errors::detail::now_seconds());
+    const std::int64_t now_ns = errors::detail::now_nanoseconds();
+    extra["timestamp"] = std::to_string(now_ns / 1000000000);
+    extra[errors::detail::time_ns_key] = std::to_string(now_ns);
     nlohmann::ordered_json data;
     data["message"]["message"] = headline;
     data["message"]["extraInfo"] = std::move(extra);

@@ -60,7 +60,12 @@ std::invoke_result_t<F&, Args...> invoke_recorded(F& fn, ErrorHandler& handler, 
     }
   } catch (const ChildFailedError& error) {
     auto [rank, failure] = error.get_first_failure();
-    if (failure.error_file != not_available) {
+    if (!failure.host.empty() && failure.error_file != not_available) {
+      // Reported by another node: its file is there, its contents came with the report.
+      const nlohmann::json data = failure.error_file_data;
+      const int child_exitcode = failure.exitcode;
+      guarded("dump_error_data", [&] { handler.dump_error_data(data, child_exitcode); });
+    } else if (failure.error_file != not_available) {
       // Copied out of the structured binding: lambdas may capture those only from C++20.
       const std::string child_file = failure.error_file;
       const int child_exitcode = failure.exitcode;

@@ -5,7 +5,9 @@
 //   - nodes in the wait list: an uncounted restart at the larger size;
 //   - a participant lost (its launcher's session ended): the survivors restart at
 //     once at the smaller size (uncounted), as long as MIN nodes remain;
-//   - this node's session lost (the store is gone): RendezvousConnectionError.
+//   - this node's session lost (the store is gone): RendezvousConnectionError;
+//   - a worker of another node failed (the round's failure keys, job_failures.hpp):
+//     this node's workers are stopped at once.
 // The job's end (success or failure, not a signal) passes the exit barrier
 // (skipping nodes known dead) and closes the rendezvous.
 #pragma once
@@ -254,6 +256,8 @@ class DynamicMembership final : public Membership {
         "group_rank={} group_world_size={} ranks={}..{} world_size={}",
         config_.role, restart_count, plan->master_addr, plan->master_port, info.group_rank, info.group_world_size(),
         plan->rank_offset, plan->rank_offset + config_.nproc_per_node - 1, plan->world_size);
+    board_.emplace(rdzv_.store(), rdzv_.round_key(info.round, "failures/"));
+    failed_ = false;
     round_ = std::move(info);
     return plan;
   }
@@ -270,10 +274,36 @@ class DynamicMembership final : public Membership {
     return rendezvous::to_string(health);
   }
 
+  void publish_failure(const FailureReport& report) override {
+    if (!board_) return;
+    failed_ = true;
+    FailureReport mine = report;
+    mine.node = node_.to_string();
+    try {
+      board_->publish(std::move(mine));
+    } catch (const rendezvous::StoreError& e) {
+      log::warning("[{}] cannot tell the other nodes of the failure: {}", config_.role, e.what());
+    }
+  }
+
+  std::vector<FailureReport> job_failures() override {
+    if (!board_) return {};
+    try {
+      auto reports = board_->others();
+      if (!reports.empty()) failed_ = true;
+      return reports;
+    } catch (const rendezvous::StoreError& e) {
+      log::debug("[{}] reading the job's failures: {}", config_.role, e.what());
+      return {};
+    }
+  }
+
   void finish() override {
     if (!round_) return;
     log::debug("[{}] exit barrier of round {}", config_.role, round_->round);
-    detail::exit_barrier(rdzv_, *round_, std::chrono::seconds(300));
+    // After a failure every node learns of it within a poll interval (at most 1 s)
+    // and ends: a node that does not by then is not waited for long.
+    detail::exit_barrier(rdzv_, *round_, failed_ ? failure_wait : std::chrono::seconds(300));
     log::debug("[{}] exit barrier passed; closing the rendezvous", config_.role);
     try {
       rdzv_.close();
@@ -296,7 +326,10 @@ class DynamicMembership final : public Membership {
     std::vector<rendezvous::NodeDesc> others;
     for (const auto& n : round_->nodes)
       if (!(n == node_)) others.push_back(n);
-    const auto deadline = std::chrono::steady_clock::now() + settings_.close_timeout;
+    const auto deadline =
+        std::chrono::steady_clock::now() +
+        (failed_ ? std::min<std::chrono::steady_clock::duration>(settings_.close_timeout, failure_wait)
+                 : std::chrono::steady_clock::duration(settings_.close_timeout));
     try {
       while (rdzv_.alive_nodes(others).size() > 1 && std::chrono::steady_clock::now() < deadline)
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -311,6 +344,9 @@ class DynamicMembership final : public Membership {
   rendezvous::DynamicRendezvous rdzv_;
   detail::KeepAlive keep_alive_;
   std::optional<rendezvous::RendezvousInfo> round_;  // the round this node's workers run in
+  std::optional<FailureBoard> board_;                // the round's failure keys
+  bool failed_ = false;                              // a worker of the job failed for good
+  static constexpr std::chrono::seconds failure_wait{3};
 };
 
 }  // namespace elastic::launcher

@@ -204,6 +204,7 @@ elastic::launcher::LaunchConfig make_config(Args& a) {
   config.nproc_per_node = launcher::determine_local_world_size(a.nproc_per_node);
   config.rdzv_backend = a.rdzv_backend;
   config.rdzv_endpoint = a.rdzv_endpoint;
+  config.local_addr = a.local_addr;
   config.run_id = a.rdzv_id;
   config.rdzv_configs = launcher::parse_rendezvous_config(a.rdzv_conf);
   if (a.master_port_given && (a.master_port < 1 || a.master_port > 65535))
@@ -331,7 +332,8 @@ inline Invocation parse_command_line(int argc, char** argv) {
   option(app, "node-rank", a.node_rank, "Rank of this node in a static multi-node job");
   option(app, "master-addr", a.master_addr, "Address of the master node (MASTER_ADDR)");
   option(app, "master-port", a.master_port, "Port on the master node (MASTER_PORT)");
-  option(app, "local-addr", a.local_addr, "Address of this node (accepted for compatibility)");
+  option(app, "local-addr", a.local_addr,
+         "Address of this node: MASTER_ADDR when it hosts rank 0 of a c10d or etcd round");
   option(app, "log-line-prefix-template", a.log_line_prefix_template,
          "Prefix of teed lines, with ${rank}, ${local_rank}, ${role_name}")
       ->envname("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE");

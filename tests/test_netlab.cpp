@@ -216,7 +216,7 @@ TEST_CASE("c10d: a host cut off mid-job: the others run a round without it and i
   LAB_REQUIRE(wait_until(in_new_round, std::chrono::seconds(30)));
   const double new_round_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - cut_at).count();
   // The cut host's workers are stopped once its own session has lapsed, before
-  // its store requests give up (read_timeout).
+  // its store requests give up (read_timeout); its attempt to join again fails then.
   LAB_REQUIRE(wait_until([&] { return hosts[2]->children().empty(); }, std::chrono::seconds(30)));
   const double stopped_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - cut_at).count();
   WARN("survivors' new round " << new_round_s << " s after the cut; the cut host's workers stopped after " << stopped_s
@@ -224,6 +224,7 @@ TEST_CASE("c10d: a host cut off mid-job: the others run a round without it and i
   const int cut_code = hosts[2]->wait(std::chrono::seconds(30));
   INFO(dump());
   CHECK(cut_code == 1);
+  CHECK_THAT(hosts[2]->err(), Catch::Contains("RendezvousConnectionError"));
   CHECK_THAT(hosts[2]->err(),
              Catch::Contains("has not been reached for") && Catch::Contains("c10d " + NetLab::name(1) + ":29400"));
   for (pid_t worker : cut_workers) CHECK_FALSE(alive(worker));
@@ -231,4 +232,37 @@ TEST_CASE("c10d: a host cut off mid-job: the others run a round without it and i
 #undef LAB_REQUIRE
   for (auto& [where, env] : worker_envs(out.path()))
     if (where.rfind("h3/", 0) != 0) CHECK(env["WORLD_SIZE"] == "2");
+}
+
+TEST_CASE("c10d: a torch gloo job across three hosts all_reduces to the right sum", "[pytorch]") {
+  LAB_OR_SKIP();
+  NetLab lab(3);
+  TempDir out, logs;
+  const std::string job_worker = std::string(ELASTIC_TEST_PYTHON_DIR) + "/jobs/job_worker.py";
+  const std::map<std::string, std::string> env{{"PYTHON_EXEC", system_python()}, {"OMP_NUM_THREADS", "1"}};
+  std::vector<std::unique_ptr<HostLaunch>> hosts;
+  for (int h = 1; h <= 3; ++h)
+    hosts.push_back(std::make_unique<HostLaunch>(
+        lab, h,
+        c10d_args("3", 1, "join_timeout=60,last_call_timeout=1") +
+            std::vector<std::string>{job_worker, "--timeout=60", "--out-dir", out.path().string()},
+        logs.file(NetLab::name(h)), env));
+  for (int h = 1; h <= 3; ++h) {
+    INFO(NetLab::name(h) << ":\n" << hosts[h - 1]->err());
+    REQUIRE(hosts[h - 1]->wait(std::chrono::seconds(100)) == 0);
+  }
+  REQUIRE(files_in(out.path()) == std::set<std::string>{"0", "1", "2"});
+  std::set<std::string> masters;
+  for (int rank = 0; rank < 3; ++rank) {
+    const std::string text = read_file(out.file(std::to_string(rank)));
+    INFO(text);
+    // Every element of the all_reduce of one-hot vectors is 1: each host's rank took part.
+    CHECK_THAT(text, Catch::Contains("\"all_reduce\": [1, 1, 1]"));
+    CHECK_THAT(text, Catch::Contains("\"WORLD_SIZE\": \"3\""));
+    const auto at = text.find("\"MASTER_ADDR\": \"");
+    REQUIRE(at != std::string::npos);
+    masters.insert(text.substr(at + 16, text.find('"', at + 16) - at - 16));
+  }
+  REQUIRE(masters.size() == 1);
+  CHECK(std::set<std::string>{"h1", "h2", "h3"}.count(*masters.begin()) == 1);
 }

@@ -391,20 +391,22 @@ class DynamicMembership final : public Membership {
     return std::chrono::milliseconds(std::clamp(static_cast<long>(config_.monitor_interval * 1000), 100L, 1000L));
   }
 
-  // Never waits on the store for longer than poll_interval(): a node whose session
+  // Never waits on the store for longer than poll_interval(). A node whose session
   // has lapsed (no renewal got through within session_ttl, so the others count it
-  // dead and may already run a round without it) stops its workers at once.
+  // dead and may already run a round without it) stops its workers at once and
+  // joins again: a node cut off then fails to join, one that was only stopped
+  // (SIGSTOP) rejoins.
   std::optional<std::string> round_changed() override {
     if (auto error = keep_alive_.error()) throw rendezvous::RendezvousConnectionError(*error);
     using namespace std::chrono;
     const auto ttl = settings_.session_ttl();
     if (const auto quiet = keep_alive_.since_renewed(); quiet > ttl) {
-      char text[160];
+      char text[200];
       std::snprintf(text, sizeof(text),
-                    " has not been reached for %.1f s: no keep-alive got through, and the other nodes count this "
-                    "one dead after %.1f s (keep_alive_interval x keep_alive_max_attempt)",
+                    ") has not been reached for %.1f s: no keep-alive got through, and the other nodes count this "
+                    "node dead after %.1f s (keep_alive_interval x keep_alive_max_attempt)",
                     duration<double>(quiet).count(), duration<double>(ttl).count());
-      throw rendezvous::RendezvousConnectionError("the rendezvous store (" + endpoint_text() + ")" + text);
+      return "this node's session lapsed: the rendezvous store (" + endpoint_text() + text;
     }
     auto health = round_check_.check(*round_, poll_interval());
     if (!health || *health == rendezvous::RoundHealth::healthy || *health == rendezvous::RoundHealth::closed)

@@ -3,6 +3,7 @@ table (markdown) to stdout and to bench/results.md. Called by bench/run.sh,
 which installs what is missing and builds in Release first.
 
 usage: run.py --build-dir DIR [--quick] [--only launch,failure,tee,record,throw,crash,read,memory] [--out FILE]
+              [--tee-also NAME=PATH]... [--tee-lines N] [--tee-runs N] [--tee-console pipe|file]
 
 Each ratio is taken within this run: the commands of a figure are measured in
 alternating rounds (hyperfine for short whole-process timings, proc_stats or
@@ -262,16 +263,17 @@ class Bench:
         log("tee: one worker writes 10M lines of 100 bytes, -t 3, prefix template")
         if not self.have_launcher():
             return self.missing("tee", f"{self.launcher} not built")
-        lines = self.reps(10_000_000, 2_000_000)
+        lines = self.args.tee_lines or self.reps(10_000_000, 2_000_000)
         width = 100
         payload = lines * width
         # The log files (1 GB a run) go to tmpfs by default, so that the figure is
         # the launcher's and not the disk's; TEE_LOG_ROOT overrides it. A short
         # disk-backed run is reported beside it.
         main_root = os.environ.get("TEE_LOG_ROOT", self.tmp)
-        results = self.measure_tee(main_root, lines, width, self.reps(5, 2), self.reps(3, 1), with_torchrun=True)
+        results = self.measure_tee(main_root, lines, width, self.args.tee_runs or self.reps(5, 2), self.reps(3, 1),
+                                   with_torchrun=True)
         disk = None
-        if main_root != self.disk_tmp:
+        if main_root != self.disk_tmp and not self.args.tee_also:
             disk = self.measure_tee(self.disk_tmp, lines, width, self.reps(2, 1), 0, with_torchrun=False)
 
         def describe(stats):
@@ -293,18 +295,29 @@ class Bench:
         for name, stats in (disk or {}).items():
             self.table.details.append(f"tee {name}, logs on disk ({self.disk_tmp}): {describe(stats)[3]}")
         wall, cpu, ok, _ = summary_of["ours"]
+        size = "1 GB" if payload == 1_000_000_000 else f"{payload / 1e6:.0f} MB"
+        label = f"tee {size}, -t 3" + (", console a file" if self.args.tee_console == "file" else "")
         mbps = payload / wall / 1e6
         ours_text = f"{mbps:.0f} MB/s, {lines / wall / 1e6:.2f} M lines/s, launcher CPU {cpu:.2f} s"
         if not ok:
             ours_text += " (LINES LOST OR BROKEN)"
         fwall = summary_of["floor"][0]
-        self.table.add("tee 1 GB, -t 3, vs floor", ours_text, f"tee_floor {payload / fwall / 1e6:.0f} MB/s",
+        self.table.add(f"{label}, vs floor", ours_text, f"tee_floor {payload / fwall / 1e6:.0f} MB/s",
                        f"{wall / fwall:.2f}x the floor's time", "≥ 500 MB/s", ok and mbps >= 500)
         if "torchrun" in summary_of:
             rwall, rcpu, rok, _ = summary_of["torchrun"]
             ref_text = f"torchrun {payload / rwall / 1e6:.0f} MB/s, {lines / rwall / 1e6:.2f} M lines/s, CPU {rcpu:.2f} s"
-            self.table.add("tee 1 GB, -t 3, vs torchrun", f"{mbps:.0f} MB/s", ref_text, f"{rwall / wall:.1f}x faster",
+            self.table.add(f"{label}, vs torchrun", f"{mbps:.0f} MB/s", ref_text, f"{rwall / wall:.1f}x faster",
                            "≥ 5x", ok and rok and rwall / wall >= 5)
+        for name, _ in self.tee_also():
+            owall, ocpu, ook, _ = summary_of[name]
+            self.table.add(f"{label}, vs elastic-run {name}", ours_text,
+                           f"{name} {payload / owall / 1e6:.0f} MB/s, launcher CPU {ocpu:.2f} s, "
+                           f"{owall / fwall:.2f}x the floor's time", f"{owall / wall:.2f}x faster", "—", None)
+
+    def tee_also(self):
+        """Other elastic-run builds (--tee-also NAME=PATH) timed in the same rounds as ours."""
+        return [tuple(item.split("=", 1)) for item in self.args.tee_also]
 
     def measure_tee(self, log_root, lines, width, runs, torchrun_runs, with_torchrun):
         """Runs ours, the floor and (maybe) torchrun in alternating rounds, each
@@ -312,9 +325,11 @@ class Bench:
         prefix = "[default0]:"
         log_dir = os.path.join(log_root, f"elastic-bench-tee-{os.getpid()}")
         writer = [self.tool("line_writer"), str(lines), str(width)]
+        flags = ["-t", "3", "--log-dir", log_dir, "--log-line-prefix-template", "[${role_name}${local_rank}]:"]
         commands = {
-            "ours": (self.elastic_run(1, "-t", "3", "--log-dir", log_dir, "--log-line-prefix-template",
-                                      "[${role_name}${local_rank}]:", *writer), runs),
+            "ours": (self.elastic_run(1, *flags, *writer), runs),
+            **{name: ([path, "--nproc-per-node", "1", "--no-python", *flags, *writer], runs)
+               for name, path in self.tee_also()},
             # The floor: the same writer, through tee_floor (log file + prefixed lines).
             "floor": (["sh", "-c",
                        shlex.join(writer) + " | " + shlex.join([self.tool("tee_floor"), os.path.join(log_dir, "floor.log"), prefix])],
@@ -324,14 +339,23 @@ class Bench:
             commands["torchrun"] = (self.torchrun_cmd(1, "-t", "3", "--log_dir", log_dir, *writer), torchrun_runs)
         results = {name: [] for name in commands}
         for round_index in range(max(count for _, count in commands.values())):
-            for name, (command, count) in commands.items():
+            # The order flips every round, so neither side always goes first.
+            names = list(commands) if round_index % 2 == 0 else list(reversed(commands))
+            for name in names:
+                command, count = commands[name]
                 if round_index >= count:
                     continue
                 shutil.rmtree(log_dir, ignore_errors=True)
                 os.makedirs(log_dir)
                 stats_file = os.path.join(self.tmp, "stats.json")
-                pipeline = (shlex.join([self.tool("proc_stats"), stats_file] + command) + " 2>/dev/null | "
-                            + shlex.join([self.tool("line_check"), prefix, str(lines), str(width)]))
+                check_cmd = shlex.join([self.tool("line_check"), prefix, str(lines), str(width)])
+                run_cmd = shlex.join([self.tool("proc_stats"), stats_file] + command) + " 2>/dev/null"
+                if self.args.tee_console == "file":
+                    # The console is a file (written in place, no console thread), checked afterwards.
+                    console = os.path.join(log_root, f"elastic-bench-console-{os.getpid()}.txt")
+                    pipeline = f"{run_cmd} > {shlex.quote(console)}; {check_cmd} < {shlex.quote(console)}; rm -f {shlex.quote(console)}"
+                else:
+                    pipeline = f"{run_cmd} | {check_cmd}"
                 check = subprocess.run(pipeline, shell=True, capture_output=True, text=True)
                 with open(stats_file) as fp:
                     stats = json.load(fp)
@@ -485,6 +509,12 @@ def main():
     parser.add_argument("--quick", action="store_true", help="few repetitions, to try the suite out")
     parser.add_argument("--only", default="launch,failure,tee,record,throw,crash,read,memory")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results.md"))
+    parser.add_argument("--tee-also", action="append", default=[], metavar="NAME=PATH",
+                        help="another elastic-run (an older build) timed in the same tee rounds")
+    parser.add_argument("--tee-lines", type=int, default=0, help="lines of 100 bytes for the tee figure")
+    parser.add_argument("--tee-runs", type=int, default=0, help="runs of each side of the tee figure")
+    parser.add_argument("--tee-console", choices=["pipe", "file"], default="pipe",
+                        help="the launcher's stdout: a pipe into line_check (default) or a file checked afterwards")
     args = parser.parse_args()
 
     bench = Bench(args)

@@ -241,3 +241,29 @@ TEST_CASE("elastic: the round's MASTER_PORT is held on group rank 0's host while
   write_file(out.file("stop"), "");
   CHECK(a.wait(std::chrono::seconds(60)) == 0);
 }
+
+TEST_CASE("elastic: launchers sharing a job secret form a round, a launcher without it is refused") {
+  TempDir out, logs, secret;
+  write_file(secret.file("key"), "job secret\n");
+  const int port = free_port();
+  const std::string conf = "join_timeout=60,last_call_timeout=30,secret_file=" + secret.file("key");
+  // The workers stay a few seconds, so the store is up when the stranger comes.
+  auto args = elastic_args("2:2", port, "secret", conf, 1) +
+              std::vector<std::string>{"/bin/sh", "-c", "touch " + out.path().string() + "/$RANK; sleep 5"};
+  RunOptions info;
+  info.set_env["ELASTIC_LOG_LEVEL"] = "info";
+  Background a(args, logs.file("a.out"), logs.file("a.err"), info);
+  Background b(args, logs.file("b.out"), logs.file("b.err"), info);
+  REQUIRE(wait_until([&] { return files_in(out.path()).size() == 2; }, std::chrono::seconds(60)));
+  auto stranger = elastic_run(elastic_args("2:2", port, "secret", "join_timeout=5,read_timeout=5,is_host=0", 1) +
+                              std::vector<std::string>{"/bin/true"});
+  INFO(stranger.err);
+  CHECK(stranger.exitcode == 1);
+  CHECK_THAT(stranger.err, Catch::Contains("requires the job secret"));
+  const int code_a = a.wait(std::chrono::seconds(60)), code_b = b.wait(std::chrono::seconds(60));
+  INFO(a.err() << "\n---\n" << b.err());
+  CHECK(code_a == 0);
+  CHECK(code_b == 0);
+  CHECK(files_in(out.path()) == std::set<std::string>{"0", "1"});
+  CHECK_THAT(a.err() + b.err(), Catch::Contains("peers must prove the job secret"));
+}

@@ -9,10 +9,12 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support/elastic_scenarios.hpp"
 #include "support/etcd_server.hpp"
+#include "support/hostile_etcd_gateway.hpp"
 #include "support/jobs.hpp"
 #include "support/launcher.hpp"
 
@@ -223,4 +225,22 @@ TEST_CASE("etcd: a PyTorch gloo all_reduce across two launchers", "[pytorch]") {
     CHECK(seen["GROUP_RANK"] == std::to_string(rank / 2));
     CHECK(seen["all_reduce"].get<std::vector<int>>() == std::vector<int>{1, 1, 1, 1});
   }
+}
+
+TEST_CASE("etcd: SIGTERM is acted on at once while a gateway drips its answer") {
+  HostileEtcdGateway gateway("drip");
+  REQUIRE(gateway.port() != 0);
+  TempDir logs;
+  Background launcher({"--nnodes=1:2", "--rdzv-backend=etcd",
+                       "--rdzv-endpoint=127.0.0.1:" + std::to_string(gateway.port()), "--rdzv-id=drip", "/bin/true"},
+                      logs.file("out"), logs.file("err"));
+  std::this_thread::sleep_for(3s);  // blocked in its first request (read_timeout 60 s)
+  launcher.signal(SIGTERM);
+  const auto start = std::chrono::steady_clock::now();
+  const int code = launcher.wait(30s);
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+  INFO(launcher.err());
+  WARN("elastic-run exited " << took.count() << " ms after SIGTERM");
+  CHECK(code == 128 + SIGTERM);
+  CHECK(took < 10s);  // without cancelling the request: about 57 s
 }

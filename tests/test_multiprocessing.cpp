@@ -1,8 +1,13 @@
 // The multiprocessing API itself: Std parsing, logs specs, start_processes,
 // wait, close, tee lines.
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 #include <elastic/multiprocessing.hpp>
 #include <filesystem>
+#include <string>
+#include <thread>
 
 #include "support/launcher.hpp"
 
@@ -133,4 +138,83 @@ TEST_CASE("LinePrefixer writes whole prefixed lines and completes the last one")
   for (ssize_t n; (n = ::read(fds[0], buffer, sizeof(buffer))) > 0;) out.append(buffer, static_cast<std::size_t>(n));
   ::close(fds[0]);
   CHECK(out == "[p]:ab\n[p]:c\n[p]:d\n[p]:e\n");
+}
+
+TEST_CASE("LinePrefixer holds lines fed for a batch until commit, then hands them over at once") {
+  int fds[2];
+  REQUIRE(::pipe2(fds, O_NONBLOCK) == 0);
+  {
+    mp::LinePrefixer prefixer(fds[1], "[p]:");
+    prefixer.feed("a\nb", false);
+    prefixer.feed("\nc\n", false);
+    // Nothing handed over yet: the console has nothing queued, the pipe is empty.
+    CHECK(mp::Console::of(fds[1]).flush(std::chrono::seconds(60)));
+    char byte;
+    CHECK(::read(fds[0], &byte, 1) == -1);
+    CHECK(errno == EAGAIN);
+    prefixer.commit();
+    prefixer.flush();
+  }
+  CHECK(mp::Console::of(fds[1]).flush(std::chrono::seconds(60)));
+  std::string out(64, '\0');
+  const ssize_t n = ::read(fds[0], out.data(), out.size());
+  REQUIRE(n > 0);
+  out.resize(static_cast<std::size_t>(n));
+  CHECK(out == "[p]:a\n[p]:b\n[p]:c\n");
+  ::close(fds[0]);
+  ::close(fds[1]);
+}
+
+TEST_CASE("Console: chunks of two ranks handed over while a slow reader drains arrive whole, in order") {
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  std::string out;
+  // The reader takes small bites with pauses, so the console thread finds
+  // several chunks queued at a time (written together) and a full pipe.
+  std::thread reader([&] {
+    char buffer[1024];
+    for (ssize_t n; (n = ::read(fds[0], buffer, sizeof(buffer))) > 0;) {
+      out.append(buffer, static_cast<std::size_t>(n));
+      if (out.size() % 8 == 0) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  });
+  constexpr int lines = 20000;
+  {
+    mp::LinePrefixer rank0(fds[1], "[0]:"), rank1(fds[1], "[1]:");
+    std::string text0, text1;
+    for (int i = 0; i < lines; ++i) {
+      text0 += "zero " + std::to_string(i) + "\n";
+      text1 += "one " + std::to_string(i) + "\n";
+    }
+    // Pieces of odd sizes, so lines are split between feeds; a commit every few feeds.
+    for (std::size_t at = 0, piece = 0; at < text0.size(); at += 777, ++piece) {
+      rank0.feed(std::string_view(text0).substr(at, 777), false);
+      if (at < text1.size()) rank1.feed(std::string_view(text1).substr(at, 777), piece % 3 == 0);
+      if (piece % 5 == 0) rank0.commit();
+    }
+    rank0.flush();
+    rank1.flush();
+  }
+  CHECK(mp::Console::of(fds[1]).flush(std::chrono::seconds(60)));
+  ::close(fds[1]);
+  reader.join();
+  ::close(fds[0]);
+  // Every line is whole and of one rank; each rank's lines come in order, none lost.
+  int next0 = 0, next1 = 0;
+  std::size_t bad = 0;
+  for (std::size_t start = 0; start < out.size();) {
+    std::size_t end = out.find('\n', start);
+    REQUIRE(end != std::string::npos);
+    const std::string line = out.substr(start, end - start);
+    if (line == "[0]:zero " + std::to_string(next0))
+      ++next0;
+    else if (line == "[1]:one " + std::to_string(next1))
+      ++next1;
+    else
+      ++bad;
+    start = end + 1;
+  }
+  CHECK(bad == 0);
+  CHECK(next0 == lines);
+  CHECK(next1 == lines);
 }

@@ -3,11 +3,15 @@
 // in-memory store driven by a manual clock.
 #include <catch2/catch.hpp>
 #include <elastic/rendezvous/dynamic_rendezvous.hpp>
-#include <elastic/rendezvous/in_memory_store.hpp>
 #include <future>
 #include <thread>
 
+#include "support/in_memory_store.hpp"
+
 using namespace elastic::rendezvous;
+using elastic::testing::InMemorySession;
+using elastic::testing::InMemoryStore;
+using elastic::testing::ManualClock;
 using namespace std::chrono_literals;
 
 namespace {

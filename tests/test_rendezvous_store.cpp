@@ -1,10 +1,15 @@
 // The in-memory store: every operation, sessions and their ephemeral keys on a manual clock.
 #include <atomic>
 #include <catch2/catch.hpp>
-#include <elastic/rendezvous/in_memory_store.hpp>
+#include <elastic/rendezvous/key_value_table.hpp>
+#include <limits>
 #include <thread>
 
+#include "support/in_memory_store.hpp"
+
 using namespace elastic::rendezvous;
+using elastic::testing::InMemoryStore;
+using elastic::testing::ManualClock;
 using namespace std::chrono_literals;
 
 TEST_CASE("in-memory store: get, set, get_many, remove, add") {
@@ -80,4 +85,26 @@ TEST_CASE("in-memory store: ephemeral keys die with their session") {
   CHECK(*a->get("alive/b") == "2");
   a->disconnect();
   CHECK_FALSE(b->get("alive/a"));
+}
+
+TEST_CASE(
+    "key-value table: a write past max_bytes is refused and changes nothing; rewritten keys leave their session") {
+  KeyValueTable table(100);
+  table.set("a", std::string(50, 'x'));
+  CHECK_THROWS_WITH(table.set("b", std::string(60, 'y')), Catch::Contains("the rendezvous store is full"));
+  CHECK_FALSE(table.get("b"));
+  CHECK(table.bytes() == 51);
+  table.set("a", std::string(90, 'z'));  // replacing counts the new size only
+  CHECK(table.bytes() == 91);
+  CHECK_THROWS_AS(table.add("a", 1), StoreError);
+  table.set_ephemeral(7, "alive", "1");
+  table.set_ephemeral(7, "moved", "1");
+  table.set("moved", "2");  // written again by anyone: no longer the session's
+  CHECK(table.end_session(7));
+  CHECK_FALSE(table.get("alive"));
+  CHECK(*table.get("moved") == "2");
+  CHECK_FALSE(table.end_session(7));
+  CHECK(table.remove("a"));
+  CHECK(table.bytes() == 6);
+  CHECK(table.add("n", std::numeric_limits<std::int64_t>::max()) == std::numeric_limits<std::int64_t>::max());
 }

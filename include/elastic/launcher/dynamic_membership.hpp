@@ -340,18 +340,14 @@ inline void validate_dynamic(const LaunchConfig& config) {
   } catch (const rendezvous::RendezvousConfigError& e) {
     throw UsageError(e.what());
   }
-#if !ELASTIC_RENDEZVOUS_HAS_ETCD
-  if (config.rdzv_backend != "c10d")
+  if (config.rdzv_backend != "c10d" && !rendezvous::store_backend_available(config.rdzv_backend))
     throw NotSupportedError("rendezvous backend '" + config.rdzv_backend + "' (this build has no etcd store)");
-#else
-  if (config.rdzv_backend != "c10d") {
-    try {
-      rendezvous::validate_etcd_config(config.rdzv_configs);
-    } catch (const rendezvous::RendezvousConfigError& e) {
-      throw UsageError(e.what());
-    }
+  try {
+    rendezvous::validate_backend_config(config.rdzv_backend, config.rdzv_configs);
+    rendezvous::job_secret(config.rdzv_configs);
+  } catch (const rendezvous::RendezvousConfigError& e) {
+    throw UsageError(e.what());
   }
-#endif
 }
 
 class DynamicMembership final : public Membership {

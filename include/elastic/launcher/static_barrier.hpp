@@ -44,8 +44,8 @@ namespace elastic::launcher::detail {
 // timeout (the key of PyTorch's static rendezvous), else 600 s. Throws
 // RendezvousConfigError for a value that is not a positive integer.
 inline std::chrono::seconds static_join_timeout(const std::map<std::string, std::string>& rdzv_configs) {
-  const int legacy = rendezvous::detail::positive_integer(rdzv_configs, "timeout", 600);
-  return std::chrono::seconds(rendezvous::detail::positive_integer(rdzv_configs, "join_timeout", legacy));
+  const int legacy = rendezvous::positive_integer_setting(rdzv_configs, "timeout", 600);
+  return std::chrono::seconds(rendezvous::positive_integer_setting(rdzv_configs, "join_timeout", legacy));
 }
 
 struct StaticBarrierOptions {

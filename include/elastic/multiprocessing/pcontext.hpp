@@ -373,34 +373,54 @@ class PContext {
   // Copies what is readable now; `to_end` drains until EOF or nothing is left.
   // Not read while the console is full (the stream is paused), except when
   // draining an exited worker: what it left is at most a pipe's capacity.
+  // Up to `batch_reads` reads go to the log file in one write and to the
+  // console in one hand-off.
   void pump(Stream& stream, bool to_end) {
     if (!stream.pipe) return;
-    char buffer[65536];
+    constexpr std::size_t read_size = 65536, batch_reads = 4;
+    if (!read_buffer_) read_buffer_ = std::make_unique<char[]>(read_size * batch_reads);
+    char* const buffer = read_buffer_.get();
     // Bounded even when draining: a writer we could not stop must not hold us.
     int rounds = 4;
     if (to_end) {
       const int capacity = ::fcntl(stream.pipe.get(), F_GETPIPE_SZ);
-      rounds = capacity > 0 ? capacity / static_cast<int>(sizeof(buffer)) + 2 : 18;
+      rounds = capacity > 0 ? capacity / static_cast<int>(read_size) + 2 : 18;
     }
+    std::size_t have = 0;
     for (int round = 0; round < rounds; ++round) {
       if (!to_end && stream.console.enabled() && !stream.console.console()->has_room()) {
+        copy_out(stream, buffer, have);
         set_paused(stream, true);
         return;
       }
-      ssize_t got = ::read(stream.pipe.get(), buffer, sizeof(buffer));
+      if (have + read_size > read_size * batch_reads) {
+        copy_out(stream, buffer, have);
+        have = 0;
+      }
+      ssize_t got = ::read(stream.pipe.get(), buffer + have, read_size);
       if (got < 0 && errno == EINTR) continue;
       if (got <= 0) {
-        if (got == 0 || errno != EAGAIN) close_stream(stream);
+        const bool ended = got == 0 || errno != EAGAIN;  // read before copy_out can change errno
+        copy_out(stream, buffer, have);
+        if (ended) close_stream(stream);
         return;
       }
-      if (stream.file && !detail::write_all(stream.file.get(), buffer, static_cast<std::size_t>(got))) {
-        // Told once; the console copy goes on, complete.
-        log::error("cannot write log file {}: {}; the rest of this stream is not in the file", stream.file_path,
-                   std::strerror(errno));
-        stream.file.reset();
-      }
-      stream.console.feed(std::string_view(buffer, static_cast<std::size_t>(got)));
+      // Fed read by read: a line is cut at max_line the same way whatever the batch.
+      stream.console.feed(std::string_view(buffer + have, static_cast<std::size_t>(got)), false);
+      have += static_cast<std::size_t>(got);
     }
+    copy_out(stream, buffer, have);
+  }
+
+  // The bytes of one batch to the log file; the lines fed meanwhile to the console.
+  void copy_out(Stream& stream, const char* data, std::size_t size) {
+    if (size > 0 && stream.file && !detail::write_all(stream.file.get(), data, size)) {
+      // Told once; the console copy goes on, complete.
+      log::error("cannot write log file {}: {}; the rest of this stream is not in the file", stream.file_path,
+                 std::strerror(errno));
+      stream.file.reset();
+    }
+    stream.console.commit();
   }
 
   void close_stream(Stream& stream) {
@@ -570,6 +590,7 @@ class PContext {
   PContextOptions options_;
   LogsDest dest_;
   detail::Fd filtered_stdout_, filtered_stderr_;  // shared by the ranks' tees; outlive them
+  std::unique_ptr<char[]> read_buffer_;           // one batch of reads from a worker pipe, made on first use
   detail::Fd epoll_;
   JobCgroup cgroup_;
   Watchdog watchdog_;

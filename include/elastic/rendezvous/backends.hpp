@@ -8,12 +8,16 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <elastic/rendezvous/c10d_store.hpp>
 #include <elastic/rendezvous/errors.hpp>
 #include <elastic/rendezvous/settings.hpp>
 #include <elastic/rendezvous/store.hpp>
+#include <elastic/rendezvous/store_registry.hpp>
 #include <functional>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -21,18 +25,28 @@
 #include <utility>
 
 // The etcd store needs cpp-httplib, linked: the elastic::rendezvous_etcd target
-// (CMake option ELASTIC_WITH_ETCD) defines ELASTIC_WITH_ETCD=1.
+// (CMake option ELASTIC_WITH_ETCD) defines ELASTIC_WITH_ETCD=1, and the header then
+// registers the backend (store_registry.hpp). No inline body below depends on the
+// macro: whether etcd is there is asked at run time (store_backend_available()).
 #if defined(ELASTIC_WITH_ETCD) && ELASTIC_WITH_ETCD
 #include <elastic/rendezvous/etcd_store.hpp>
-#define ELASTIC_RENDEZVOUS_HAS_ETCD 1
-#else
-#define ELASTIC_RENDEZVOUS_HAS_ETCD 0
 #endif
 
 namespace elastic::rendezvous {
 
 inline bool is_dynamic_backend(const std::string& name) {
   return name == "c10d" || name == "etcd" || name == "etcd-v2";
+}
+
+// Whether this program can open the dynamic backend `name` (c10d always; etcd when
+// a translation unit of it includes etcd_store.hpp).
+inline bool store_backend_available(const std::string& name) {
+  return name == "c10d" || find_store_backend(name).has_value();
+}
+
+// Checks the backend's own --rdzv-conf keys (etcd: TLS files), opening nothing.
+inline void validate_backend_config(const std::string& name, const std::map<std::string, std::string>& config) {
+  if (auto backend = find_store_backend(name); backend && backend->validate) backend->validate(config);
 }
 
 // "host[:port]", "[v6]:port"; an empty endpoint is localhost.
@@ -114,14 +128,23 @@ inline RendezvousBackend open_backend(const std::string& name, const std::string
   options.session_ttl = settings.session_ttl();
   options.config = settings.config;
   if (name == "c10d") {
+    options.secret = job_secret(settings.config);
     std::tie(backend.host, backend.port) = parse_endpoint(endpoint, 29400);
     options.host = backend.host;
     options.port = backend.port;
     const bool host_it = settings.is_host.value_or(is_local_host(backend.host));
     if (host_it) {
       try {
-        backend.server = std::make_unique<C10dStoreServer>(backend.port, settings.read_timeout);
-        if (log) log("hosting the c10d rendezvous store on port " + std::to_string(backend.port));
+        C10dServerOptions server_options;
+        server_options.handshake_timeout =
+            std::min<std::chrono::milliseconds>(settings.read_timeout, std::chrono::seconds(10));
+        server_options.secret = options.secret;
+        if (log) server_options.log = log;
+        backend.server = std::make_unique<C10dStoreServer>(backend.port, std::move(server_options));
+        if (log)
+          log("hosting the c10d rendezvous store on port " + std::to_string(backend.port) +
+              (options.secret.empty() ? " (no job secret: any peer that reaches the port is served)"
+                                      : " (peers must prove the job secret)"));
       } catch (const std::system_error& e) {
         // Another agent on this host serves it already (or the port is someone else's:
         // then the handshake below says so).
@@ -139,16 +162,14 @@ inline RendezvousBackend open_backend(const std::string& name, const std::string
     std::tie(backend.host, backend.port) = parse_endpoint(endpoint, 2379);
     options.host = backend.host;
     options.port = backend.port;
-#if ELASTIC_RENDEZVOUS_HAS_ETCD
+    auto etcd = find_store_backend(name);
+    if (!etcd) throw RendezvousConfigError("rendezvous backend '" + name + "': this build has no etcd store");
     try {
-      backend.store = make_etcd_store(options);
+      backend.store = etcd->open(options);
     } catch (const StoreError& e) {
       throw RendezvousConnectionError(e.what());
     }
     return backend;
-#else
-    throw RendezvousConfigError("rendezvous backend '" + name + "': this build has no etcd store");
-#endif
   }
   throw RendezvousConfigError("unknown rendezvous backend '" + name + "' (static, c10d, etcd, etcd-v2)");
 }

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <elastic/rendezvous/errors.hpp>
 #include <elastic/rendezvous/settings.hpp>
 #include <elastic/rendezvous/state.hpp>
@@ -69,9 +70,7 @@ class DynamicRendezvous {
 
   DynamicRendezvous(
       std::shared_ptr<Store> store, RendezvousSettings settings, NodeDesc node, Now now = [] { return Clock::now(); })
-      : store_(std::move(store)), settings_(std::move(settings)), node_(std::move(node)), now_(std::move(now)) {
-    guarded([&] { store_->set_ephemeral(alive_key(node_), "1"); });
-  }
+      : store_(std::move(store)), settings_(std::move(settings)), node_(std::move(node)), now_(std::move(now)) {}
 
   const NodeDesc& node() const { return node_; }
   const RendezvousSettings& settings() const { return settings_; }
@@ -88,6 +87,9 @@ class DynamicRendezvous {
   // Leaves the round this node is in (if any) and joins the next complete one.
   RendezvousInfo next_rendezvous() {
     const auto deadline = now_() + settings_.join_timeout;
+    // Written here, not at construction: the first request to the store may block
+    // (an etcd that answers slowly), and this step is the one a launcher can cancel.
+    guarded([&] { store_->set_ephemeral(alive_key(node_), "1"); });
     update([&](RendezvousState& s) {
       bool changed = s.wait_list.erase(node_) > 0;
       if (s.participants.count(node_) > 0) {
@@ -167,20 +169,31 @@ class DynamicRendezvous {
   }
 
   // Makes a next_rendezvous() running on another thread give up (RendezvousError)
-  // within liveness_poll: the launcher was told to stop.
-  void cancel() { cancelled_ = true; }
+  // within liveness_poll: the launcher was told to stop. A store request blocked
+  // meanwhile (an etcd gateway answering slowly) is stopped too (Store::cancel()).
+  void cancel() {
+    cancelled_ = true;
+    store_->cancel();
+  }
   bool cancelled() const { return cancelled_; }
 
-  // Renews this node's session; rewrites its alive key when the session had lapsed.
+  // Renews this node's session and writes its alive key again: a key deleted by
+  // anyone (a lapsed session, a stray remove) is back within one keep-alive.
   void keep_alive() {
     guarded([&] {
-      if (!store_->keep_alive()) store_->set_ephemeral(alive_key(node_), "1");
+      store_->keep_alive();
+      store_->set_ephemeral(alive_key(node_), "1");
     });
   }
+
+  // Where the rendezvous reports what it ignores (a state it cannot read); default:
+  // standard error.
+  void set_log(std::function<void(const std::string&)> log) { log_ = std::move(log); }
 
   // Whether `round` still stands as it was formed.
   RoundHealth check_round(const RendezvousInfo& round) {
     const RendezvousState state = read().second;
+    if (unreadable_) return RoundHealth::healthy;  // ignored (logged); the round runs on
     if (state.closed) return RoundHealth::closed;
     if (state.round != round.round || !state.complete || state.participants.count(node_) == 0)
       return RoundHealth::left_behind;
@@ -232,8 +245,29 @@ class DynamicRendezvous {
   // The state key's stored text (absent: no state yet) and what it decodes to.
   using Snapshot = std::pair<std::optional<std::string>, RendezvousState>;
 
-  static Snapshot snapshot_of(std::optional<std::string> raw) {
-    RendezvousState state = raw ? RendezvousState::decode(*raw) : RendezvousState{};
+  // A state that does not decode (not written by a node of ours) is not fatal: it
+  // reads as an empty one past every round seen, so the next write replaces it.
+  Snapshot snapshot_of(std::optional<std::string> raw) {
+    RendezvousState state;
+    unreadable_ = false;
+    if (raw) {
+      try {
+        state = RendezvousState::decode(*raw);
+      } catch (const RendezvousStateError& e) {
+        unreadable_ = true;
+        state.round = highest_round_ + 1;
+        if (unreadable_logged_ != *raw) {
+          unreadable_logged_ = *raw;
+          const std::string line =
+              std::string("ignoring the rendezvous state stored at ") + state_key() + ": " + e.what();
+          if (log_)
+            log_(line);
+          else
+            std::fprintf(stderr, "%s\n", line.c_str());
+        }
+      }
+    }
+    highest_round_ = std::max(highest_round_, state.round);
     return {std::move(raw), std::move(state)};
   }
 
@@ -276,6 +310,10 @@ class DynamicRendezvous {
   Now now_;
   std::map<long, Clock::time_point> last_call_seen_;
   std::atomic<bool> cancelled_{false};
+  std::function<void(const std::string&)> log_;
+  bool unreadable_ = false;        // the last state read did not decode
+  std::string unreadable_logged_;  // the last such state, logged once
+  long highest_round_ = 0;
 };
 
 }  // namespace elastic::rendezvous

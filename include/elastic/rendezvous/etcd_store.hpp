@@ -23,7 +23,9 @@
 #include <elastic/rendezvous/detail/etcd_client.hpp>
 #include <elastic/rendezvous/detail/lease_sentinel.hpp>
 #include <elastic/rendezvous/errors.hpp>
+#include <elastic/rendezvous/key_value_table.hpp>
 #include <elastic/rendezvous/store.hpp>
+#include <elastic/rendezvous/store_registry.hpp>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -159,7 +161,7 @@ class EtcdStore : public Store {
       const std::string name = full(key);
       auto current = client_.get(name);
       for (;;) {
-        std::int64_t value = current ? parse_integer(key, current->value) : 0;
+        std::int64_t value = current ? parse_counter(key, current->value) : 0;
         auto result =
             client_.put_if_mod_revision(name, std::to_string(value + delta), current ? current->mod_revision : 0);
         if (result.succeeded) return value + delta;
@@ -238,6 +240,8 @@ class EtcdStore : public Store {
     });
   }
 
+  void cancel() override { client_.cancel(); }
+
   bool keep_alive() override {
     return guarded([&] {
       std::int64_t lease = lease_id();
@@ -289,18 +293,6 @@ class EtcdStore : public Store {
     return values;
   }
 
-  static std::int64_t parse_integer(const std::string& key, const std::string& text) {
-    std::size_t used = 0;
-    std::int64_t value = 0;
-    try {
-      value = std::stoll(text, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != text.size()) throw StoreError("add: the value of '" + key + "' is not an integer");
-    return value;
-  }
-
   // A watch that broke without an error (etcd restarting): read again shortly.
   static void pause_after_interruption() { std::this_thread::sleep_for(std::chrono::milliseconds(100)); }
 
@@ -340,5 +332,9 @@ class EtcdStore : public Store {
 inline std::unique_ptr<Store> make_etcd_store(const StoreOptions& options) {
   return std::make_unique<EtcdStore>(options);
 }
+
+// --rdzv-backend etcd and etcd-v2 (one implementation), for open_backend().
+inline const bool etcd_store_registered = register_store_backend("etcd", {make_etcd_store, validate_etcd_config}) &&
+                                          register_store_backend("etcd-v2", {make_etcd_store, validate_etcd_config});
 
 }  // namespace elastic::rendezvous

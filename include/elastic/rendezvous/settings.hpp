@@ -3,10 +3,15 @@
 // ValueError). Unknown keys are kept for the backend and otherwise ignored.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <cstdlib>
 #include <elastic/rendezvous/errors.hpp>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <string>
@@ -32,9 +37,10 @@ struct RendezvousSettings {
   std::chrono::milliseconds session_ttl() const { return keep_alive_interval * keep_alive_max_attempt; }
 };
 
-namespace detail {
-
-inline int positive_integer(const std::map<std::string, std::string>& config, const std::string& key, int fallback) {
+// A --rdzv-conf key holding a positive integer (absent: `fallback`); anything else
+// is a RendezvousConfigError naming the key.
+inline int positive_integer_setting(const std::map<std::string, std::string>& config, const std::string& key,
+                                    int fallback) {
   auto it = config.find(key);
   if (it == config.end()) return fallback;
   const std::string& text = it->second;
@@ -44,6 +50,8 @@ inline int positive_integer(const std::map<std::string, std::string>& config, co
     throw RendezvousConfigError("--rdzv-conf: the " + key + " '" + text + "' is not a positive integer");
   return std::stoi(text);
 }
+
+namespace detail {
 
 inline std::optional<bool> boolean(const std::map<std::string, std::string>& config, const std::string& key) {
   auto it = config.find(key);
@@ -66,19 +74,48 @@ inline RendezvousSettings parse_settings(const std::string& run_id, int min_node
   s.min_nodes = min_nodes;
   s.max_nodes = max_nodes;
   s.config = config;
-  s.join_timeout = seconds(detail::positive_integer(config, "join_timeout", 600));
-  s.last_call_timeout = seconds(detail::positive_integer(config, "last_call_timeout", 30));
-  s.close_timeout = seconds(detail::positive_integer(config, "close_timeout", 30));
-  s.heartbeat_timeout = seconds(detail::positive_integer(config, "heartbeat_timeout", 5));
-  s.keep_alive_interval = seconds(detail::positive_integer(config, "keep_alive_interval", 5));
-  s.keep_alive_max_attempt = detail::positive_integer(config, "keep_alive_max_attempt", 3);
-  s.read_timeout = seconds(detail::positive_integer(config, "read_timeout", 60));
-  s.legacy_timeout = seconds(detail::positive_integer(config, "timeout", 900));
+  s.join_timeout = seconds(positive_integer_setting(config, "join_timeout", 600));
+  s.last_call_timeout = seconds(positive_integer_setting(config, "last_call_timeout", 30));
+  s.close_timeout = seconds(positive_integer_setting(config, "close_timeout", 30));
+  s.heartbeat_timeout = seconds(positive_integer_setting(config, "heartbeat_timeout", 5));
+  s.keep_alive_interval = seconds(positive_integer_setting(config, "keep_alive_interval", 5));
+  s.keep_alive_max_attempt = positive_integer_setting(config, "keep_alive_max_attempt", 3);
+  s.read_timeout = seconds(positive_integer_setting(config, "read_timeout", 60));
+  s.legacy_timeout = seconds(positive_integer_setting(config, "timeout", 900));
   s.is_host = detail::boolean(config, "is_host");
   if (auto type = config.find("store_type"); type != config.end() && type->second != "tcp")
     throw RendezvousConfigError("--rdzv-conf: store_type '" + type->second + "' is not supported (only tcp)");
   if (run_id.empty()) throw RendezvousConfigError("--rdzv-id must not be empty");
   return s;
+}
+
+// The c10d store's job secret, from the first of: --rdzv-conf secret_file=PATH,
+// the file named by ELASTIC_RDZV_SECRET_FILE, the value of ELASTIC_RDZV_SECRET.
+// A file's trailing white space is dropped; it must be a regular file of at most
+// 4 KiB and not empty. Empty result: no secret (any peer that reaches the port is
+// served). Throws RendezvousConfigError for an unreadable or empty file.
+inline std::string job_secret(const std::map<std::string, std::string>& config) {
+  std::string path;
+  if (auto it = config.find("secret_file"); it != config.end()) {
+    path = it->second;
+  } else if (const char* env = std::getenv("ELASTIC_RDZV_SECRET_FILE"); env != nullptr && *env != '\0') {
+    path = env;
+  } else if (const char* value = std::getenv("ELASTIC_RDZV_SECRET"); value != nullptr) {
+    return value;
+  } else {
+    return {};
+  }
+  struct stat info {};
+  if (::stat(path.c_str(), &info) != 0 || !S_ISREG(info.st_mode))
+    throw RendezvousConfigError("the rendezvous secret file '" + path + "' is not a readable regular file");
+  if (info.st_size > 4096)
+    throw RendezvousConfigError("the rendezvous secret file '" + path + "' is larger than 4 KiB");
+  std::ifstream in(path, std::ios::binary);
+  std::string secret((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!in.good() && !in.eof()) throw RendezvousConfigError("the rendezvous secret file '" + path + "' cannot be read");
+  while (!secret.empty() && std::isspace(static_cast<unsigned char>(secret.back()))) secret.pop_back();
+  if (secret.empty()) throw RendezvousConfigError("the rendezvous secret file '" + path + "' is empty");
+  return secret;
 }
 
 }  // namespace elastic::rendezvous

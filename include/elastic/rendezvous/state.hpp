@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <elastic/rendezvous/detail/bounded_json.hpp>
 #include <elastic/rendezvous/errors.hpp>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -72,7 +73,7 @@ struct RendezvousState {
   }
   static RendezvousState decode(const std::string& text) {
     try {
-      auto j = nlohmann::json::parse(text);
+      auto j = detail::parse_json_bounded(text);
       if (j.at("version").get<int>() != 1) throw RendezvousStateError("unknown rendezvous state version");
       RendezvousState s;
       s.round = j.at("round").get<long>();
@@ -85,6 +86,8 @@ struct RendezvousState {
       for (const auto& node : j.at("wait_list")) s.wait_list.insert(NodeDesc::parse(node.get<std::string>()));
       return s;
     } catch (const nlohmann::json::exception& e) {
+      throw RendezvousStateError(std::string("the stored rendezvous state is not ours: ") + e.what());
+    } catch (const detail::JsonTooDeep& e) {
       throw RendezvousStateError(std::string("the stored rendezvous state is not ours: ") + e.what());
     }
   }

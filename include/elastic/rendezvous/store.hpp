@@ -59,6 +59,7 @@ struct StoreOptions {
   std::chrono::milliseconds read_timeout{std::chrono::seconds(60)};  // bound of every request
   std::chrono::milliseconds session_ttl{std::chrono::seconds(15)};   // ephemeral keys' life without keep-alive
   std::map<std::string, std::string> config;  // the backend's --rdzv-conf keys (e.g. etcd TLS files)
+  std::string secret;  // c10d: the job secret proved at the handshake (empty: none; see job_secret())
 };
 
 class Store {
@@ -91,6 +92,11 @@ class Store {
   // Renews the session; false when it had expired (its ephemeral keys are gone and a
   // new session has begun).
   virtual bool keep_alive() = 0;
+
+  // Makes the requests now in flight on other threads fail soon (StoreError) instead
+  // of running to their deadline; later requests run as usual. May be called from
+  // any thread. Default: nothing (requests end by their read_timeout).
+  virtual void cancel() {}
 };
 
 }  // namespace elastic::rendezvous

@@ -2,15 +2,25 @@
 // (POST /v3/kv/*, /v3/lease/*, /v3/watch), through cpp-httplib and nlohmann/json.
 // Keys and values travel base64-encoded, 64-bit integers as strings, and fields
 // that are false or zero are left out of the answers.
+//
+// A gateway is a peer like any other: an answer is at most max_answer bytes, its
+// JSON at most detail::default_json_depth deep, and a request, retries included,
+// ends by its deadline (read_timeout) however slowly the bytes come: a watchdog
+// thread stops the connection of a request past its deadline, and cancel() stops
+// every request in flight at once (the launcher, told to stop).
 #pragma once
 
 #include <httplib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <elastic/rendezvous/detail/base64.hpp>
+#include <elastic/rendezvous/detail/bounded_json.hpp>
 #include <functional>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -44,8 +54,12 @@ struct EtcdClientOptions {
   std::string ca_cert;            // https: CA bundle that signed etcd's certificate
   std::string ssl_cert;           // https: client certificate and its key, when etcd asks for one
   std::string ssl_cert_key;
-  // Bounds each request: connecting, and every wait for bytes of the answer.
+  // Bounds each request as a whole: connecting, sending, every byte of the answer,
+  // and the retries while etcd restarts.
   std::chrono::milliseconds read_timeout{std::chrono::seconds(60)};
+  // The largest answer (or watch message) taken; etcd's answers to the rendezvous
+  // are a few KiB.
+  std::size_t max_answer = std::size_t{16} << 20;
 };
 
 struct EtcdKeyValue {
@@ -138,8 +152,27 @@ class EtcdClient {
     if (options_.read_timeout.count() <= 0) throw std::invalid_argument("etcd read_timeout must be positive");
   }
 
+  ~EtcdClient() {
+    {
+      std::lock_guard<std::mutex> lock(flight_mutex_);
+      quit_ = true;
+    }
+    flight_cv_.notify_all();
+    if (watchdog_.joinable()) watchdog_.join();
+  }
+
   EtcdClient(const EtcdClient&) = delete;
   EtcdClient& operator=(const EtcdClient&) = delete;
+
+  // Stops every request in flight within about 100 ms (they fail with
+  // EtcdUnreachableError, not retried); later requests run as usual.
+  void cancel() {
+    {
+      std::lock_guard<std::mutex> lock(flight_mutex_);
+      ++cancel_generation_;
+    }
+    flight_cv_.notify_all();
+  }
 
   const EtcdClientOptions& options() const { return options_; }
   std::string endpoint() const { return options_.protocol + "://" + host_port(); }
@@ -275,6 +308,10 @@ class EtcdClient {
     request.body = nlohmann::json{{"create_request", create}}.dump();
     request.set_header("Content-Type", "application/json");
     request.content_receiver = [&](const char* data, size_t size, uint64_t, uint64_t) {
+      if (pending.size() + size > options_.max_answer) {
+        broken = true;  // a message larger than any etcd sends
+        return false;
+      }
       pending.append(data, size);
       for (auto newline = pending.find('\n'); newline != std::string::npos; newline = pending.find('\n')) {
         std::string line = pending.substr(0, newline);
@@ -286,7 +323,13 @@ class EtcdClient {
     };
     httplib::Response response;
     httplib::Error error = httplib::Error::Success;
-    client->send(request, response, error);
+    const auto generation = current_generation();
+    {
+      InFlight flight(*this, *client, deadline + std::chrono::milliseconds(100));
+      client->send(request, response, error);
+    }
+    if (current_generation() != generation)
+      throw EtcdUnreachableError("etcd at " + endpoint() + ": /v3/watch: cancelled");
     if (stopped) return EtcdWatchEnd::stopped;
     if (broken) return EtcdWatchEnd::interrupted;
     if (!pending.empty() && pending.find_first_not_of(" \r\t") != std::string::npos) {
@@ -303,10 +346,15 @@ class EtcdClient {
   }
 
   // etcd's own health check (GET /health): true when it has a leader.
-  bool healthy() {
-    auto result = make_http_client(options_.read_timeout)->Get("/health");
-    if (!result || result->status != 200) return false;
-    auto answer = nlohmann::json::parse(result->body, nullptr, false);
+  bool healthy() { return healthy(std::chrono::steady_clock::now() + options_.read_timeout); }
+  bool healthy(std::chrono::steady_clock::time_point deadline) {
+    auto client = make_http_client(options_.read_timeout);
+    httplib::Request request;
+    request.method = "GET";
+    request.path = "/health";
+    Answer result = send_bounded(*client, request, deadline);
+    if (!result.complete() || result.status != 200) return false;
+    auto answer = parse_json_or_discarded(result.body);
     return !answer.is_discarded() && answer.value("health", "") == "true";
   }
 
@@ -323,21 +371,36 @@ class EtcdClient {
   nlohmann::json call(const std::string& path, const nlohmann::json& request, Repeat repeat = Repeat::always) {
     auto deadline = std::chrono::steady_clock::now() + options_.read_timeout;
     const std::string body = request.dump();
+    const auto generation = current_generation();
     for (;;) {
       Answer result;
       {
         auto client = acquire_connection();
-        result = post(*client, path, body);
+        result = post(*client, path, body, deadline);
         // Only a connection that gave a clean answer is used again: after an error
         // answer (its trailers unread) or a failure its state is unknown.
         if (result.error == httplib::Error::Success && result.status == 200) release_connection(std::move(client));
       }
+      if (current_generation() != generation)
+        throw EtcdUnreachableError("etcd at " + endpoint() + ": " + path + ": cancelled");
+      if (result.too_large)
+        throw EtcdUnreachableError("etcd at " + endpoint() + ": " + path + ": an answer larger than " +
+                                   std::to_string(options_.max_answer) + " bytes");
+      if (result.too_late)
+        throw EtcdUnreachableError("etcd at " + endpoint() + ": " + path +
+                                   ": no complete answer within read_timeout (" +
+                                   std::to_string(options_.read_timeout.count() / 1000) + " s)");
       if (!result.complete()) {
         bool not_sent = result.error == httplib::Error::Connection || result.error == httplib::Error::ConnectionTimeout;
         if ((not_sent || repeat == Repeat::always) && wait_until_healthy(deadline)) continue;
         throw EtcdUnreachableError(describe_failure(path, result.error));
       }
-      auto answer = nlohmann::json::parse(result.body, nullptr, false);
+      auto answer = parse_json_or_discarded(result.body);
+      if (answer.is_discarded() && result.status == 200)
+        throw EtcdUnreachableError("etcd at " + endpoint() + ": " + path +
+                                   ": an answer that is not JSON (or nested deeper than " +
+                                   std::to_string(default_json_depth) + " levels)");
+      if (answer.is_discarded()) answer = nlohmann::json::object();
       if (result.status != 200 || answer.contains("error")) {
         std::string message = answer.value("message", answer.value("error", std::string("HTTP error")));
         int code = answer.contains("code") && answer["code"].is_number_integer() ? answer["code"].get<int>() : 0;
@@ -358,9 +421,14 @@ class EtcdClient {
     auto pause = std::chrono::milliseconds(50);
     for (;;) {
       if (std::chrono::steady_clock::now() + pause >= deadline) return false;
-      std::this_thread::sleep_for(pause);
+      const auto generation = current_generation();
+      {
+        std::unique_lock<std::mutex> lock(flight_mutex_);
+        flight_cv_.wait_for(lock, pause, [&] { return cancel_generation_ != generation; });
+      }
+      if (current_generation() != generation) return false;
       pause = std::min(pause * 2, std::chrono::milliseconds(500));
-      if (healthy()) return true;
+      if (healthy(deadline)) return true;
     }
   }
 
@@ -387,29 +455,98 @@ class EtcdClient {
     int status = 0;
     std::string body;
     httplib::Error error = httplib::Error::Success;
+    bool too_large = false;  // cut at max_answer
+    bool too_late = false;   // stopped at the deadline
     // etcd ends its error answers with chunked-encoding trailers that cpp-httplib
     // 0.11 fails to read after the body: a whole JSON body counts as the answer.
-    bool complete() const { return status != 0 && (error == httplib::Error::Success || nlohmann::json::accept(body)); }
+    bool complete() const {
+      return status != 0 && !too_large && !too_late &&
+             (error == httplib::Error::Success || !parse_json_or_discarded(body).is_discarded());
+    }
   };
 
-  static Answer post(httplib::Client& client, const std::string& path, const std::string& body) {
+  // A request in flight, known to the watchdog until it ends.
+  class InFlight {
+   public:
+    InFlight(EtcdClient& owner, httplib::Client& client, std::chrono::steady_clock::time_point deadline)
+        : owner_(owner), client_(client), deadline_(deadline) {
+      std::lock_guard<std::mutex> lock(owner_.flight_mutex_);
+      generation_ = owner_.cancel_generation_;
+      owner_.in_flight_.push_back(this);
+      if (!owner_.watchdog_.joinable()) owner_.watchdog_ = std::thread([&owner = owner_] { owner.watch_in_flight(); });
+    }
+    ~InFlight() {
+      std::lock_guard<std::mutex> lock(owner_.flight_mutex_);
+      owner_.in_flight_.remove(this);
+    }
+    InFlight(const InFlight&) = delete;
+    InFlight& operator=(const InFlight&) = delete;
+    bool stopped_late() const { return late_.load(); }
+
+   private:
+    friend class EtcdClient;
+    EtcdClient& owner_;
+    httplib::Client& client_;
+    std::chrono::steady_clock::time_point deadline_;
+    std::uint64_t generation_ = 0;
+    bool stopped_ = false;
+    std::atomic<bool> late_{false};
+  };
+
+  // Stops the connections of requests past their deadline or cancelled.
+  void watch_in_flight() {
+    std::unique_lock<std::mutex> lock(flight_mutex_);
+    while (!quit_) {
+      const auto now = std::chrono::steady_clock::now();
+      for (InFlight* flight : in_flight_) {
+        if (flight->stopped_) continue;
+        const bool late = now >= flight->deadline_;
+        if (late || flight->generation_ != cancel_generation_) {
+          flight->stopped_ = true;
+          flight->late_ = late;
+          flight->client_.stop();
+        }
+      }
+      flight_cv_.wait_for(lock, std::chrono::milliseconds(100));
+    }
+  }
+
+  std::uint64_t current_generation() {
+    std::lock_guard<std::mutex> lock(flight_mutex_);
+    return cancel_generation_;
+  }
+
+  Answer send_bounded(httplib::Client& client, httplib::Request& request,
+                      std::chrono::steady_clock::time_point deadline) {
     Answer answer;
-    httplib::Request request;
-    request.method = "POST";
-    request.path = path;
-    request.body = body;
-    request.set_header("Content-Type", "application/json");
     request.response_handler = [&](const httplib::Response& response) {
       answer.status = response.status;
       return true;
     };
     request.content_receiver = [&](const char* data, size_t size, uint64_t, uint64_t) {
+      if (answer.body.size() + size > options_.max_answer) {
+        answer.too_large = true;
+        return false;
+      }
       answer.body.append(data, size);
       return true;
     };
     httplib::Response response;
+    InFlight flight(*this, client, deadline);
     client.send(request, response, answer.error);
+    answer.too_late = flight.stopped_late() ||
+                      (answer.error != httplib::Error::Success && std::chrono::steady_clock::now() >= deadline);
     return answer;
+  }
+
+  Answer post(httplib::Client& client, const std::string& path, const std::string& body,
+              std::chrono::steady_clock::time_point deadline) {
+    httplib::Request request;
+    request.method = "POST";
+    request.path = path;
+    request.body = body;
+    request.set_header("Content-Type", "application/json");
+    return send_bounded(client, request, deadline);
   }
 
   std::string host_port() const {
@@ -474,7 +611,7 @@ class EtcdClient {
   static bool handle_watch_message(const std::string& line,
                                    const std::function<bool(const std::vector<EtcdEvent>&)>& on_events, bool& stopped,
                                    bool& broken) {
-    auto message = nlohmann::json::parse(line, nullptr, false);
+    auto message = parse_json_or_discarded(line);
     if (message.is_discarded() || message.contains("error") || !message.contains("result")) {
       broken = true;
       return false;
@@ -503,6 +640,12 @@ class EtcdClient {
   EtcdClientOptions options_;
   std::mutex idle_mutex_;
   std::vector<std::unique_ptr<httplib::Client>> idle_;
+  std::mutex flight_mutex_;
+  std::condition_variable flight_cv_;
+  std::list<InFlight*> in_flight_;
+  std::uint64_t cancel_generation_ = 0;
+  bool quit_ = false;
+  std::thread watchdog_;  // started with the first request
 };
 
 }  // namespace elastic::rendezvous::detail

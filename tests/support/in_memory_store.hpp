@@ -1,22 +1,28 @@
 // A store held in memory, with a clock the caller may drive: the rendezvous state
-// machine's unit tests run several "nodes" as sessions of one InMemoryStore.
+// machine's unit tests run several "nodes" as sessions of one InMemoryStore. The
+// key-value semantics are the library's KeyValueTable (the c10d server's too).
 #pragma once
 
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <elastic/rendezvous/key_value_table.hpp>
 #include <elastic/rendezvous/store.hpp>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
-namespace elastic::rendezvous {
+namespace elastic::testing {
+
+using rendezvous::CompareSetResult;
+using rendezvous::KeyValueTable;
+using rendezvous::Store;
+using rendezvous::StoreError;
 
 // A steady clock as a function, so tests can substitute a ManualClock.
 using SteadyNow = std::function<std::chrono::steady_clock::time_point()>;
@@ -84,7 +90,7 @@ class InMemoryStore : public std::enable_shared_from_this<InMemoryStore> {
   std::map<std::string, std::string> snapshot() {
     std::lock_guard<std::mutex> lock(mutex_);
     expire_locked();
-    return values_;
+    return table_.values();
   }
 
  private:
@@ -93,41 +99,35 @@ class InMemoryStore : public std::enable_shared_from_this<InMemoryStore> {
   struct SessionState {
     std::chrono::milliseconds ttl;
     std::chrono::steady_clock::time_point last_keep_alive;
-    std::set<std::string> ephemeral_keys;
   };
 
   void expire_locked() {
     auto now = now_();
     for (auto it = sessions_.begin(); it != sessions_.end();) {
       if (now - it->second.last_keep_alive >= it->second.ttl) {
-        drop_keys_locked(it->second);
+        drop_keys_locked(it->first);
         it = sessions_.erase(it);
       } else {
         ++it;
       }
     }
   }
-  void drop_keys_locked(SessionState& session) {
-    for (const auto& key : session.ephemeral_keys) values_.erase(key);
-    session.ephemeral_keys.clear();
+  void drop_keys_locked(std::uint64_t id) {
+    table_.end_session(id);
     changed_.notify_all();
   }
   void end_session(std::uint64_t id) {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = sessions_.find(id);
     if (it == sessions_.end()) return;
-    drop_keys_locked(it->second);
+    drop_keys_locked(id);
     sessions_.erase(it);
-  }
-  // A key written again by anyone is no longer bound to a session.
-  void unbind_locked(const std::string& key) {
-    for (auto& [id, session] : sessions_) session.ephemeral_keys.erase(key);
   }
 
   SteadyNow now_;
   std::mutex mutex_;
   std::condition_variable changed_;
-  std::map<std::string, std::string> values_;
+  KeyValueTable table_;
   std::map<std::uint64_t, SessionState> sessions_;
   std::uint64_t next_session_ = 1;
 };
@@ -148,61 +148,32 @@ class InMemorySession : public Store {
 
   std::optional<std::string> get(const std::string& key) override {
     auto lock = locked();
-    return lookup_locked(key);
+    return store_->table_.get(key);
   }
   std::vector<std::optional<std::string>> get_many(const std::vector<std::string>& keys) override {
     auto lock = locked();
     std::vector<std::optional<std::string>> result;
-    for (const auto& key : keys) result.push_back(lookup_locked(key));
+    for (const auto& key : keys) result.push_back(store_->table_.get(key));
     return result;
   }
   void set(const std::string& key, const std::string& value) override {
-    auto lock = locked();
-    store_->unbind_locked(key);
-    store_->values_[key] = value;
-    store_->changed_.notify_all();
+    changing([&](KeyValueTable& table) { table.set(key, value); });
   }
   CompareSetResult compare_set(const std::string& key, const std::optional<std::string>& expected,
                                const std::string& desired) override {
-    auto lock = locked();
-    auto current = lookup_locked(key);
-    if (current != expected) return {false, current};
-    store_->unbind_locked(key);
-    store_->values_[key] = desired;
-    store_->changed_.notify_all();
-    return {true, desired};
+    return changing([&](KeyValueTable& table) { return table.compare_set(key, expected, desired); });
   }
   std::int64_t add(const std::string& key, std::int64_t delta) override {
-    auto lock = locked();
-    std::int64_t value = 0;
-    if (auto current = lookup_locked(key)) {
-      std::size_t used = 0;
-      try {
-        value = std::stoll(*current, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (used == 0 || used != current->size()) throw StoreError("add: the value of '" + key + "' is not an integer");
-    }
-    value += delta;
-    store_->unbind_locked(key);
-    store_->values_[key] = std::to_string(value);
-    store_->changed_.notify_all();
-    return value;
+    return changing([&](KeyValueTable& table) { return table.add(key, delta); });
   }
   bool remove(const std::string& key) override {
-    auto lock = locked();
-    store_->unbind_locked(key);
-    bool existed = store_->values_.erase(key) > 0;
-    if (existed) store_->changed_.notify_all();
-    return existed;
+    return changing([&](KeyValueTable& table) { return table.remove(key); });
   }
   bool wait(const std::vector<std::string>& keys, std::chrono::milliseconds timeout) override {
     auto lock = locked();
     auto deadline = store_->now_() + timeout;
     for (;;) {
-      bool all = std::all_of(keys.begin(), keys.end(), [&](const auto& key) { return store_->values_.count(key) > 0; });
-      if (all) return true;
+      if (store_->table_.contains_all(keys)) return true;
       if (store_->now_() >= deadline) return false;
       block(lock);
     }
@@ -212,7 +183,7 @@ class InMemorySession : public Store {
     auto lock = locked();
     auto deadline = store_->now_() + timeout;
     for (;;) {
-      auto current = lookup_locked(key);
+      auto current = store_->table_.get(key);
       if (current != seen || store_->now_() >= deadline) return current;
       block(lock);
     }
@@ -221,9 +192,7 @@ class InMemorySession : public Store {
     auto lock = locked();
     auto session = store_->sessions_.find(session_id_);
     if (session == store_->sessions_.end()) throw StoreError("set_ephemeral: the session has expired");
-    store_->unbind_locked(key);
-    store_->values_[key] = value;
-    session->second.ephemeral_keys.insert(key);
+    store_->table_.set_ephemeral(session_id_, key, value);
     store_->changed_.notify_all();
   }
   bool keep_alive() override {
@@ -245,10 +214,15 @@ class InMemorySession : public Store {
     store_->expire_locked();
     return lock;
   }
-  std::optional<std::string> lookup_locked(const std::string& key) {
-    auto it = store_->values_.find(key);
-    if (it == store_->values_.end()) return std::nullopt;
-    return it->second;
+  // Runs a write on the table and wakes the waiters.
+  template <typename Op>
+  auto changing(Op&& op) -> decltype(op(std::declval<KeyValueTable&>())) {
+    auto lock = locked();
+    struct Wake {
+      InMemoryStore& store;
+      ~Wake() { store.changed_.notify_all(); }
+    } wake{*store_};
+    return op(store_->table_);
   }
   // Sleeps until a change or a clock advance; a short real-time bound lets a waiter
   // on the real clock see its deadline.
@@ -259,7 +233,7 @@ class InMemorySession : public Store {
   void begin_session() {
     std::lock_guard<std::mutex> lock(store_->mutex_);
     session_id_ = store_->next_session_++;
-    store_->sessions_[session_id_] = InMemoryStore::SessionState{ttl_, store_->now_(), {}};
+    store_->sessions_[session_id_] = InMemoryStore::SessionState{ttl_, store_->now_()};
   }
 
   std::shared_ptr<InMemoryStore> store_;
@@ -271,4 +245,4 @@ inline std::unique_ptr<InMemorySession> InMemoryStore::session(std::chrono::mill
   return std::make_unique<InMemorySession>(shared_from_this(), ttl);
 }
 
-}  // namespace elastic::rendezvous
+}  // namespace elastic::testing

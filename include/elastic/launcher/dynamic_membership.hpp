@@ -19,8 +19,10 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <elastic/errors/hostname.hpp>
 #include <elastic/launcher/config.hpp>
+#include <elastic/launcher/host_address.hpp>
 #include <elastic/launcher/membership.hpp>
 #include <elastic/launcher/port.hpp>
 #include <elastic/log.hpp>
@@ -62,11 +64,13 @@ inline rendezvous::RendezvousSettings rendezvous_settings(const LaunchConfig& co
 }
 
 // Renews the node's session every keep_alive_interval on its own thread; remembers
-// the first failure (the store is gone) for the agent's loop to act on.
+// the first failure (the store is gone) and when a renewal last got through, for
+// the agent's loop to act on even while a renewal hangs on an unanswered request.
 class KeepAlive {
  public:
+  using Clock = std::chrono::steady_clock;
   KeepAlive(rendezvous::DynamicRendezvous& rdzv, std::chrono::milliseconds interval)
-      : thread_([this, &rdzv, interval] {
+      : last_renewed_(Clock::now()), thread_([this, &rdzv, interval] {
           std::unique_lock<std::mutex> lock(mutex_);
           while (!stop_) {
             if (cv_.wait_for(lock, interval, [this] { return stop_; })) break;
@@ -79,6 +83,7 @@ class KeepAlive {
               continue;
             }
             lock.lock();
+            last_renewed_ = Clock::now();
           }
         }) {}
   ~KeepAlive() {
@@ -93,11 +98,88 @@ class KeepAlive {
     std::lock_guard<std::mutex> lock(mutex_);
     return error_;
   }
+  // How long since a renewal last got through (or since the session began).
+  Clock::duration since_renewed() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return Clock::now() - last_renewed_;
+  }
 
  private:
   std::mutex mutex_;
   std::condition_variable cv_;
   bool stop_ = false;
+  std::optional<std::string> error_;
+  Clock::time_point last_renewed_;
+  std::thread thread_;
+};
+
+// Looks at the running round on its own thread, so that a store request left
+// unanswered (a cut link: no reply, no reset, until read_timeout) never holds up
+// the agent's loop; the loop takes the latest answer when it comes.
+class RoundCheck {
+ public:
+  explicit RoundCheck(rendezvous::DynamicRendezvous& rdzv) : rdzv_(rdzv), thread_([this] { run(); }) {}
+  ~RoundCheck() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  // Asks for a look at `round` (unless one is under way) and waits up to `limit`
+  // for its answer: the round's health, or nullopt while the store has not answered.
+  // A store failure is rethrown.
+  std::optional<rendezvous::RoundHealth> check(const rendezvous::RendezvousInfo& round,
+                                               std::chrono::milliseconds limit) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (!pending_ && !busy_) {
+      round_ = round;
+      pending_ = true;
+      cv_.notify_all();
+    }
+    cv_.wait_for(lock, limit, [this] { return answer_.has_value() || error_.has_value(); });
+    if (error_) {
+      std::string what = std::move(*error_);
+      error_.reset();
+      throw rendezvous::RendezvousConnectionError(what);
+    }
+    auto answer = answer_;
+    answer_.reset();
+    return answer;
+  }
+
+ private:
+  void run() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      cv_.wait(lock, [this] { return stop_ || pending_; });
+      if (stop_) return;
+      pending_ = false;
+      busy_ = true;
+      const rendezvous::RendezvousInfo round = round_;
+      lock.unlock();
+      std::optional<rendezvous::RoundHealth> health;
+      std::optional<std::string> error;
+      try {
+        health = rdzv_.check_round(round);
+      } catch (const rendezvous::RendezvousError& e) {
+        error = e.what();
+      }
+      lock.lock();
+      busy_ = false;
+      answer_ = health;
+      if (error) error_ = std::move(error);
+      cv_.notify_all();
+    }
+  }
+
+  rendezvous::DynamicRendezvous& rdzv_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool stop_ = false, pending_ = false, busy_ = false;
+  rendezvous::RendezvousInfo round_;
+  std::optional<rendezvous::RoundHealth> answer_;
   std::optional<std::string> error_;
   std::thread thread_;
 };
@@ -121,11 +203,42 @@ auto interruptible(rendezvous::DynamicRendezvous& rdzv, SignalReader& signals, S
   return result.get();
 }
 
-// Shares this node's worker count (and, from group rank 0, MASTER_ADDR/PORT) in the
-// round's keys and reads the others'. Empty when the round fell apart meanwhile.
+// What MASTER_ADDR is made of when this node hosts rank 0: --local-addr when given,
+// else the host name unless it resolves here to loopback in a round of several
+// nodes. Then the address this host reaches the rendezvous store from, or (the store
+// being on this host) the one it reaches another node from; loopback only when
+// every node reaches the store over loopback (they all run on one host).
+struct MasterAddressChoice {
+  std::string address;
+  std::string why;  // empty: the usual choice, nothing to say
+};
+
+inline MasterAddressChoice choose_master_addr(const std::string& local_addr, const std::string& store_route,
+                                              const std::vector<std::string>& peer_routes) {
+  if (!local_addr.empty()) return {local_addr, ""};
+  const std::string& name = elastic::fqdn();
+  if (peer_routes.empty() || !resolves_to_loopback(name)) return {name, ""};
+  const std::string loopback_name = "the host name '" + name + "' resolves to a loopback address here";
+  if (!store_route.empty() && !is_loopback_address(store_route))
+    return {store_route, loopback_name + "; MASTER_ADDR is " + store_route +
+                             ", the address this host reaches the rendezvous store from (--local-addr sets it)"};
+  for (const auto& peer : peer_routes) {
+    if (peer.empty() || is_loopback_address(peer)) continue;
+    const std::string own = route_source_address(peer, 0);
+    if (!own.empty() && !is_loopback_address(own))
+      return {own, loopback_name + "; MASTER_ADDR is " + own + ", the address this host reaches node " + peer +
+                       " from (--local-addr sets it)"};
+  }
+  return {name, ""};
+}
+
+// Shares this node's worker count and the address it reaches the store from (and,
+// from group rank 0, MASTER_ADDR/PORT) in the round's keys and reads the others'.
+// Empty when the round fell apart meanwhile.
 inline std::optional<NodeAssignment> plan_round(rendezvous::DynamicRendezvous& rdzv,
                                                 const rendezvous::RendezvousInfo& info, int nproc,
-                                                const std::string& address) {
+                                                const std::string& local_addr = "",
+                                                const std::string& store_route = "") {
   using namespace std::chrono;
   auto& store = rdzv.store();
   NodeAssignment plan;
@@ -136,27 +249,46 @@ inline std::optional<NodeAssignment> plan_round(rendezvous::DynamicRendezvous& r
   const std::string master_key = rdzv.round_key(info.round, "master");
   if (info.group_rank == 0) plan.master_port_hold = PortReservation::any();
   rdzv.guarded([&] {
-    store.set(rdzv.round_key(info.round, "nproc/" + std::to_string(info.group_rank)), std::to_string(nproc));
-    if (info.group_rank == 0) store.set(master_key, address + "\n" + std::to_string(plan.master_port_hold.port()));
+    store.set(rdzv.round_key(info.round, "nproc/" + std::to_string(info.group_rank)),
+              std::to_string(nproc) + "\n" + store_route);
   });
-  std::vector<std::string> keys{master_key};
+  std::vector<std::string> keys;
   for (int r = 0; r < info.group_world_size(); ++r)
     keys.push_back(rdzv.round_key(info.round, "nproc/" + std::to_string(r)));
   const auto deadline = steady_clock::now() + rdzv.settings().join_timeout;
-  for (;;) {
-    bool all = false;
-    rdzv.guarded([&] { all = store.wait(keys, milliseconds(500)); });
-    if (all) break;
-    if (rdzv.cancelled()) throw rendezvous::RendezvousError("joining the rendezvous was cancelled");
-    auto health = rdzv.check_round(info);
-    if (health != rendezvous::RoundHealth::healthy && health != rendezvous::RoundHealth::waiting_nodes)
-      return std::nullopt;
-    if (steady_clock::now() > deadline)
-      throw rendezvous::RendezvousTimeoutError("the nodes of round " + std::to_string(info.round) +
-                                               " did not share their worker counts within join_timeout");
-  }
+  // False when the round fell apart while waiting.
+  auto wait_for = [&](const std::vector<std::string>& wanted) {
+    for (;;) {
+      bool all = false;
+      rdzv.guarded([&] { all = store.wait(wanted, milliseconds(500)); });
+      if (all) return true;
+      if (rdzv.cancelled()) throw rendezvous::RendezvousError("joining the rendezvous was cancelled");
+      auto health = rdzv.check_round(info);
+      if (health != rendezvous::RoundHealth::healthy && health != rendezvous::RoundHealth::waiting_nodes) return false;
+      if (steady_clock::now() > deadline)
+        throw rendezvous::RendezvousTimeoutError("the nodes of round " + std::to_string(info.round) +
+                                                 " did not share their worker counts within join_timeout");
+    }
+  };
   std::vector<std::optional<std::string>> values;
-  rdzv.guarded([&] { values = store.get_many(keys); });
+  if (info.group_rank == 0) {
+    // Rank 0 names MASTER_ADDR once it knows how the others reach the store.
+    if (!wait_for(keys)) return std::nullopt;
+    rdzv.guarded([&] { values = store.get_many(keys); });
+    std::vector<std::string> peer_routes;
+    for (std::size_t r = 1; r < values.size(); ++r) {
+      const auto newline = values[r] ? values[r]->find('\n') : std::string::npos;
+      peer_routes.push_back(newline == std::string::npos ? "" : values[r]->substr(newline + 1));
+    }
+    auto master = choose_master_addr(local_addr, store_route, peer_routes);
+    if (!master.why.empty()) log::warning("{}", master.why);
+    rdzv.guarded([&] { store.set(master_key, master.address + "\n" + std::to_string(plan.master_port_hold.port())); });
+    values.insert(values.begin(), master.address + "\n" + std::to_string(plan.master_port_hold.port()));
+  } else {
+    keys.insert(keys.begin(), master_key);
+    if (!wait_for(keys)) return std::nullopt;
+    rdzv.guarded([&] { values = store.get_many(keys); });
+  }
   if (!values[0]) return std::nullopt;
   const auto newline = values[0]->find('\n');
   plan.master_addr = values[0]->substr(0, newline);
@@ -241,12 +373,14 @@ class DynamicMembership final : public Membership {
                                           [](const std::string& line) { log::info("{}", line); })),
         node_{detail::node_address(config), static_cast<long>(::getpid()), next_handler()},
         rdzv_(backend_.store, settings_, node_),
-        keep_alive_(rdzv_, std::chrono::duration_cast<std::chrono::milliseconds>(settings_.keep_alive_interval)) {}
+        keep_alive_(rdzv_, std::chrono::duration_cast<std::chrono::milliseconds>(settings_.keep_alive_interval)),
+        round_check_(rdzv_) {}
 
   std::optional<NodeAssignment> join(int restart_count, SignalReader& signals) override {
     auto info = detail::interruptible(rdzv_, signals, [&] { return rdzv_.next_rendezvous(); });
-    auto plan = detail::interruptible(
-        rdzv_, signals, [&] { return detail::plan_round(rdzv_, info, config_.nproc_per_node, node_.host); });
+    auto plan = detail::interruptible(rdzv_, signals, [&] {
+      return detail::plan_round(rdzv_, info, config_.nproc_per_node, config_.local_addr, store_route());
+    });
     if (!plan) {
       log::warning("[{}] round {} changed before it started; rejoining", config_.role, info.round);
       return std::nullopt;
@@ -267,11 +401,27 @@ class DynamicMembership final : public Membership {
     return std::chrono::milliseconds(std::clamp(static_cast<long>(config_.monitor_interval * 1000), 100L, 1000L));
   }
 
+  // Never waits on the store for longer than poll_interval(). A node whose session
+  // has lapsed (no renewal got through within session_ttl, so the others count it
+  // dead and may already run a round without it) stops its workers at once and
+  // joins again: a node cut off then fails to join, one that was only stopped
+  // (SIGSTOP) rejoins.
   std::optional<std::string> round_changed() override {
     if (auto error = keep_alive_.error()) throw rendezvous::RendezvousConnectionError(*error);
-    auto health = rdzv_.check_round(*round_);
-    if (health == rendezvous::RoundHealth::healthy || health == rendezvous::RoundHealth::closed) return std::nullopt;
-    return rendezvous::to_string(health);
+    using namespace std::chrono;
+    const auto ttl = settings_.session_ttl();
+    if (const auto quiet = keep_alive_.since_renewed(); quiet > ttl) {
+      char text[200];
+      std::snprintf(text, sizeof(text),
+                    ") has not been reached for %.1f s: no keep-alive got through, and the other nodes count this "
+                    "node dead after %.1f s (keep_alive_interval x keep_alive_max_attempt)",
+                    duration<double>(quiet).count(), duration<double>(ttl).count());
+      return "this node's session lapsed: the rendezvous store (" + endpoint_text() + text;
+    }
+    auto health = round_check_.check(*round_, poll_interval());
+    if (!health || *health == rendezvous::RoundHealth::healthy || *health == rendezvous::RoundHealth::closed)
+      return std::nullopt;
+    return rendezvous::to_string(*health);
   }
 
   void publish_failure(const FailureReport& report) override {
@@ -337,12 +487,27 @@ class DynamicMembership final : public Membership {
     }
   }
 
+  std::string endpoint_text() const {
+    return config_.rdzv_backend + " " + (config_.rdzv_endpoint.empty() ? "localhost" : config_.rdzv_endpoint);
+  }
+  // The address this host reaches the store from (see host_address.hpp).
+  std::string store_route() const {
+    try {
+      auto [host, port] =
+          rendezvous::parse_endpoint(config_.rdzv_endpoint, config_.rdzv_backend == "c10d" ? 29400 : 2379);
+      return route_source_address(host, port);
+    } catch (const rendezvous::RendezvousConfigError&) {
+      return "";
+    }
+  }
+
   const LaunchConfig& config_;
   const rendezvous::RendezvousSettings settings_;
   rendezvous::RendezvousBackend backend_;
   rendezvous::NodeDesc node_;
   rendezvous::DynamicRendezvous rdzv_;
   detail::KeepAlive keep_alive_;
+  detail::RoundCheck round_check_;
   std::optional<rendezvous::RendezvousInfo> round_;  // the round this node's workers run in
   std::optional<FailureBoard> board_;                // the round's failure keys
   bool failed_ = false;                              // a worker of the job failed for good

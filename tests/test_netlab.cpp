@@ -1,0 +1,286 @@
+// Jobs across hosts: elastic-run on the hosts of a network lab (support/netlab.hpp),
+// each with its own address, host name and /etc/hosts, over the c10d rendezvous
+// hosted by h1. A job of three hosts; hosts whose own names resolve to loopback;
+// a host cut off mid-job (the others run a new round, the cut host stops its
+// workers once its session has lapsed and says what it could not reach).
+#include <fcntl.h>
+#include <sys/wait.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "support/jobs.hpp"
+#include "support/launcher.hpp"
+#include "support/netlab.hpp"
+#include "support/skip.hpp"
+
+using namespace elastic::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+// elastic-run on one host of the lab, in the background; stdout and stderr to files.
+class HostLaunch {
+ public:
+  HostLaunch(const NetLab& lab, int host, const std::vector<std::string>& args, const std::string& log_prefix,
+             const std::map<std::string, std::string>& env = {})
+      : err_file_(log_prefix + ".err") {
+    std::vector<std::string> argv{ELASTIC_RUN_BINARY};
+    argv.insert(argv.end(), args.begin(), args.end());
+    RunOptions options = quiet_launch_options();
+    for (const auto& [k, v] : env) options.set_env[k] = v;
+    ChildSetup setup;
+    setup.out = ::open((log_prefix + ".out").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    setup.err = ::open(err_file_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    pid_ = start_child(lab.command(host, argv), make_environment(with_scratch_tmpdir(options)), setup);
+    ::close(setup.out);
+    ::close(setup.err);
+  }
+  // A launch the test did not see end gets SIGTERM (its workers are stopped), then SIGKILL.
+  ~HostLaunch() {
+    if (reaped_) return;
+    ::kill(pid_, SIGTERM);
+    if (wait(std::chrono::seconds(15)) == 1000) return;
+  }
+  HostLaunch(const HostLaunch&) = delete;
+  HostLaunch& operator=(const HostLaunch&) = delete;
+
+  pid_t pid() const { return pid_; }
+  // Exit code (negative: signal), or 1000 on timeout (the launcher is then killed).
+  int wait(std::chrono::milliseconds timeout) {
+    if (reaped_) return code_;
+    int status = 0;
+    if (!wait_until([&] { return ::waitpid(pid_, &status, WNOHANG) == pid_; }, timeout)) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, &status, 0);
+      reaped_ = true;
+      return code_ = 1000;
+    }
+    reaped_ = true;
+    return code_ = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
+  }
+  std::string err() const { return read_file(err_file_); }
+  // The launcher's children (its workers) now.
+  std::set<pid_t> children() const {
+    std::set<pid_t> pids;
+    std::ifstream in("/proc/" + std::to_string(pid_) + "/task/" + std::to_string(pid_) + "/children");
+    for (pid_t p; in >> p;) pids.insert(p);
+    return pids;
+  }
+
+ private:
+  std::string err_file_;
+  pid_t pid_ = -1;
+  bool reaped_ = false;
+  int code_ = 0;
+};
+
+std::vector<std::string> c10d_args(const std::string& nnodes, int nproc, const std::string& conf) {
+  return {"--nnodes=" + nnodes,   "--nproc-per-node=" + std::to_string(nproc),
+          "--rdzv-backend=c10d",  "--rdzv-endpoint=" + NetLab::name(1) + ":29400",
+          "--rdzv-id=lab",        "--rdzv-conf=" + conf,
+          "--monitor-interval=1", "--term-timeout=5"};
+}
+
+// Every env file the workers wrote under `dir` (one subdirectory per host).
+std::map<std::string, std::map<std::string, std::string>> worker_envs(const fs::path& dir) {
+  std::map<std::string, std::map<std::string, std::string>> envs;
+  for (const auto& host : fs::directory_iterator(dir))
+    for (const auto& file : fs::directory_iterator(host.path()))
+      if (file.path().extension() != ".tmp")
+        envs[host.path().filename().string() + "/" + file.path().filename().string()] =
+            read_env_file(file.path().string());
+  return envs;
+}
+
+#define LAB_OR_SKIP()                                         \
+  do {                                                        \
+    if (auto why = NetLab::unavailable()) ELASTIC_SKIP(*why); \
+  } while (false)
+
+}  // namespace
+
+TEST_CASE("c10d: three hosts form one job and MASTER_ADDR is the host name of group rank 0") {
+  LAB_OR_SKIP();
+  NetLab lab(3);
+  TempDir out, logs;
+  std::vector<std::unique_ptr<HostLaunch>> hosts;
+  for (int h = 1; h <= 3; ++h) {
+    fs::create_directories(out.path() / NetLab::name(h));
+    hosts.push_back(std::make_unique<HostLaunch>(
+        lab, h,
+        c10d_args("3", 2, "join_timeout=40,last_call_timeout=1") +
+            std::vector<std::string>{ELASTIC_TEST_LAUNCH_WORKER, (out.path() / NetLab::name(h)).string()},
+        logs.file(NetLab::name(h))));
+  }
+  for (int h = 1; h <= 3; ++h) {
+    INFO(NetLab::name(h) << ":\n" << hosts[h - 1]->err());
+    REQUIRE(hosts[h - 1]->wait(std::chrono::seconds(60)) == 0);
+  }
+  auto envs = worker_envs(out.path());
+  REQUIRE(envs.size() == 6);
+  std::set<std::string> ranks;
+  std::map<std::string, std::string> group_rank_of_host;
+  const std::string master = envs.begin()->second["MASTER_ADDR"];
+  for (auto& [where, env] : envs) {
+    INFO(where);
+    ranks.insert(env["RANK"]);
+    CHECK(env["WORLD_SIZE"] == "6");
+    CHECK(env["GROUP_WORLD_SIZE"] == "3");
+    CHECK(env["MASTER_ADDR"] == master);
+    group_rank_of_host[where.substr(0, where.find('/'))] = env["GROUP_RANK"];
+  }
+  CHECK(ranks == std::set<std::string>{"0", "1", "2", "3", "4", "5"});
+  // Each host ran its own two ranks, and rank 0's host is the one named.
+  REQUIRE(group_rank_of_host.size() == 3);
+  CHECK(group_rank_of_host[master] == "0");
+}
+
+TEST_CASE("c10d: host names that resolve to loopback: MASTER_ADDR is rank 0's lab address and the log says why") {
+  LAB_OR_SKIP();
+  NetLab lab(2, NetLab::Names::loopback);
+  TempDir out, logs;
+  std::vector<std::unique_ptr<HostLaunch>> hosts;
+  for (int h = 1; h <= 2; ++h) {
+    fs::create_directories(out.path() / NetLab::name(h));
+    hosts.push_back(std::make_unique<HostLaunch>(
+        lab, h,
+        c10d_args("2", 1, "join_timeout=40,last_call_timeout=1") +
+            std::vector<std::string>{ELASTIC_TEST_LAUNCH_WORKER, (out.path() / NetLab::name(h)).string()},
+        logs.file(NetLab::name(h))));
+  }
+  for (int h = 1; h <= 2; ++h) {
+    INFO(NetLab::name(h) << ":\n" << hosts[h - 1]->err());
+    REQUIRE(hosts[h - 1]->wait(std::chrono::seconds(60)) == 0);
+  }
+  auto envs = worker_envs(out.path());
+  REQUIRE(envs.size() == 2);
+  std::string rank0_host;
+  for (auto& [where, env] : envs)
+    if (env["GROUP_RANK"] == "0") rank0_host = where.substr(0, where.find('/'));
+  REQUIRE(!rank0_host.empty());
+  const int rank0 = std::stoi(rank0_host.substr(1));
+  for (auto& [where, env] : envs) {
+    INFO(where);
+    CHECK(env["MASTER_ADDR"] == NetLab::address(rank0));
+  }
+  const std::string log = hosts[static_cast<std::size_t>(rank0 - 1)]->err();
+  INFO(log);
+  CHECK_THAT(log, Catch::Contains("resolves to a loopback address") && Catch::Contains(NetLab::address(rank0)));
+}
+
+TEST_CASE("c10d: a host cut off mid-job: the others run a round without it and it stops its workers saying why") {
+  LAB_OR_SKIP();
+  NetLab lab(3);
+  TempDir out, logs;
+  // Sessions lapse after 3 s without a keep-alive; the cut host's requests give up after 10 s.
+  const std::string conf = "join_timeout=40,last_call_timeout=1,keep_alive_interval=1,read_timeout=10";
+  std::vector<std::unique_ptr<HostLaunch>> hosts;
+  for (int h = 1; h <= 3; ++h) {
+    fs::create_directories(out.path() / NetLab::name(h));
+    hosts.push_back(std::make_unique<HostLaunch>(
+        lab, h,
+        c10d_args("2:3", 1, conf) + std::vector<std::string>{ELASTIC_TEST_LAUNCH_WORKER,
+                                                             (out.path() / NetLab::name(h)).string(), "--sleep-ms",
+                                                             "12000"},
+        logs.file(NetLab::name(h)), std::map<std::string, std::string>{{"ELASTIC_LOG_LEVEL", "info"}}));
+  }
+  auto dump = [&] {
+    std::string text;
+    for (int h = 1; h <= 3; ++h) text += NetLab::name(h) + ":\n" + hosts[h - 1]->err() + "\n";
+    return text;
+  };
+#define LAB_REQUIRE(condition) \
+  if (!(condition)) FAIL(#condition << "\n" << dump())
+  LAB_REQUIRE(wait_until([&] { return worker_envs(out.path()).size() == 3; }, std::chrono::seconds(40)));
+  for (auto& [where, env] : worker_envs(out.path())) LAB_REQUIRE(env["GROUP_WORLD_SIZE"] == "3");
+  const auto cut_workers = hosts[2]->children();
+  LAB_REQUIRE(!cut_workers.empty());
+
+  lab.cut(3);
+  const auto cut_at = std::chrono::steady_clock::now();
+  // The survivors' next round: their workers' files rewritten with two nodes.
+  auto in_new_round = [&] {
+    auto envs = worker_envs(out.path());
+    int fresh = 0;
+    for (auto& [where, env] : envs)
+      if (where.rfind("h3/", 0) != 0 && env["GROUP_WORLD_SIZE"] == "2") ++fresh;
+    return fresh == 2;
+  };
+  LAB_REQUIRE(wait_until(in_new_round, std::chrono::seconds(30)));
+  const double new_round_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - cut_at).count();
+  // The cut host's workers are stopped once its own session has lapsed, before
+  // its store requests give up (read_timeout); its attempt to join again fails then.
+  LAB_REQUIRE(wait_until([&] { return hosts[2]->children().empty(); }, std::chrono::seconds(30)));
+  const double stopped_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - cut_at).count();
+  WARN("survivors' new round " << new_round_s << " s after the cut; the cut host's workers stopped after " << stopped_s
+                               << " s");
+  const int cut_code = hosts[2]->wait(std::chrono::seconds(30));
+  INFO(dump());
+  CHECK(cut_code == 1);
+  CHECK_THAT(hosts[2]->err(), Catch::Contains("RendezvousConnectionError"));
+  CHECK_THAT(hosts[2]->err(),
+             Catch::Contains("has not been reached for") && Catch::Contains("c10d " + NetLab::name(1) + ":29400"));
+  for (pid_t worker : cut_workers) CHECK_FALSE(alive(worker));
+  for (int h = 1; h <= 2; ++h) CHECK(hosts[h - 1]->wait(std::chrono::seconds(40)) == 0);
+#undef LAB_REQUIRE
+  for (auto& [where, env] : worker_envs(out.path()))
+    if (where.rfind("h3/", 0) != 0) CHECK(env["WORLD_SIZE"] == "2");
+}
+
+namespace {
+
+// A gloo job of one rank per host; `names` as NetLab takes it, `env` for the workers.
+void check_gloo_job(NetLab::Names names, const std::map<std::string, std::string>& extra_env,
+                    const std::set<std::string>& allowed_masters) {
+  NetLab lab(3, names);
+  TempDir out, logs;
+  const std::string job_worker = std::string(ELASTIC_TEST_PYTHON_DIR) + "/jobs/job_worker.py";
+  std::map<std::string, std::string> env{{"PYTHON_EXEC", system_python()}, {"OMP_NUM_THREADS", "1"}};
+  for (const auto& [k, v] : extra_env) env[k] = v;
+  std::vector<std::unique_ptr<HostLaunch>> hosts;
+  for (int h = 1; h <= 3; ++h)
+    hosts.push_back(std::make_unique<HostLaunch>(
+        lab, h,
+        c10d_args("3", 1, "join_timeout=60,last_call_timeout=1") +
+            std::vector<std::string>{job_worker, "--timeout=60", "--out-dir", out.path().string()},
+        logs.file(NetLab::name(h)), env));
+  for (int h = 1; h <= 3; ++h) {
+    INFO(NetLab::name(h) << ":\n" << hosts[h - 1]->err());
+    REQUIRE(hosts[h - 1]->wait(std::chrono::seconds(100)) == 0);
+  }
+  REQUIRE(files_in(out.path()) == std::set<std::string>{"0", "1", "2"});
+  std::set<std::string> masters;
+  for (int rank = 0; rank < 3; ++rank) {
+    const std::string text = read_file(out.file(std::to_string(rank)));
+    INFO(text);
+    // Every element of the all_reduce of one-hot vectors is 1: each host's rank took part.
+    CHECK_THAT(text, Catch::Contains("\"all_reduce\": [1, 1, 1]"));
+    CHECK_THAT(text, Catch::Contains("\"WORLD_SIZE\": \"3\""));
+    const auto at = text.find("\"MASTER_ADDR\": \"");
+    REQUIRE(at != std::string::npos);
+    masters.insert(text.substr(at + 16, text.find('"', at + 16) - at - 16));
+  }
+  REQUIRE(masters.size() == 1);
+  CHECK(allowed_masters.count(*masters.begin()) == 1);
+}
+
+}  // namespace
+
+TEST_CASE("c10d: a torch gloo job across three hosts all_reduces to the right sum", "[pytorch]") {
+  LAB_OR_SKIP();
+  check_gloo_job(NetLab::Names::addresses, {}, {"h1", "h2", "h3"});
+}
+
+// gloo listens on the address its host name resolves to unless told an interface.
+TEST_CASE("c10d: a torch gloo job across hosts whose names resolve to loopback", "[pytorch]") {
+  LAB_OR_SKIP();
+  check_gloo_job(NetLab::Names::loopback, {{"GLOO_SOCKET_IFNAME", "eth0"}},
+                 {NetLab::address(1), NetLab::address(2), NetLab::address(3)});
+}

@@ -739,7 +739,7 @@ TEST_CASE("newest torchrun's surface: quoted --rdzv-conf, HOST:0, --local-addr, 
   CHECK(several.err.find("port 0 (a free port) is for a single node") != std::string::npos);
 }
 
-TEST_CASE("--log-dir=/dev/null: logs discarded, nothing left behind, the failure still summarized") {
+TEST_CASE("a log dir of /dev/null: logs discarded, nothing left behind, the failure still summarized") {
   TempDir dir;
   fs::create_directories(dir.file("tmp"));
   auto options = base_options();

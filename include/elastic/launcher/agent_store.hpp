@@ -25,6 +25,7 @@
 #include <dirent.h>
 #include <ifaddrs.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -32,6 +33,7 @@
 #include <asio.hpp>
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <cstring>
 #include <deque>
@@ -255,7 +257,13 @@ class AgentStore {
     acceptor_.listen();
     port_ = acceptor_.local_endpoint().port();
     accept();
+    // The server's thread takes no signal: the launcher reads SIGCHLD and the handled
+    // signals through a signalfd, which only sees what every thread blocks.
+    sigset_t all, previous;
+    sigfillset(&all);
+    ::pthread_sigmask(SIG_BLOCK, &all, &previous);
     thread_ = std::thread([this] { io_.run(); });
+    ::pthread_sigmask(SIG_SETMASK, &previous, nullptr);
   }
   ~AgentStore() {
     asio::post(io_, [this] {

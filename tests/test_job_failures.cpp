@@ -8,13 +8,13 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <elastic/launcher/job_failures.hpp>
-#include <elastic/rendezvous/in_memory_store.hpp>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "support/backends.hpp"
+#include "support/in_memory_store.hpp"
 #include "support/jobs.hpp"
 #include "support/launcher.hpp"
 
@@ -148,7 +148,7 @@ TEST_CASE("job failures: with a restart left, every node restarts after a failur
 }
 
 TEST_CASE("job failures: reports travel in the order of publication; one's own are not read back") {
-  auto store = std::make_shared<elastic::rendezvous::InMemoryStore>();
+  auto store = std::make_shared<elastic::testing::InMemoryStore>();
   auto a_session = store->session(), b_session = store->session();
   elastic::launcher::FailureBoard a(*a_session, "round/0/failures/"), b(*b_session, "round/0/failures/");
   const std::int64_t now = elastic::errors::detail::now_nanoseconds();
@@ -174,7 +174,7 @@ TEST_CASE("job failures: reports travel in the order of publication; one's own a
 }
 
 TEST_CASE("job failures: a hostile value is ignored, a report never written is given up on, no hang") {
-  auto store = std::make_shared<elastic::rendezvous::InMemoryStore>();
+  auto store = std::make_shared<elastic::testing::InMemoryStore>();
   auto session = store->session();
   elastic::launcher::FailureBoard board(*session, "f/");
   session->add("f/count", 3);
@@ -189,7 +189,7 @@ TEST_CASE("job failures: a hostile value is ignored, a report never written is g
 }
 
 TEST_CASE("job failures: a host whose clock is seconds apart has its failure's time moved to this clock") {
-  auto store = std::make_shared<elastic::rendezvous::InMemoryStore>();
+  auto store = std::make_shared<elastic::testing::InMemoryStore>();
   auto session = store->session();
   const std::int64_t now = elastic::errors::detail::now_nanoseconds();
   auto report = report_of(3, now);

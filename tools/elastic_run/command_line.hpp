@@ -205,7 +205,6 @@ elastic::launcher::LaunchConfig make_config(Args& a) {
   config.nproc_per_node = launcher::determine_local_world_size(a.nproc_per_node);
   config.rdzv_backend = a.rdzv_backend;
   config.rdzv_endpoint = a.rdzv_endpoint;
-  config.local_addr = a.local_addr;
   config.run_id = a.rdzv_id;
   config.rdzv_configs = launcher::parse_rendezvous_config(a.rdzv_conf);
   if (a.master_port_given && (a.master_port < 1 || a.master_port > 65535))

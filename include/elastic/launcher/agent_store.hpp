@@ -40,6 +40,7 @@
 #include <elastic/launcher/config.hpp>
 #include <elastic/launcher/membership.hpp>
 #include <elastic/log.hpp>
+#include <elastic/signal_free_thread.hpp>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -259,11 +260,7 @@ class AgentStore {
     accept();
     // The server's thread takes no signal: the launcher reads SIGCHLD and the handled
     // signals through a signalfd, which only sees what every thread blocks.
-    sigset_t all, previous;
-    sigfillset(&all);
-    ::pthread_sigmask(SIG_BLOCK, &all, &previous);
-    thread_ = std::thread([this] { io_.run(); });
-    ::pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+    thread_ = elastic::signal_free_thread([this] { io_.run(); });
   }
   ~AgentStore() {
     asio::post(io_, [this] {

@@ -53,14 +53,12 @@ struct LaunchConfig {
   std::string rdzv_endpoint;  // host:port; empty: master_addr:master_port
   std::string rdzv_backend = "static";
   std::map<std::string, std::string> rdzv_configs;
-  // --local-addr: the address other nodes reach this one at, MASTER_ADDR when this
-  // node hosts rank 0 of a dynamic round (empty: chosen as host_address.hpp says).
-  std::string local_addr;
   int node_rank = 0;
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   // This node's address (--local-addr): its name in a dynamic rendezvous and, where
-  // it hosts group rank 0, its workers' MASTER_ADDR. Empty: its FQDN (dynamic) or
+  // it hosts group rank 0, its workers' MASTER_ADDR. Empty: its FQDN (dynamic; in a
+  // round of several hosts never a loopback address, see host_address.hpp) or
   // master_addr (static).
   std::string local_addr;
   // Serve PyTorch's TCPStore for the workers from the launcher on the node hosting

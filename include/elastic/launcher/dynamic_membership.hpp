@@ -28,6 +28,7 @@
 #include <elastic/log.hpp>
 #include <elastic/rendezvous/backends.hpp>
 #include <elastic/rendezvous/dynamic_rendezvous.hpp>
+#include <elastic/signal_free_thread.hpp>
 #include <future>
 #include <map>
 #include <memory>
@@ -70,7 +71,7 @@ class KeepAlive {
  public:
   using Clock = std::chrono::steady_clock;
   KeepAlive(rendezvous::DynamicRendezvous& rdzv, std::chrono::milliseconds interval)
-      : last_renewed_(Clock::now()), thread_([this, &rdzv, interval] {
+      : last_renewed_(Clock::now()), thread_(elastic::signal_free_thread([this, &rdzv, interval] {
           std::unique_lock<std::mutex> lock(mutex_);
           while (!stop_) {
             if (cv_.wait_for(lock, interval, [this] { return stop_; })) break;
@@ -85,7 +86,7 @@ class KeepAlive {
             lock.lock();
             last_renewed_ = Clock::now();
           }
-        }) {}
+        })) {}
   ~KeepAlive() {
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -118,7 +119,8 @@ class KeepAlive {
 // the agent's loop; the loop takes the latest answer when it comes.
 class RoundCheck {
  public:
-  explicit RoundCheck(rendezvous::DynamicRendezvous& rdzv) : rdzv_(rdzv), thread_([this] { run(); }) {}
+  explicit RoundCheck(rendezvous::DynamicRendezvous& rdzv)
+      : rdzv_(rdzv), thread_(elastic::signal_free_thread([this] { run(); })) {}
   ~RoundCheck() {
     {
       std::lock_guard<std::mutex> lock(mutex_);

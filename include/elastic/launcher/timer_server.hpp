@@ -22,6 +22,7 @@
 #include <csignal>
 #include <cstring>
 #include <elastic/log.hpp>
+#include <elastic/signal_free_thread.hpp>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -59,11 +60,7 @@ class TimerServer {
     }
     // The thread never takes the process's signals: the launcher reads them from a signalfd,
     // which works only while every thread blocks them.
-    sigset_t all, old;
-    sigfillset(&all);
-    ::pthread_sigmask(SIG_BLOCK, &all, &old);
-    thread_ = std::thread([this] { serve(); });
-    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    thread_ = elastic::signal_free_thread([this] { serve(); });
   }
   ~TimerServer() {
     std::uint64_t one = 1;

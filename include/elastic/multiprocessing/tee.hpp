@@ -25,6 +25,7 @@
 #include <csignal>
 #include <cstring>
 #include <deque>
+#include <elastic/signal_free_thread.hpp>
 #include <elastic/write_all.hpp>
 #include <map>
 #include <mutex>
@@ -180,7 +181,7 @@ class Console {
     sigset_t all, old;
     sigfillset(&all);
     ::pthread_sigmask(SIG_SETMASK, &all, &old);
-    std::thread([this] { run(); }).detach();
+    elastic::signal_free_thread([this] { run(); }).detach();
     ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   }
 

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <elastic/rendezvous/c10d/connection.hpp>
 #include <elastic/rendezvous/c10d/server_options.hpp>
+#include <elastic/signal_free_thread.hpp>
 #include <future>
 #include <memory>
 #include <string>
@@ -39,7 +40,7 @@ class C10dStoreServer {
     acceptor_.listen();
     port_ = acceptor_.local_endpoint().port();
     accept();
-    thread_ = std::thread([this] { io_.run(); });
+    thread_ = elastic::signal_free_thread([this] { io_.run(); });
   }
   // As above, with a handshake deadline of its own.
   C10dStoreServer(int port, std::chrono::milliseconds handshake_timeout)

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <elastic/rendezvous/detail/base64.hpp>
 #include <elastic/rendezvous/detail/bounded_json.hpp>
+#include <elastic/signal_free_thread.hpp>
 #include <functional>
 #include <list>
 #include <memory>
@@ -473,7 +474,8 @@ class EtcdClient {
       std::lock_guard<std::mutex> lock(owner_.flight_mutex_);
       generation_ = owner_.cancel_generation_;
       owner_.in_flight_.push_back(this);
-      if (!owner_.watchdog_.joinable()) owner_.watchdog_ = std::thread([&owner = owner_] { owner.watch_in_flight(); });
+      if (!owner_.watchdog_.joinable())
+        owner_.watchdog_ = elastic::signal_free_thread([&owner = owner_] { owner.watch_in_flight(); });
     }
     ~InFlight() {
       std::lock_guard<std::mutex> lock(owner_.flight_mutex_);

@@ -336,7 +336,12 @@ inline void exit_barrier(rendezvous::DynamicRendezvous& rdzv, const rendezvous::
 inline void validate_dynamic(const LaunchConfig& config) {
   auto settings = detail::rendezvous_settings(config);
   try {
-    rendezvous::parse_endpoint(config.rdzv_endpoint, config.rdzv_backend == "c10d" ? 29400 : 2379);
+    if (config.rdzv_backend == "c10d") {
+      rendezvous::parse_endpoint(config.rdzv_endpoint, 29400);
+    } else {
+      for (const auto& member : rendezvous::split_endpoints(config.rdzv_endpoint))
+        rendezvous::parse_endpoint(member, 2379);
+    }
   } catch (const rendezvous::RendezvousConfigError& e) {
     throw UsageError(e.what());
   }
@@ -450,8 +455,10 @@ class DynamicMembership final : public Membership {
   // The address this host reaches the store from (see host_address.hpp).
   std::string store_route() const {
     try {
-      auto [host, port] =
-          rendezvous::parse_endpoint(config_.rdzv_endpoint, config_.rdzv_backend == "c10d" ? 29400 : 2379);
+      // etcd: the first member's route stands for the cluster's.
+      const std::string first = config_.rdzv_backend == "c10d" ? config_.rdzv_endpoint
+                                                               : rendezvous::split_endpoints(config_.rdzv_endpoint)[0];
+      auto [host, port] = rendezvous::parse_endpoint(first, config_.rdzv_backend == "c10d" ? 29400 : 2379);
       return route_source_address(host, port);
     } catch (const rendezvous::RendezvousConfigError&) {
       return "";

@@ -391,8 +391,10 @@ class EtcdClient {
         auto client = acquire_connection();
         result = post(*client, path, body, deadline);
         // Only a connection that gave a clean answer is used again: after an error
-        // answer (its trailers unread) or a failure its state is unknown.
-        if (result.error == httplib::Error::Success && result.status == 200) release_connection(std::move(client));
+        // answer (its trailers unread) or a failure its state is unknown; one to a
+        // member left meanwhile is not kept either.
+        if (result.error == httplib::Error::Success && result.status == 200 && member_.load() == member)
+          release_connection(std::move(client));
       }
       if (current_generation() != generation)
         throw EtcdUnreachableError("etcd at " + endpoint() + ": " + path + ": cancelled");

@@ -432,15 +432,27 @@ class Bench:
         if not os.access(timer, os.X_OK):
             return self.missing("crash path", "crash capture not available in this build (bench/src/crash_timer.cpp)")
         log("crash: fault to complete error file")
-        to_file, to_exit, unreadable = [], [], 0
+        to_file, to_lines, to_exit, unreadable, with_lines = [], [], [], 0, 0
         for _ in range(self.reps(50, 10)):
             result = subprocess.run([timer], capture_output=True, text=True)
             data = json.loads(result.stdout)
             to_file.append(data["fault_to_file_s"])
+            to_lines.append(data["fault_to_lines_s"])
             to_exit.append(data["fault_to_exit_s"])
             unreadable += not data["file_readable"] or data["signal"] != 11
-        self.table.details.append(f"crash path, SIGSEGV to complete error file: {fmt_spread(to_file)}; "
+            with_lines += data["file_has_lines"]
+        self.table.details.append(f"crash path (30 frames deep), SIGSEGV to complete error file: {fmt_spread(to_file)}; "
+                                  f"to the record with source file:line ({with_lines}/{len(to_lines)} runs): "
+                                  f"{fmt_spread(to_lines)}; "
                                   f"to the parent seeing the worker die by SIGSEGV: {fmt_spread(to_exit)}")
+        throw_timer = self.tool("throw_record_timer")
+        if os.access(throw_timer, os.X_OK):
+            result = subprocess.run([throw_timer, str(self.reps(50, 10))], capture_output=True, text=True)
+            data = json.loads(result.stdout)
+            self.table.details.append(f"exception path (30 frames deep), throw to complete record with file:line "
+                                      f"(lines: {data['file_has_lines']}): {fmt_spread(data['throw_to_record_s'])}")
+            self.table.add("exception path: throw to record with file:line",
+                           fmt_time(statistics.median(data["throw_to_record_s"])), "—", "—", "—", None)
         if unreadable:
             self.table.notes.append(f"crash path: {unreadable} runs left no readable error file or no SIGSEGV exit.")
         self.table.add("crash path: SIGSEGV to complete error file", fmt_time(statistics.median(to_file)),

@@ -11,6 +11,7 @@ packages=(
   util-linux
   clang-14 libclang-rt-14-dev clang-tidy-14 valgrind
   dpkg-dev file man-db groff-base
+  libdw-dev
   "$@"
 )
 

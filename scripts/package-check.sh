@@ -49,14 +49,14 @@ deb=$(ls "$work"/cpack/*.deb)
 [[ $(dpkg-deb -f "$deb" Package) == libelastic-dev ]] || fail "package name"
 [[ $(dpkg-deb -f "$deb" Version) == "$version" ]] || fail "package version $(dpkg-deb -f "$deb" Version), project $version"
 depends=$(dpkg-deb -f "$deb" Depends)
-for needed in libc6 libstdc++6 libfmt-dev nlohmann-json3-dev libabsl-dev; do
+for needed in libc6 libstdc++6 libfmt-dev nlohmann-json3-dev libabsl-dev libdw1; do
   [[ ", $depends," == *", $needed "* || ", $depends," == *", $needed,"* ]] || fail "Depends lacks $needed: $depends"
 done
 root=$work/root
 dpkg-deb -x "$deb" "$root"
 usr=$root/usr
-for file in bin/elastic-run include/elastic/errors.hpp include/elastic/version.hpp share/man/man1/elastic-run.1 \
-  share/doc/libelastic-dev/copyright; do
+for file in bin/elastic-run libexec/elastic/elastic-symbolize include/elastic/errors.hpp include/elastic/version.hpp \
+  share/man/man1/elastic-run.1 share/doc/libelastic-dev/copyright; do
   [[ -f "$usr/$file" ]] || fail "the package lacks /usr/$file"
 done
 cmp -s "$usr/share/doc/libelastic-dev/copyright" "$source_dir/LICENSE" || fail "copyright is not LICENSE"
@@ -110,6 +110,9 @@ cmake -S "$source_dir/tests/package/consumer" -B "$work/consumer-cmake" -G Ninja
   -DCMAKE_PREFIX_PATH="$usr" >"$work/consumer-cmake.log" || { cat "$work/consumer-cmake.log"; fail "configuring"; }
 cmake --build "$work/consumer-cmake" >>"$work/consumer-cmake.log" || { cat "$work/consumer-cmake.log"; fail "building"; }
 run_consumer "$work/consumer-cmake/consumer" find_package
+# Built with -g against the package: the packaged elastic-symbolize adds file:line.
+grep -q 'main\.cpp:[0-9]' "$work/error-find_package.json" ||
+  fail "find_package consumer's crash record has no file:line: $(cat "$work/error-find_package.json")"
 
 echo "-- a consumer through pkg-config (PKG_CONFIG_PATH, relocated prefix)"
 flags=$(PKG_CONFIG_PATH=$(dirname "$pc") pkg-config --cflags --libs elastic)

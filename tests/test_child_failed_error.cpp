@@ -19,7 +19,7 @@ struct UtcClock {
   ~UtcClock() { ::tzset(); }
 };
 
-std::string host() { return elastic::errors::detail::fqdn(); }
+std::string host() { return elastic::fqdn(); }
 
 }  // namespace
 

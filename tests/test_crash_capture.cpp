@@ -5,11 +5,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <csignal>
 #include <elastic/errors.hpp>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -233,6 +236,30 @@ TEST_CASE("ELASTIC_THROW_TRACES=0 turns throw-site traces off") {
   CHECK(callstack_of(failure) == "crash_worker::DistinctiveError: thrown deep inside");
 }
 
+TEST_CASE("units built with and without ELASTIC_THROW_TRACES link into one traced program, in either order") {
+  if (!throw_traces_built) {
+    WARN("skipped: throw-site traces are compiled out of this build (AddressSanitizer)");
+    return;
+  }
+  for (const char* program : {ELASTIC_TEST_MIXED_TRACES_OFF_ON, ELASTIC_TEST_MIXED_TRACES_ON_OFF}) {
+    INFO(program);
+    TempDir dir;
+    const std::string file = dir.file("error.json");
+    RunOptions options;
+    options.set_env = {{"TORCHELASTIC_ERROR_FILE", file}};
+    options.unset_env = {"ELASTIC_CRASH_SIGNALS", "ELASTIC_THROW_TRACES"};
+    RunResult result = elastic::testing::run({program}, options);
+    INFO(result.err);
+    REQUIRE_FALSE(result.timed_out);
+    CHECK(result.exitcode == 1);
+    elastic::ProcessFailure failure(0, result.pid, result.exitcode, file);
+    const std::string callstack = callstack_of(failure);
+    INFO(callstack);
+    CHECK(first_line(callstack) == "std::runtime_error: thrown in the off unit");
+    CHECK(callstack.find("throw_in_unit_without_traces") != std::string::npos);
+  }
+}
+
 TEST_CASE("two threads faulting together leave one complete report") {
   TempDir dir;
   const std::string file = dir.file("error.json");
@@ -393,6 +420,8 @@ TEST_CASE("torchrun's summary of a crashed worker shows where it died") {
   CHECK(result.err.find("exitcode  : -11") != std::string::npos);
   CHECK(result.err.find("traceback : Fatal signal 11 (SIGSEGV) at address 0x0 (SEGV_MAPERR)") != std::string::npos);
   CHECK(result.err.find("crash_here_on_purpose") != std::string::npos);
+  // The record carries file:line, so torchrun, which knows nothing of it, shows it.
+  CHECK(result.err.find("crash_worker.cpp:") != std::string::npos);
 }
 
 #ifdef ELASTIC_TEST_ELASTIC_RUN
@@ -557,4 +586,148 @@ TEST_CASE("initialize reads no symbol table and throws before it are not traced"
   const std::string after = result.out.substr(after_at);
   CHECK(before.find("#0 ") == std::string::npos);
   if (throw_traces_built) CHECK(after.find("throw_here_on_purpose") != std::string::npos);
+}
+
+// ---- source file:line (elastic-symbolize) -----------------------------------
+
+namespace {
+
+// The 1-based line of crash_worker.cpp holding `text`, as the compiler numbered it.
+int worker_source_line(const std::string& text) {
+  std::ifstream source(std::string(ELASTIC_SOURCE_DIR) + "/tests/workers/crash_worker.cpp");
+  std::string line;
+  for (int number = 1; std::getline(source, line); ++number)
+    if (line.find(text) != std::string::npos) return number;
+  FAIL("no line of crash_worker.cpp holds " << text);
+  return 0;
+}
+
+std::string worker_location(const std::string& text) {
+  return "/tests/workers/crash_worker.cpp:" + std::to_string(worker_source_line(text));
+}
+
+// The line of `callstack` that holds `text`, empty when none does.
+std::string line_with(const std::string& callstack, const std::string& text) {
+  std::istringstream in(callstack);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.find(text) != std::string::npos) return line;
+  return {};
+}
+
+const std::string hidden_frames_line = "frames of elastic's wrappers and the C runtime's start-up hidden";
+
+}  // namespace
+
+TEST_CASE("a crash record names the source file and line of each frame") {
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  RunResult result = run_worker({"segv"}, file);
+  CHECK(result.exitcode == -SIGSEGV);
+  const std::string callstack = callstack_of(elastic::ProcessFailure(0, result.pid, result.exitcode, file));
+  INFO(callstack);
+  const std::string top = first_frame(callstack);
+  CHECK(top.find("crash_here_on_purpose") != std::string::npos);
+  CHECK(top.find(worker_location("void crash_here_on_purpose() { *null_pointer = 42; }") + " (") != std::string::npos);
+  // The caller's line is the call, not the line after it.
+  CHECK(line_with(callstack, " in worker_main()")
+            .find(worker_location("crash_here_on_purpose();  // the call of mode segv")) != std::string::npos);
+  CHECK(other_files(dir, "error.json").empty());
+}
+
+TEST_CASE("an exception record names the source file and line of its throw site") {
+  if (!throw_traces_built) {
+    WARN("skipped: throw-site traces are compiled out of this build");
+    return;
+  }
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  RunResult result = run_worker({"throw"}, file);
+  CHECK(result.exitcode == 1);
+  const std::string callstack = callstack_of(elastic::ProcessFailure(0, result.pid, result.exitcode, file));
+  INFO(callstack);
+  CHECK(line_with(callstack, "throw_here_on_purpose()")
+            .find(worker_location("void throw_here_on_purpose() { throw DistinctiveError(")) != std::string::npos);
+  CHECK(line_with(callstack, "call_through(").find(worker_location("  fn();")) != std::string::npos);
+}
+
+TEST_CASE("an inlined function is shown with its line, then its caller's") {
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  RunResult result = run_worker({"inlined_segv"}, file);
+  CHECK(result.exitcode == -SIGSEGV);
+  const std::string callstack = callstack_of(elastic::ProcessFailure(0, result.pid, result.exitcode, file));
+  INFO(callstack);
+  const std::string inlined = line_with(callstack, "inlined_null_write");
+  CHECK(inlined.rfind("#0 ", 0) == 0);
+  CHECK(inlined.find(worker_location("inline void inlined_null_write(volatile int* target) { *target = 7; }") +
+                     " (inlined)") != std::string::npos);
+  const std::string caller = line_with(callstack, "calls_inlined_on_purpose()");
+  CHECK(caller.rfind("#0 ", 0) == 0);
+  CHECK(caller.find(worker_location("  inlined_null_write(null_pointer);") + " (") != std::string::npos);
+}
+
+TEST_CASE("plumbing frames are folded into one line; ELASTIC_TRACEBACK_ALL=1 shows them") {
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  RunResult folded = run_worker({"segv"}, file);
+  const std::string short_stack = callstack_of(elastic::ProcessFailure(0, folded.pid, folded.exitcode, file));
+  INFO(short_stack);
+  CHECK(short_stack.find("invoke_recorded") == std::string::npos);
+  CHECK(short_stack.find("__libc_start_main") == std::string::npos);
+  CHECK(short_stack.find(" _start ") == std::string::npos);
+  const std::string summary = line_with(short_stack, hidden_frames_line);
+  CHECK_FALSE(summary.empty());
+
+  RunResult all = run_worker({"segv"}, file, {{"ELASTIC_TRACEBACK_ALL", "1"}});
+  const std::string full_stack = callstack_of(elastic::ProcessFailure(0, all.pid, all.exitcode, file));
+  INFO(full_stack);
+  CHECK(full_stack.find("elastic::errors::detail::invoke_recorded") != std::string::npos);
+  CHECK(full_stack.find("__libc_start_main") != std::string::npos);
+  CHECK(full_stack.find(hidden_frames_line) == std::string::npos);
+  // The count told is the count left out.
+  const auto lines = [](const std::string& text) { return std::count(text.begin(), text.end(), '\n'); };
+  const std::string count = summary.substr(1, summary.find(' ') - 1);
+  CHECK(lines(full_stack) - lines(short_stack) + 1 == std::stol(count));
+}
+
+TEST_CASE("a binary without debug information keeps function and offset frames") {
+  TempDir dir;
+  const std::string stripped = dir.file("stripped_worker");
+  RunResult strip = elastic::testing::run({"objcopy", "--strip-debug", crash_worker, stripped}, RunOptions{});
+  REQUIRE(strip.exitcode == 0);
+  const std::string file = dir.file("error.json");
+  RunOptions options;
+  options.set_env = {{"TORCHELASTIC_ERROR_FILE", file}};
+  options.unset_env = {"ELASTIC_CRASH_SIGNALS", "ELASTIC_THROW_TRACES", "ELASTIC_TRACEBACK_ALL"};
+  RunResult result = elastic::testing::run({stripped, "segv"}, options);
+  REQUIRE_FALSE(result.timed_out);
+  CHECK(result.exitcode == -SIGSEGV);
+  const std::string callstack = callstack_of(elastic::ProcessFailure(0, result.pid, result.exitcode, file));
+  INFO(callstack);
+  const std::string top = first_frame(callstack);
+  CHECK(top.find("in crash_worker::crash_here_on_purpose() (" + stripped + "+0x") != std::string::npos);
+  CHECK(callstack.find("crash_worker.cpp:") == std::string::npos);
+}
+
+TEST_CASE("a binary replaced on disk after start is not used for file:line") {
+  TempDir dir;
+  const std::string copy = dir.file("replaced_worker");
+  std::filesystem::copy_file(crash_worker, copy);
+  std::filesystem::permissions(copy, std::filesystem::perms::owner_all);
+  const std::string file = dir.file("error.json");
+  RunOptions options;
+  options.set_env = {{"TORCHELASTIC_ERROR_FILE", file}};
+  options.unset_env = {"ELASTIC_CRASH_SIGNALS", "ELASTIC_THROW_TRACES", "ELASTIC_TRACEBACK_ALL"};
+  RunResult result = elastic::testing::run({copy, "replace_self_segv"}, options);
+  INFO(result.err);
+  REQUIRE_FALSE(result.timed_out);
+  CHECK(result.exitcode == -SIGSEGV);
+  const std::string callstack = callstack_of(elastic::ProcessFailure(0, result.pid, result.exitcode, file));
+  INFO(callstack);
+  // Module and offset stay (names too when the symbol tables were read before the
+  // replacement; here they were not, and the old file is gone).
+  CHECK(first_frame(callstack).find(copy) != std::string::npos);
+  CHECK(first_frame(callstack).find("+0x") != std::string::npos);
+  CHECK(callstack.find("crash_worker.cpp:") == std::string::npos);
 }

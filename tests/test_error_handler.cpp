@@ -197,3 +197,40 @@ TEST_CASE("the entry point's name is logged at debug level, and only when one is
   CHECK(stderr_of([&] { named.record_success(); }).empty());
   elastic::log::reset_level();
 }
+
+namespace {
+// Puts the code under a key of its own instead of message.errorCode.
+class ElsewhereHandler : public ErrorHandler {
+ public:
+  bool override_error_code_in_rootcause_data(const std::string& file, nlohmann::ordered_json& data,
+                                             int error_code) override {
+    seen_file = file;
+    data["exit_code"] = error_code;
+    return true;
+  }
+  std::string seen_file;
+};
+}  // namespace
+
+TEST_CASE("override_error_code_in_rootcause_data: a subclass decides how the code is set", "[error_handler]") {
+  TempDir dir;
+  write_file(dir.file("child.json"), R"({"message": {"message": "e", "extraInfo": {"timestamp": "1"}}})");
+  ScopedEnv env("TORCHELASTIC_ERROR_FILE", dir.file("parent.json"));
+  ElsewhereHandler handler;
+  handler.dump_error_file(dir.file("child.json"), 7);
+  CHECK(handler.seen_file == dir.file("child.json"));
+  CHECK(read_file(dir.file("parent.json")) ==
+        R"({"message": {"message": "e", "extraInfo": {"timestamp": "1"}}, "exit_code": 7})");
+  // The default sets message.errorCode, and says whether it changed anything.
+  ErrorHandler plain;
+  nlohmann::ordered_json nested = {{"message", {{"message", "e"}}}};
+  CHECK(plain.override_error_code_in_rootcause_data("f", nested, 3));
+  CHECK(nested["message"]["errorCode"] == 3);
+  nlohmann::ordered_json flat = {{"message", "m"}};
+  CHECK_FALSE(plain.override_error_code_in_rootcause_data("f", flat, 3));
+  CHECK(flat == nlohmann::ordered_json{{"message", "m"}});
+  // Code 0 is never passed on: the copy stays byte-identical.
+  handler.seen_file.clear();
+  handler.dump_error_file(dir.file("child.json"));
+  CHECK(handler.seen_file.empty());
+}

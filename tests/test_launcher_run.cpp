@@ -126,7 +126,8 @@ TEST_CASE("worker environment is torchrun's, with the inherited environment kept
     CHECK(env["TORCHELASTIC_RESTART_COUNT"] == "0");
     CHECK(env["TORCHELASTIC_MAX_RESTARTS"] == "0");
     CHECK(std::regex_match(env["TORCHELASTIC_RUN_ID"], uuid_pattern));
-    CHECK(env["TORCHELASTIC_USE_AGENT_STORE"] == "False");
+    CHECK(env["TORCHELASTIC_USE_AGENT_STORE"] == "True");
+    CHECK(env["TORCHELASTIC_SIGNALS_TO_HANDLE"] == "SIGTERM,SIGINT,SIGHUP,SIGQUIT");
     // A native worker gets only PyTorch 2.2's name (the old one makes 2.2+ warn).
     CHECK(env.count("NCCL_ASYNC_ERROR_HANDLING") == 0);
     CHECK(env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1");
@@ -694,4 +695,86 @@ TEST_CASE("duplicate filters: matching teed lines also go, prefixed, to attempt_
       on_backend(backend, {"--tee=3", "--log-dir", none.file("logs"), "/bin/sh", "-c", "echo apple"}), base_options());
   REQUIRE(plain.exitcode == 0);
   CHECK_FALSE(fs::exists(only_subdir(none.file("logs")) / "attempt_0" / "filtered_stdout.log"));
+}
+
+TEST_CASE("newest torchrun's surface: quoted --rdzv-conf, HOST:0, --local-addr, signals, --no-agent-store") {
+  TempDir dir;
+  // The seed's elastic cases: quotes inside the value, no shell between. c10d and etcd-v2
+  // read none of the quoted keys' spellings, nor `timeout`.
+  auto seed = elastic_run(
+      {"--nnodes=1:2", "--nproc-per-node=2", "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", "--rdzv-id=seed",
+       "--rdzv-conf='join_timeout=5,last_call_timeout=1,timeout=5'", worker, dir.path().string()},
+      base_options());
+  INFO(seed.err);
+  REQUIRE(seed.exitcode == 0);
+  for (int rank : {0, 1}) {
+    auto env = read_env_file(dir.file(std::to_string(rank)));
+    CHECK(env["WORLD_SIZE"] == "2");
+    CHECK(std::stoi(env["MASTER_PORT"]) > 0);
+    CHECK(env["TORCHELASTIC_USE_AGENT_STORE"] == "True");
+  }
+  // The static backend reads `timeout`: a bad value there is still a usage error.
+  auto bad = elastic_run({"--rdzv-conf=timeout=5'", "/bin/true"}, base_options());
+  CHECK(bad.exitcode == 2);
+  CHECK(bad.err.find("timeout '5''") != std::string::npos);
+  for (const char* conf : {"=1", "key", "key=", " , "}) {
+    auto r = elastic_run({std::string("--rdzv-conf=") + conf, "/bin/true"}, base_options());
+    INFO(conf << ": " << r.err);
+    CHECK(r.exitcode == 2);
+    CHECK(r.err.find("--rdzv-conf") != std::string::npos);
+  }
+  // Static HOST:0 is a free port on that host; --local-addr is node 0's MASTER_ADDR.
+  auto local = elastic_run({"--rdzv-endpoint=localhost:0", "--local-addr=127.0.0.2", "--signals-to-handle=term,SIGUSR1",
+                            "--no-agent-store", worker, dir.path().string()},
+                           base_options());
+  INFO(local.err);
+  REQUIRE(local.exitcode == 0);
+  auto env = read_env_file(dir.file("0"));
+  CHECK(env["MASTER_ADDR"] == "127.0.0.2");
+  CHECK(std::stoi(env["MASTER_PORT"]) > 0);
+  CHECK(env["TORCHELASTIC_SIGNALS_TO_HANDLE"] == "SIGTERM,SIGUSR1");
+  CHECK(env["TORCHELASTIC_USE_AGENT_STORE"] == "False");
+  auto several = elastic_run({"--nnodes=2", "--rdzv-endpoint=localhost:0", "/bin/true"}, base_options());
+  CHECK(several.exitcode == 2);
+  CHECK(several.err.find("port 0 (a free port) is for a single node") != std::string::npos);
+}
+
+TEST_CASE("--log-dir=/dev/null: logs discarded, nothing left behind, the failure still summarized") {
+  TempDir dir;
+  fs::create_directories(dir.file("tmp"));
+  auto options = base_options();
+  options.set_env["TMPDIR"] = dir.file("tmp");
+  auto ok = elastic_run(
+      {"--log-dir=/dev/null", "--redirects=3", "--nproc-per-node=2", "/bin/sh", "-c", "echo out; echo err >&2"},
+      options);
+  INFO(ok.err);
+  CHECK(ok.exitcode == 0);
+  CHECK(ok.out.find("out") == std::string::npos);
+  auto failed = elastic_run({"--log-dir=/dev/null", "--tee=3", "--nproc-per-node=2", worker, dir.path().string(),
+                             "--fail-rank", "1", "--sleep-ms", "0"},
+                            options);
+  INFO(failed.err);
+  CHECK(failed.exitcode == 1);
+  CHECK(failed.err.find("launch_worker rank 1 failed on purpose") != std::string::npos);
+  CHECK(failed.err.find("torchelastic_errors_") != std::string::npos);
+  struct stat st {};
+  REQUIRE(::stat("/dev/null", &st) == 0);
+  CHECK(S_ISCHR(st.st_mode));
+  CHECK(fs::is_empty(dir.file("tmp")));
+}
+
+TEST_CASE("virtual local rank narrows the launcher's device list and refuses one too short") {
+  TempDir dir;
+  auto options = base_options();
+  options.set_env["CUDA_VISIBLE_DEVICES"] = "3,5";
+  auto r = elastic_run({"--virtual-local-rank", "--nproc-per-node=2", worker, dir.path().string()}, options);
+  REQUIRE(r.exitcode == 0);
+  CHECK(read_env_file(dir.file("0"))["CUDA_VISIBLE_DEVICES"] == "3");
+  CHECK(read_env_file(dir.file("1"))["CUDA_VISIBLE_DEVICES"] == "5");
+  options.set_env["CUDA_VISIBLE_DEVICES"] = "3";
+  TempDir none;
+  auto short_list = elastic_run({"--virtual-local-rank", "--nproc-per-node=2", worker, none.path().string()}, options);
+  CHECK(short_list.exitcode == 2);
+  CHECK(short_list.err.find("has no device of its own in CUDA_VISIBLE_DEVICES='3'") != std::string::npos);
+  CHECK(fs::is_empty(none.path()));
 }

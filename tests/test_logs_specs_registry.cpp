@@ -64,6 +64,8 @@ TEST_CASE("a registered logs specs decides where a launch's logs go", "[logs_spe
   TempDir logs;
   elastic::launcher::LaunchConfig config;
   config.nproc_per_node = 2;
+  // Shell workers need no store; the default port (29500) may be another job's here.
+  config.agent_store = false;
   config.logs_specs = make_logs_specs("flat", logs.path().string(), Std::OUT);
   REQUIRE(dynamic_cast<FlatLogsSpecs*>(config.logs_specs.get()) != nullptr);
   auto codes = elastic::launcher::launch(config, "/bin/sh", {"-c", "echo out-$RANK"});

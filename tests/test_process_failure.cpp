@@ -209,3 +209,27 @@ TEST_CASE("read_or_describe keeps the path and the reason of an unusable file", 
   CHECK_THAT(failure.message.get<std::string>(), Catch::StartsWith("Signal 6 (SIGABRT) received by PID 77"));
   CHECK_THAT(failure.message.get<std::string>(), Catch::Contains("error file unusable: not valid JSON"));
 }
+
+TEST_CASE("ProcessFailure compares equal field by field", "[process_failure]") {
+  TempDir dir;
+  write_file(dir.file("error.json"), R"({"message": "boom", "timestamp": 42})");
+  ProcessFailure a(1, 100, 3, dir.file("error.json"));
+  ProcessFailure b(1, 100, 3, dir.file("error.json"));
+  CHECK(a == b);
+  CHECK_FALSE(a != b);
+  for (int field = 0; field < 7; ++field) {
+    ProcessFailure c = a;
+    switch (field) {
+      case 0: c.local_rank = 2; break;
+      case 1: c.pid = 101; break;
+      case 2: c.exitcode = 4; break;
+      case 3: c.error_file = "other"; break;
+      case 4: c.error_file_data = {{"message", "x"}}; break;
+      case 5: c.message = "other"; break;
+      case 6: c.timestamp = 43; break;
+    }
+    INFO("field " << field);
+    CHECK(a != c);
+    CHECK_FALSE(a == c);
+  }
+}

@@ -97,7 +97,7 @@ TEST_CASE("our file's bytes have the shape of PyTorch's json.dump", "[interop]")
 TEST_CASE("host name and summary agree with PyTorch's", "[interop]") {
   auto fqdn = run({system_python(), "-c", "import socket; print(socket.getfqdn(), end='')"});
   REQUIRE(fqdn.exitcode == 0);
-  CHECK(elastic::errors::detail::fqdn() == fqdn.out);
+  CHECK(elastic::fqdn() == fqdn.out);
 
   TempDir dir;
   auto a = run({ELASTIC_TEST_RECORD_WORKER, "nested"}, RunOptions{{{"TORCHELASTIC_ERROR_FILE", dir.file("a.json")}}});

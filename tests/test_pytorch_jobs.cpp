@@ -96,7 +96,8 @@ std::set<std::string> rank_names(int world_size) {
 }
 
 // Every rank joined one group of `world_size` and its all_reduce summed to all ones.
-void check_group_formed(const TempDir& out, const RunResult& result, int world_size) {
+void check_group_formed(const TempDir& out, const RunResult& result, int world_size,
+                        const std::string& agent_store = "True") {
   REQUIRE_FALSE(result.timed_out);
   REQUIRE(result.exitcode == 0);
   REQUIRE(files_in(out.path()) == rank_names(world_size));
@@ -106,7 +107,7 @@ void check_group_formed(const TempDir& out, const RunResult& result, int world_s
     CHECK(seen["RANK"] == std::to_string(rank));
     CHECK(seen["WORLD_SIZE"] == std::to_string(world_size));
     CHECK(seen["all_reduce"].get<std::vector<int>>() == ones);
-    CHECK(seen["TORCHELASTIC_USE_AGENT_STORE"] == "False");
+    CHECK(seen["TORCHELASTIC_USE_AGENT_STORE"] == agent_store);
     CHECK(seen["is_torchelastic_launched"] == true);
   }
 }
@@ -114,6 +115,8 @@ void check_group_formed(const TempDir& out, const RunResult& result, int world_s
 void check_init_method(const std::string& init_method_of_port) {
   TempDir out;
   const int port = free_port();
+  // tcp:// names MASTER_PORT, as in PyTorch's test: with the agent store its workers
+  // connect there as clients too.
   const std::string init_method = std::regex_replace(init_method_of_port, std::regex("PORT"), std::to_string(port));
   auto result = launch({"--run-path", "--nnodes=1", "--nproc-per-node=4", "--master-addr=localhost",
                         "--master-port=" + std::to_string(port), "--monitor-interval=1", job_worker,
@@ -513,4 +516,76 @@ TEST_CASE("Debian's torch 1.13 workers get NCCL_ASYNC_ERROR_HANDLING, the name i
   auto seen = seen_by(out, 0);
   CHECK(seen["NCCL_ASYNC_ERROR_HANDLING"] == "1");
   CHECK(seen["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1");
+}
+
+TEST_CASE("torch 1.13's TCPStore client gets every answer of its API from the launcher's store",
+          "[pytorch][jobs][agent_store]") {
+  auto result = launch({"--nproc-per-node=1", "--tee=3", system_python(), jobs_dir + "/agent_store_client.py"});
+  REQUIRE(result.exitcode == 0);
+  const auto start = result.out.find('{');
+  REQUIRE(start != std::string::npos);
+  auto seen = nlohmann::json::parse(result.out.substr(start, result.out.find('\n', start) - start));
+  CHECK(seen["get"] == "v1");
+  CHECK(seen["add_new"] == 5);
+  CHECK(seen["add_again"] == 3);
+  CHECK(seen["get_counter"] == "3");
+  CHECK(seen["cas_swapped"] == "v2");
+  CHECK(seen["cas_not_swapped"] == "v2");
+  CHECK(seen["cas_missing_expected_empty"] == "new");
+  CHECK(seen["cas_missing_expected_given"] == "x");
+  CHECK(seen["wait_timed_out"] == true);
+  CHECK(seen["waited_value"] == "x");
+  // init/ (each client's join count), /k, /counter, /fresh, /later.
+  CHECK(seen["num_keys"] == 5);
+  CHECK(seen["delete_present"] == true);
+  CHECK(seen["delete_absent"] == false);
+  CHECK(seen["prefixed"] == std::vector<int>{0, 1, 'b', 'i', 'n', 'a', 'r', 'y'});
+}
+
+TEST_CASE("with --no-agent-store, worker rank 0 hosts the store, as before", "[pytorch][jobs][agent_store]") {
+  TempDir out;
+  auto result = launch({"--nproc-per-node=2", "--no-agent-store", "--master-addr=127.0.0.1",
+                        "--master-port=" + std::to_string(free_port()), job_worker, "--out-dir", out.path().string()});
+  check_group_formed(out, result, 2, "False");
+}
+
+TEST_CASE("the launcher's store serves its workers and closes a stranger's connection",
+          "[pytorch][jobs][agent_store]") {
+  TempDir out;
+  auto job = std::async(std::launch::async, [&] {
+    return run_launcher(
+        {"--nproc-per-node=1", system_python(), jobs_dir + "/agent_store_client.py", "serve", out.path().string()});
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!fs::exists(out.file("port")) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::string port = fs::exists(out.file("port")) ? read_file(out.file("port")) : "0";
+  // This test is no descendant of the launcher: its connection is closed unanswered.
+  auto stranger = run({system_python(), jobs_dir + "/agent_store_client.py", port, "raw"},
+                      RunOptions().with_timeout(std::chrono::seconds(30)));
+  write_file(out.file("done"), "");
+  RunResult result = job.get();
+  INFO("elastic-run: " << result.exitcode << "\n"
+                       << result.out << result.err << "\nstranger: " << stranger.out << stranger.err);
+  REQUIRE(result.exitcode == 0);
+  auto inside = nlohmann::json::parse(read_file(out.file("inside")));
+  CHECK(inside["answered"] == true);
+  CHECK(inside["value"] == 5);
+  // torch 2.x's dialect, spoken by hand (no torch 2.x here): PING echoes its nonce,
+  // APPEND extends, MULTI_GET answers each value.
+  CHECK(inside["v2"]["pong"] == 12345);
+  CHECK(inside["v2"]["multi_get"] ==
+        "0400000000000000"
+        "61626364"
+        "0100000000000000"
+        "78");
+  CHECK(inside["oversized_closed"] == true);
+  CHECK(inside["unknown_closed"] == true);
+  REQUIRE(stranger.exitcode == 0);
+  auto outside = nlohmann::json::parse(stranger.out);
+  CHECK(outside["answered"] == false);
+  CHECK_THAT(result.err, Catch::Contains("workers' store on port " + port + ": refused 127.0.0.1:"));
+  CHECK_THAT(result.err, Catch::Contains("not a process of this job"));
+  CHECK_THAT(result.err, Catch::Contains("a key of 1099511627776 bytes is over the limit"));
+  CHECK_THAT(result.err, Catch::Contains("an unknown request type 200"));
 }

@@ -49,7 +49,7 @@ TEST_CASE("static multi-node: node 0 starts no worker before node 1 arrives, the
     CHECK(env["ROLE_WORLD_SIZE"] == "4");
     CHECK(env["MASTER_ADDR"] == "127.0.0.1");
     CHECK(env["MASTER_PORT"] == std::to_string(port));
-    CHECK(env["TORCHELASTIC_USE_AGENT_STORE"] == "False");
+    CHECK(env["TORCHELASTIC_USE_AGENT_STORE"] == "True");
   }
 }
 

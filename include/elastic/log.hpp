@@ -11,7 +11,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <elastic/detail/suppress_signal.hpp>
-#include <elastic/detail/write_all.hpp>
+#include <elastic/write_all.hpp>
 #include <string>
 #include <string_view>
 
@@ -47,25 +47,32 @@ inline const char* level_name(Level level) {
   }
 }
 
-// When set, whole lines go there instead of stderr: the launcher queues them on
-// its stderr console, in order with teed worker output, so a stalled reader
-// never blocks the thread that logs.
-using Sink = void (*)(std::string_view line);
-inline std::atomic<Sink> sink{nullptr};
+inline std::atomic<void (*)(std::string_view)> sink{nullptr};
+}  // namespace detail
 
-// One write(2) per message so lines from concurrent processes never interleave.
-// A closed stderr pipe gives EPIPE here, not a SIGPIPE that would kill the process.
+// Where whole lines go instead of stderr when set: the launcher queues them on its
+// stderr console, in order with teed worker output, so a stalled reader never
+// blocks the thread that logs. The sink must not log itself.
+using Sink = void (*)(std::string_view line);
+
+// Sets the sink (null: stderr again); returns the one it replaces, so a scope can
+// put it back.
+inline Sink set_sink(Sink to) { return detail::sink.exchange(to); }
+
+// Writes one "[elastic] LEVEL: text" line whatever the threshold: for messages
+// that must be seen (a failure being reported). One write(2) per message so lines
+// from concurrent processes never interleave; a closed stderr pipe gives EPIPE
+// here, not a SIGPIPE that would kill the process.
 inline void write_line(Level level, std::string_view text) {
-  std::string line = fmt::format("[elastic] {}: {}\n", level_name(level), text);
-  if (Sink to = sink.load()) {
+  std::string line = fmt::format("[elastic] {}: {}\n", detail::level_name(level), text);
+  if (Sink to = detail::sink.load()) {
     to(line);
     return;
   }
   elastic::detail::SuppressSignal no_sigpipe(SIGPIPE);
   // A failure here means stderr is gone: there is no one else to tell.
-  (void)elastic::detail::write_all(STDERR_FILENO, line.data(), line.size());
+  (void)elastic::write_all(STDERR_FILENO, line.data(), line.size());
 }
-}  // namespace detail
 
 inline Level level() {
   int forced = detail::forced_level.load(std::memory_order_relaxed);
@@ -80,7 +87,7 @@ inline bool enabled(Level at) { return at != Level::off && static_cast<int>(at) 
 template <typename... Args>
 void write(Level at, fmt::format_string<Args...> format, Args&&... args) {
   if (!enabled(at)) return;
-  detail::write_line(at, fmt::format(format, std::forward<Args>(args)...));
+  write_line(at, fmt::format(format, std::forward<Args>(args)...));
 }
 
 template <typename... Args>

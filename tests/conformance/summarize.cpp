@@ -62,7 +62,7 @@ int main(int argc, char** argv) {
 
   const std::string name = spec.value("name", std::string("trainer"));
   nlohmann::json out;
-  out["fqdn"] = elastic::errors::detail::fqdn();
+  out["fqdn"] = elastic::fqdn();
   out["failures"] = nlohmann::json::array();
   elastic::ChildFailedError::Failures read, described;
   bool all_read = true;

@@ -96,6 +96,30 @@ WORKER_NOINLINE void throw_from_thread_on_purpose() { throw DistinctiveError("th
 
 WORKER_NOINLINE void throw_here_on_purpose() { throw DistinctiveError("thrown deep inside"); }
 
+// Inlined into its caller whatever the optimization level: the record must show
+// both functions, this one as inlined.
+__attribute__((always_inline)) inline void inlined_null_write(volatile int* target) { *target = 7; }
+
+WORKER_NOINLINE void calls_inlined_on_purpose() {
+  inlined_null_write(null_pointer);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+}
+
+// Puts another file where this program's executable was (as an upgrade would),
+// then crashes: the record must not take file:line from the new file.
+WORKER_NOINLINE void replace_own_binary_then_crash() {
+  char self[4096] = {};
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0) std::abort();
+  const std::string replacement = std::string(self) + ".new";
+  std::FILE* file = std::fopen(replacement.c_str(), "w");
+  if (file == nullptr) std::abort();
+  std::fputs("not the program that is running\n", file);
+  std::fclose(file);
+  if (std::rename(replacement.c_str(), self) != 0) std::abort();
+  crash_here_on_purpose();
+}
+
 WORKER_NOINLINE void call_through(void (*fn)()) {
   fn();
   std::atomic_signal_fence(std::memory_order_seq_cst);  // keeps this frame on the stack
@@ -201,7 +225,7 @@ int worker_main(int argc, char** argv) {
   using namespace crash_worker;
   const std::string mode = argc > 1 ? argv[1] : "";
   if (mode == "segv")
-    crash_here_on_purpose();
+    crash_here_on_purpose();  // the call of mode segv
   else if (mode == "segv_internal")
     crash_in_internal_function_on_purpose();
   else if (mode == "abort")
@@ -236,6 +260,10 @@ int worker_main(int argc, char** argv) {
     throw_after_crash();
   else if (mode == "crash_during_exit_after_throw")
     crash_during_exit_after_throw();
+  else if (mode == "inlined_segv")
+    calls_inlined_on_purpose();
+  else if (mode == "replace_self_segv")
+    replace_own_binary_then_crash();
   else if (mode == "ok")
     return 0;
   else {

@@ -58,6 +58,7 @@ struct Args {
   std::string local_addr;
   std::string log_line_prefix_template;
   bool virtual_local_rank = false;
+  bool no_agent_store = false;
   std::string signals_to_handle = "SIGTERM,SIGINT,SIGHUP,SIGQUIT";
   std::string logs_specs = "default";
   // Empty: not given (PET_TERM_TIMEOUT, TORCH_ELASTIC_SHUTDOWN_TIMEOUT, then 30 s).
@@ -204,7 +205,6 @@ elastic::launcher::LaunchConfig make_config(Args& a) {
   config.nproc_per_node = launcher::determine_local_world_size(a.nproc_per_node);
   config.rdzv_backend = a.rdzv_backend;
   config.rdzv_endpoint = a.rdzv_endpoint;
-  config.local_addr = a.local_addr;
   config.run_id = a.rdzv_id;
   config.rdzv_configs = launcher::parse_rendezvous_config(a.rdzv_conf);
   if (a.master_port_given && (a.master_port < 1 || a.master_port > 65535))
@@ -214,8 +214,20 @@ elastic::launcher::LaunchConfig make_config(Args& a) {
     auto bracket = config.rdzv_endpoint.rfind(']');
     if (colon != std::string::npos && (bracket == std::string::npos || colon > bracket)) {
       const std::string port = config.rdzv_endpoint.substr(colon + 1);
-      if (!launcher::all_digits(port) || std::stoi(port) < 1 || std::stoi(port) > 65535)
-        throw UsageError("--rdzv-endpoint '" + config.rdzv_endpoint + "': the port must be a number from 1 to 65535");
+      if (!launcher::all_digits(port) || std::stoi(port) > 65535)
+        throw UsageError("--rdzv-endpoint '" + config.rdzv_endpoint + "': the port must be a number from 0 to 65535");
+      // HOST:0, newest torchrun's form for one node: a free port. Static: as if no
+      // master port were given (main holds a free one).
+      if (std::stoi(port) == 0 && config.rdzv_backend == "static" && !a.standalone) {
+        if (config.max_nodes != 1)
+          throw UsageError("--rdzv-endpoint '" + config.rdzv_endpoint +
+                           "': port 0 (a free port) is for a single node; the other nodes cannot know it");
+        a.master_addr = config.rdzv_endpoint.substr(0, colon);
+        if (a.master_addr.size() >= 2 && a.master_addr.front() == '[' && a.master_addr.back() == ']')
+          a.master_addr = a.master_addr.substr(1, a.master_addr.size() - 2);
+        config.rdzv_endpoint.clear();
+        a.master_port_given = false;
+      }
     }
   }
   if (a.standalone) {
@@ -243,6 +255,8 @@ elastic::launcher::LaunchConfig make_config(Args& a) {
   config.start_method = a.start_method;
   config.role = a.role;
   config.virtual_local_rank = a.virtual_local_rank;
+  config.local_addr = a.local_addr;
+  config.agent_store = !a.no_agent_store;
   config.term_timeout = shutdown_timeout(a.shutdown_timeout);
   if (!a.log_line_prefix_template.empty()) config.log_line_prefix_template = a.log_line_prefix_template;
   config.signals_to_handle.clear();
@@ -333,7 +347,9 @@ inline Invocation parse_command_line(int argc, char** argv) {
   option(app, "master-addr", a.master_addr, "Address of the master node (MASTER_ADDR)");
   option(app, "master-port", a.master_port, "Port on the master node (MASTER_PORT)");
   option(app, "local-addr", a.local_addr,
-         "Address of this node: MASTER_ADDR when it hosts rank 0 of a c10d or etcd round");
+         "Address of this node: its name in the rendezvous, and MASTER_ADDR where it hosts group rank 0");
+  flag(app, "no-agent-store", a.no_agent_store,
+       "Worker rank 0 hosts the workers' store (TORCHELASTIC_USE_AGENT_STORE=False) instead of the launcher");
   option(app, "log-line-prefix-template", a.log_line_prefix_template,
          "Prefix of teed lines, with ${rank}, ${local_rank}, ${role_name}")
       ->envname("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE");

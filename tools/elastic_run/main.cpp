@@ -29,7 +29,7 @@ void block_handled_signals(const elastic::launcher::LaunchConfig& config) {
 // Diagnostics and the summary go through the stderr console to the end (queued, in
 // order with teed output): a stalled reader cannot block what follows the run.
 void log_to_console() {
-  elastic::log::detail::sink.store([](std::string_view line) { Console::of(STDERR_FILENO).write(line); });
+  elastic::log::set_sink([](std::string_view line) { Console::of(STDERR_FILENO).write(line); });
 }
 
 // Runs the launch inside record() (so that TORCHELASTIC_ERROR_FILE, when set for the

@@ -63,9 +63,10 @@ inline std::map<int, std::set<int>> numa_binding_plan(const std::string& mode_na
   return plan;
 }
 
-// Node 0 of a static job runs rank 0, which hosts PyTorch's store on the master
-// port: the port is held for the whole job, so that no other job on this host takes
-// it (see port.hpp). A single node given no port gets a free one here.
+// Node 0 of a static job serves the workers' store on the master port (or, with
+// --no-agent-store, runs rank 0, which hosts it): the port is held for the whole
+// job, so that no other job on this host takes it (see port.hpp). A single node
+// given no port gets a free one here.
 inline elastic::launcher::PortReservation hold_master_port(elastic::launcher::LaunchConfig& config) {
   using elastic::launcher::PortReservation;
   if (config.node_rank != 0 || config.rdzv_backend != "static") return {};

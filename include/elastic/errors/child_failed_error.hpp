@@ -5,8 +5,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <elastic/errors/detail/hostname.hpp>
-#include <elastic/errors/handlers.hpp>
+#include <elastic/errors/detail/summary_hook.hpp>
+#include <elastic/errors/hostname.hpp>
 #include <elastic/errors/process_failure.hpp>
 #include <map>
 #include <stdexcept>
@@ -80,7 +80,8 @@ class ChildFailedError : public std::runtime_error {
   const std::string& name() const noexcept { return name_; }
   const Failures& failures() const noexcept { return failures_; }
 
-  // The root cause: the smallest timestamp, the lowest rank on a tie.
+  // The root cause: the smallest timestamp, the lowest rank on a tie (torchrun's
+  // rule); a collateral failure only when every failure is one.
   std::pair<int, const ProcessFailure&> get_first_failure() const { return first_failure(failures_); }
 
   std::string format_msg(char boarder = '=', char section = '-') const {
@@ -94,9 +95,13 @@ class ChildFailedError : public std::runtime_error {
   }
 
   static std::pair<int, const ProcessFailure&> first_failure(const Failures& failures) {
+    auto earlier = [](const ProcessFailure& a, const ProcessFailure& b) {
+      if (a.collateral.empty() != b.collateral.empty()) return a.collateral.empty();
+      return a.timestamp < b.timestamp;
+    };
     auto root = failures.begin();
     for (auto it = failures.begin(); it != failures.end(); ++it)
-      if (it->second.timestamp < root->second.timestamp) root = it;
+      if (earlier(it->second, root->second)) root = it;
     return {root->first, root->second};
   }
 
@@ -108,9 +113,11 @@ class ChildFailedError : public std::runtime_error {
         "  rank      : {} (local_rank: {})\n"
         "  exitcode  : {} (pid: {})\n"
         "  error_file: {}\n"
-        "  traceback : {}",
-        idx, failure.timestamp_isoformat(), errors::detail::fqdn(), rank, failure.local_rank, failure.exitcode,
-        failure.pid, failure.error_file, errors::detail::traceback_text(failure.message));
+        "  traceback : {}{}",
+        idx, failure.timestamp_isoformat(), failure.host.empty() ? fqdn() : failure.host, rank,
+        failure.local_rank, failure.exitcode, failure.pid, failure.error_file,
+        errors::detail::traceback_text(failure.message),
+        failure.collateral.empty() ? std::string() : "\n  collateral: " + failure.collateral);
   }
 
   static std::string format(const std::string& name, const Failures& failures, char boarder, char section) {
@@ -124,7 +131,7 @@ class ChildFailedError : public std::runtime_error {
       width = std::max(width, errors::detail::widest_line(rendered));
       if (rank == root_rank) {
         if (failure.exitcode < 0)
-          rendered = get_error_handler()->maybe_enrich_signal_failure_message(std::move(rendered), failure.error_file);
+          rendered = errors::detail::enrich_signal_failure_message(std::move(rendered), failure.error_file);
         root = std::move(rendered);
       } else {
         if (!others.empty()) others += '\n';

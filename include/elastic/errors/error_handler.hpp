@@ -7,7 +7,7 @@
 
 #include <cstdint>
 #include <cstdlib>
-#include <elastic/errors/crash_handler.hpp>
+#include <elastic/errors/crash/install.hpp>
 #include <elastic/errors/detail/exception_info.hpp>
 #include <elastic/errors/detail/file_io.hpp>
 #include <elastic/errors/detail/python_json.hpp>
@@ -60,6 +60,25 @@ class ErrorHandler {
   virtual void set_entrypoint_fn_name(std::string name) { entrypoint_fn_name_ = std::move(name); }
   const std::string& entrypoint_fn_name() const noexcept { return entrypoint_fn_name_; }
 
+  // Sets `error_code` in the root cause's data read from `rootcause_error_file`, as
+  // dump_error_file() does with a non-zero code; override to change how. Returns
+  // whether `rootcause_error` changed (false: the copy stays byte-identical).
+  virtual bool override_error_code_in_rootcause_data(const std::string& rootcause_error_file,
+                                                     nlohmann::ordered_json& rootcause_error, int error_code) {
+    if (!rootcause_error.is_object() || !rootcause_error.contains("message")) {
+      log::warning("child error file ({}) does not have field `message`; cannot override error code: {}",
+                   rootcause_error_file, error_code);
+      return false;
+    }
+    if (!rootcause_error["message"].is_object()) {
+      log::warning("child error file ({}) has a new message format; skipping error code override",
+                   rootcause_error_file);
+      return false;
+    }
+    rootcause_error["message"]["errorCode"] = error_code;
+    return true;
+  }
+
   // Copies a child's error file to this process's error file. With a non-zero
   // error_code and a nested message, message.errorCode is set; with 0 the copy
   // is byte-identical. Problems are logged, never thrown: this runs while a
@@ -83,17 +102,8 @@ class ErrorHandler {
       return;
     }
     std::string contents = std::move(read.data);
-    if (error_code != 0) {
-      if (!data.is_object() || !data.contains("message")) {
-        log::warning("child error file ({}) does not have field `message`; cannot override error code: {}", child_file,
-                     error_code);
-      } else if (!data["message"].is_object()) {
-        log::warning("child error file ({}) has a new message format; skipping error code override", child_file);
-      } else {
-        data["message"]["errorCode"] = error_code;
-        contents = errors::detail::python_json_dumps(data);
-      }
-    }
+    if (error_code != 0 && override_error_code_in_rootcause_data(child_file, data, error_code))
+      contents = errors::detail::python_json_dumps(data);
     if (log::enabled(log::Level::debug))  // the dump is costly: skip it when unseen
       log::debug("child error file ({}) contents:\n{}", child_file, data.dump(2));
 
@@ -108,6 +118,28 @@ class ErrorHandler {
     if (write_error_file(*destination, contents)) {
       scope.written();
       log::info("dumped error file to parent's {}", *destination);
+    }
+  }
+
+  // Writes `data` (an error file's contents, e.g. a failure another node of the job
+  // reported) as this process's error file; error_code as in dump_error_file().
+  // Problems are logged, never thrown.
+  virtual void dump_error_data(const nlohmann::json& data, int error_code = 0) {
+    auto destination = error_file_path();
+    if (!destination) return;
+    nlohmann::ordered_json ordered = nlohmann::ordered_json::parse(
+        data.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), nullptr, /*allow_exceptions=*/false);
+    if (!ordered.is_object() || !ordered.contains("message")) {
+      log::warning("the root cause's error data has no field `message`; not written to {}", *destination);
+      return;
+    }
+    if (error_code != 0 && ordered["message"].is_object()) ordered["message"]["errorCode"] = error_code;
+    errors::detail::ExceptionRecordScope scope;
+    if (!scope.may_write()) return;
+    warn_if_overwriting(*destination);
+    if (write_error_file(*destination, errors::detail::python_json_dumps(ordered))) {
+      scope.written();
+      log::info("dumped the root cause's error data to parent's {}", *destination);
     }
   }
 
@@ -138,7 +170,9 @@ class ErrorHandler {
     if (!entrypoint_fn_name_.empty()) log::debug("recording the exception raised by {}", entrypoint_fn_name_);
     nlohmann::ordered_json extra;
     extra["py_callstack"] = format_callstack(levels);
-    extra["timestamp"] = std::to_string(errors::detail::now_seconds());
+    const std::int64_t now_ns = errors::detail::now_nanoseconds();
+    extra["timestamp"] = std::to_string(now_ns / 1000000000);
+    extra[errors::detail::time_ns_key] = std::to_string(now_ns);
     nlohmann::ordered_json data;
     data["message"]["message"] = headline;
     data["message"]["extraInfo"] = std::move(extra);
@@ -146,7 +180,10 @@ class ErrorHandler {
     if (auto path = error_file_path()) {
       // A crash on another thread meanwhile wins: its record is what ends the process.
       errors::detail::ExceptionRecordScope scope;
-      if (scope.may_write() && write_error_file(*path, contents)) scope.written();
+      if (scope.may_write() && write_error_file(*path, contents)) {
+        errors::detail::symbolize_record(path->c_str());  // file:line, by a helper process
+        scope.written();
+      }
     } else {
       log::info("{} raised {} ({} not set, no error file written)", entrypoint_or_default(), headline, error_file_env);
     }

@@ -1,9 +1,11 @@
 // The process-wide error handler used by record() when none is given.
 #pragma once
 
+#include <elastic/errors/detail/summary_hook.hpp>
 #include <elastic/errors/error_handler.hpp>
 #include <memory>
 #include <mutex>
+#include <string>
 
 namespace elastic {
 
@@ -31,5 +33,13 @@ inline void set_error_handler(std::shared_ptr<ErrorHandler> handler) {
   std::lock_guard<std::mutex> lock(errors::detail::handler_mutex());
   errors::detail::handler_slot() = handler ? std::move(handler) : std::make_shared<ErrorHandler>();
 }
+
+namespace errors::detail {
+inline std::string enrich_through_error_handler(std::string message, const std::string& error_file) {
+  return get_error_handler()->maybe_enrich_signal_failure_message(std::move(message), error_file);
+}
+// Failure summaries (ChildFailedError) reach the handler through this hook.
+inline const bool summary_hook_set = (signal_failure_enricher.store(&enrich_through_error_handler), true);
+}  // namespace errors::detail
 
 }  // namespace elastic

@@ -356,6 +356,17 @@ inline std::int64_t now_seconds() {
   return static_cast<std::int64_t>(now.tv_sec);
 }
 
+// CLOCK_REALTIME in nanoseconds: a failure's time below the second.
+inline std::int64_t now_nanoseconds() {
+  timespec now{};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  return static_cast<std::int64_t>(now.tv_sec) * 1000000000 + now.tv_nsec;
+}
+
+// The key of an error file's time in nanoseconds (extraInfo's in the nested
+// format, top level's otherwise); PyTorch's readers ignore it.
+inline constexpr const char* time_ns_key = "timestamp_ns";
+
 }  // namespace errors::detail
 
 class ProcessFailure {
@@ -367,6 +378,16 @@ class ProcessFailure {
   nlohmann::json error_file_data;  // the parsed file, or {"message": "<NONE>"}
   nlohmann::json message;          // a string, or the nested {"message", "extraInfo"} object
   std::int64_t timestamp = 0;      // seconds since the epoch
+  // When it happened, in nanoseconds since the epoch: the error file's timestamp_ns
+  // when it has one, else when this process saw the exit. Breaks ties between
+  // equal `timestamp`s.
+  std::int64_t time_ns = errors::detail::now_nanoseconds();
+  // Where it happened: empty for this host (a failure reported by another node of
+  // the job names its host).
+  std::string host;
+  // Non-empty: why this failure is not a root cause (the worker was stopped by the
+  // launcher, or failed after the job's first failure). Shown in the summary.
+  std::string collateral;
 
   // Reads `error_file_path` if it is a regular file. A malformed file throws
   // ErrorFileError. A missing one (or a directory, FIFO, device) gives
@@ -397,6 +418,13 @@ class ProcessFailure {
       return failure;
     }
   }
+
+  // Equal when every field is (as PyTorch's dataclass compares them).
+  friend bool operator==(const ProcessFailure& a, const ProcessFailure& b) {
+    return a.local_rank == b.local_rank && a.pid == b.pid && a.exitcode == b.exitcode && a.error_file == b.error_file &&
+           a.error_file_data == b.error_file_data && a.message == b.message && a.timestamp == b.timestamp;
+  }
+  friend bool operator!=(const ProcessFailure& a, const ProcessFailure& b) { return !(a == b); }
 
   // "SIGSEGV" for exit code -11; "<N/A>" for an unnamed signal or a non-negative code.
   std::string signal_name() const { return exitcode < 0 ? elastic::signal_name(-exitcode) : not_available; }
@@ -478,6 +506,9 @@ class ProcessFailure {
       log::debug("User process failed with error data: {}", data.dump(2));
     message = msg;
     timestamp = *stamp;
+    const nlohmann::json& holder = msg.is_object() ? msg.at("extraInfo") : data;
+    if (auto ns = holder.find(errors::detail::time_ns_key); ns != holder.end())
+      if (auto value = errors::detail::to_python_int(*ns); value && *value / 1000000000 == timestamp) time_ns = *value;
     error_file_data = std::move(data);
   }
 };

@@ -60,7 +60,12 @@ std::invoke_result_t<F&, Args...> invoke_recorded(F& fn, ErrorHandler& handler, 
     }
   } catch (const ChildFailedError& error) {
     auto [rank, failure] = error.get_first_failure();
-    if (failure.error_file != not_available) {
+    if (!failure.host.empty() && failure.error_file != not_available) {
+      // Reported by another node: its file is there, its contents came with the report.
+      const nlohmann::json data = failure.error_file_data;
+      const int child_exitcode = failure.exitcode;
+      guarded("dump_error_data", [&] { handler.dump_error_data(data, child_exitcode); });
+    } else if (failure.error_file != not_available) {
       // Copied out of the structured binding: lambdas may capture those only from C++20.
       const std::string child_file = failure.error_file;
       const int child_exitcode = failure.exitcode;
@@ -102,9 +107,8 @@ namespace errors::detail {
 inline void report_escaped(const std::string& entrypoint) {
   auto levels = describe_exception(std::current_exception());
   auto path = get_error_handler()->error_file_path();
-  log::detail::write_line(log::Level::error,
-                          fmt::format("{} failed: {}{}", entrypoint, levels.front().headline(),
-                                      path ? fmt::format(" (error file: {})", *path) : std::string()));
+  log::write_line(log::Level::error, fmt::format("{} failed: {}{}", entrypoint, levels.front().headline(),
+                                                 path ? fmt::format(" (error file: {})", *path) : std::string()));
 }
 
 // main() for ELASTIC_RECORD_MAIN: fn may take (int, char**) or nothing and return
@@ -137,7 +141,7 @@ int run_recorded_main(const char* entrypoint, F fn, int argc, char** argv) {
   } catch (const SystemExit& exit) {
     return exit.code;
   } catch (const ChildFailedError& error) {
-    log::detail::write_line(log::Level::error, fmt::format("{} failed: {}", entrypoint, error.format_msg()));
+    log::write_line(log::Level::error, fmt::format("{} failed: {}", entrypoint, error.format_msg()));
     return 1;
   } catch (...) {
     report_escaped(entrypoint);

@@ -25,7 +25,9 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <elastic/errors/detail/signal_safe.hpp>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -164,6 +166,87 @@ inline bool memory_to_name_frames() {
 
 }  // namespace errors::detail
 
+namespace errors::detail {
+
+inline bool starts_with(const char* text, const char* prefix) {
+  while (*prefix != '\0')
+    if (*text++ != *prefix++) return false;
+  return true;
+}
+
+// The library's own wrappers around the user's function: record()'s lambda,
+// invoke_recorded, run_recorded_main. Async-signal-safe.
+inline bool is_wrapper_frame_name(const char* name) {
+  return starts_with(name, "elastic::errors::detail::invoke_recorded") ||
+         starts_with(name, "elastic::errors::detail::run_recorded_main") || starts_with(name, "elastic::record<");
+}
+
+// The C runtime's frames below main() or a thread's function. Async-signal-safe.
+inline bool is_startup_frame_name(const char* name) {
+  return safe_streq(name, "_start") || safe_streq(name, "__libc_start_main") ||
+         safe_streq(name, "__libc_start_call_main") || safe_streq(name, "start_thread") || safe_streq(name, "clone3") ||
+         safe_streq(name, "clone");
+}
+
+// Whether `path` names the C library (libc.so.6), whose static functions have no
+// name in its dynamic symbol table. Async-signal-safe.
+inline bool is_libc_path(const char* path) {
+  if (path == nullptr) return false;
+  const char* base = path;
+  for (const char* p = path; *p != '\0'; ++p)
+    if (*p == '/') base = p + 1;
+  return starts_with(base, "libc.so") || starts_with(base, "libc-");
+}
+
+}  // namespace errors::detail
+
+// Marks in `hidden` (one flag per frame) the frames of plumbing a reader does not
+// need: the library's wrappers around the user's function, and the C runtime's
+// start-up frames at the outer end of the stack. Returns how many were marked.
+// Frames are only marked when names can be looked up (`name`). Async-signal-safe
+// after prepare_stacktrace().
+inline std::size_t mark_plumbing_frames(const StackFrame* frames, std::size_t count, bool* hidden, bool name = true) {
+  for (std::size_t i = 0; i < count; ++i) hidden[i] = false;
+  if (!name) return 0;
+  std::size_t marked = 0;
+  char symbol[1024];
+  bool outer_end = true;  // still in the start-up frames, walking inward
+  for (std::size_t i = count; i-- > 0;) {
+    const std::uintptr_t address = frames[i].lookup_address();
+    const bool named = absl::Symbolize(reinterpret_cast<const void*>(address), symbol, sizeof(symbol));
+    if (outer_end) {
+      outer_end = named ? errors::detail::is_startup_frame_name(symbol)
+                        : errors::detail::is_libc_path(errors::detail::find_module(address).path);
+      if (outer_end) {
+        hidden[i] = true;
+        ++marked;
+        continue;
+      }
+    }
+    if (named && errors::detail::is_wrapper_frame_name(symbol)) {
+      hidden[i] = true;
+      ++marked;
+    }
+  }
+  return marked;
+}
+
+// The line that stands for the hidden frames. Async-signal-safe.
+inline void append_hidden_frames_line(errors::detail::FixedText& out, std::size_t hidden) {
+  out.append("(").append_unsigned(hidden).append(hidden == 1 ? " frame" : " frames");
+  out.append(" of elastic's wrappers and the C runtime's start-up hidden; ELASTIC_TRACEBACK_ALL=1 shows them)");
+}
+
+// Whether ELASTIC_TRACEBACK_ALL asks for every frame ("1", "true", "yes", "on").
+// Not async-signal-safe (getenv): the crash handler uses the answer taken when it
+// was installed.
+inline bool traceback_all_requested() {
+  const char* value = std::getenv("ELASTIC_TRACEBACK_ALL");
+  if (value == nullptr) return false;
+  return errors::detail::safe_streq(value, "1") || errors::detail::safe_streq(value, "true") ||
+         errors::detail::safe_streq(value, "yes") || errors::detail::safe_streq(value, "on");
+}
+
 // Appends "#index 0xpc in name (module+0xoffset)" without a newline. Parts that
 // cannot be found are left out; with `name` false, the name is not looked up.
 // Async-signal-safe after prepare_stacktrace().
@@ -199,9 +282,19 @@ inline std::string format_stack(const StackFrame* frames, std::size_t count) {
   // The symbolizer keeps object files open for later lookups (a crash's), without
   // O_CLOEXEC: those descriptors must not leak into the worker's own children.
   const std::vector<int> open_before = name ? errors::detail::open_descriptors() : std::vector<int>();
+  std::unique_ptr<bool[]> hidden(new bool[count + 1]);
+  const std::size_t hidden_count =
+      traceback_all_requested() ? 0 : mark_plumbing_frames(frames, count, hidden.get(), name);
   for (std::size_t i = 0; i < count; ++i) {
+    if (hidden_count > 0 && hidden[i]) continue;
     line.clear();
     append_frame(line, i, frames[i], name);
+    text.append(line.c_str(), line.size());
+    text += '\n';
+  }
+  if (hidden_count > 0) {
+    line.clear();
+    append_hidden_frames_line(line, hidden_count);
     text.append(line.c_str(), line.size());
     text += '\n';
   }

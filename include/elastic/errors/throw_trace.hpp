@@ -12,7 +12,8 @@
 // Recording starts with the first ErrorHandler::initialize() (every record() runs
 // it) or install_crash_handlers(): before that, and in programs that never record,
 // a throw costs one relaxed load more than without the library.
-// Off at build time with ELASTIC_THROW_TRACES=0 (CMake option of the same name),
+// Off at build time with ELASTIC_THROW_TRACES=0 (CMake option of the same name) in
+// every translation unit of the program,
 // at run time with the environment variable ELASTIC_THROW_TRACES=0, in code with
 // CrashCaptureOptions::throw_traces = false.
 #pragma once
@@ -115,12 +116,18 @@ inline std::atomic<bool>& throw_traces_armed() {
 
 inline void arm_throw_traces(bool on = true) { throw_traces_armed().store(on, std::memory_order_relaxed); }
 
+// The environment's say (ELASTIC_THROW_TRACES=0 or off: no traces). The build
+// switch does not enter here: an inline body that differed between translation
+// units built with and without it would break the one-definition rule, and the
+// linker would keep either at random. The switch decides only whether this unit
+// defines __cxa_throw (below), a symbol with one meaning wherever it is defined:
+// a program is traced when any of its units is built with the switch on.
 inline bool throw_tracing_enabled() {
   static const bool enabled = [] {
     const char* value = std::getenv("ELASTIC_THROW_TRACES");
     return !(value != nullptr && (std::strcmp(value, "0") == 0 || std::strcmp(value, "off") == 0));
   }();
-  return ELASTIC_THROW_TRACES != 0 && enabled;
+  return enabled;
 }
 
 // Records the current stack for `object`, starting at the frame that called

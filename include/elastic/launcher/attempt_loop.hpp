@@ -19,7 +19,9 @@
 #include <cerrno>
 #include <csignal>
 #include <elastic/errors/child_failed_error.hpp>
+#include <elastic/launcher/agent_store.hpp>
 #include <elastic/launcher/config.hpp>
+#include <elastic/launcher/job_failures.hpp>
 #include <elastic/launcher/membership.hpp>
 #include <elastic/launcher/signals.hpp>
 #include <elastic/launcher/worker_env.hpp>
@@ -42,9 +44,9 @@ namespace detail {
 class ConsoleLog {
  public:
   explicit ConsoleLog(std::chrono::milliseconds stall_limit)
-      : stall_limit_(stall_limit), previous_(log::detail::sink.exchange(&to_console)) {}
+      : stall_limit_(stall_limit), previous_(log::set_sink(&to_console)) {}
   ~ConsoleLog() {
-    log::detail::sink.store(previous_);
+    log::set_sink(previous_);
     multiprocessing::Console::of(STDERR_FILENO).flush(stall_limit_);
   }
   ConsoleLog(const ConsoleLog&) = delete;
@@ -53,7 +55,7 @@ class ConsoleLog {
  private:
   static void to_console(std::string_view line) { multiprocessing::Console::of(STDERR_FILENO).write(line); }
   std::chrono::milliseconds stall_limit_;
-  log::detail::Sink previous_;
+  log::Sink previous_;
 };
 
 // What every attempt's PContext gets from the launch.
@@ -114,6 +116,7 @@ inline std::unique_ptr<multiprocessing::PContext> start_workers(const LaunchConf
 struct AttemptEnd {
   multiprocessing::RunProcsResult result;
   std::optional<std::string> round_changed;  // set: stopped by the launcher for a new round
+  std::vector<FailureReport> remote;         // set: stopped by the launcher for another node's failure
 };
 
 // Watches the started workers until they end or the round changes. A handled
@@ -127,7 +130,8 @@ inline AttemptEnd watch_workers(const LaunchConfig& config, multiprocessing::PCo
   };
   try {
     for (;;) {
-      if (auto result = context.wait(membership.poll_interval(), config.term_timeout)) return {std::move(*result), {}};
+      if (auto result = context.wait(membership.poll_interval(), config.term_timeout))
+        return {std::move(*result), {}, {}};
       if (context.watched_fd_ready()) {
         if (int sig = signals.next(); sig != 0) {
           log::warning("Received {} death signal, shutting down workers", sig);
@@ -143,11 +147,20 @@ inline AttemptEnd watch_workers(const LaunchConfig& config, multiprocessing::PCo
           throw SignalException(sig);
         }
       }
+      // Another node's failure first: the job failed (or restarts, counted), it
+      // does not merely change its members.
+      if (auto remote = membership.job_failures(); !remote.empty()) {
+        const FailureReport& first = earliest_report(remote);
+        log::warning("[{}] rank {} failed on {}; stopping the workers", config.role, first.global_rank,
+                     first.failure.host);
+        stop(SIGTERM);
+        return {*context.wait(std::chrono::milliseconds(0)), std::nullopt, std::move(remote)};
+      }
       if (auto why = membership.round_changed()) {
         log::warning("[{}] {}; restarting the workers in a new round (restart count stays {})", config.role, *why,
                      restart_count);
         stop(SIGTERM);
-        return {*context.wait(std::chrono::milliseconds(0)), why};
+        return {*context.wait(std::chrono::milliseconds(0)), why, {}};
       }
     }
   } catch (const rendezvous::RendezvousError& e) {
@@ -165,9 +178,11 @@ inline AttemptEnd watch_workers(const LaunchConfig& config, multiprocessing::PCo
 inline std::map<int, int> run_attempts(const LaunchConfig& config, const detail::Job& job, Membership& membership,
                                        SignalReader& signals) {
   bool logged_dir = false;
+  std::unique_ptr<AgentStore> agent_store;
   for (int restart_count = 0;;) {
     std::optional<NodeAssignment> node = membership.join(restart_count, signals);
     if (!node) continue;
+    detail::serve_agent_store(config, *node, agent_store);
     auto context = detail::start_workers(config, job, *node, restart_count, signals.fd());
     const WorkerGroupInfo group{restart_count,     node->round,      node->group_rank, node->group_world_size,
                                 node->rank_offset, node->world_size, context->pids()};
@@ -191,7 +206,25 @@ inline std::map<int, int> run_attempts(const LaunchConfig& config, const detail:
     for (int sig = signals.next(); sig != 0; sig = signals.next()) late_signal = sig;
     if (late_signal != 0 && result.is_failed())
       log::warning("Received {} death signal while stopping workers after a failure; not restarting", late_signal);
-    const bool restart = result.is_failed() && restart_count < config.max_restarts && late_signal == 0;
+    const bool several_nodes = node->group_world_size > 1;
+    std::vector<FailureReport> remote = std::move(end.remote);
+    auto may_restart = [&] {
+      return restart_count < config.max_restarts && late_signal == 0 &&
+             std::none_of(remote.begin(), remote.end(), [](const FailureReport& r) { return r.final; });
+    };
+    if (result.is_failed() && remote.empty() && several_nodes) {
+      // This node's failure: the other nodes learn of it at their next poll; one
+      // of theirs may have come first.
+      auto [local_rank, failure] = earliest_failure(result.failures);
+      FailureReport report;
+      report.global_rank = node->rank_offset + local_rank;
+      report.failure = failure;
+      report.final = !may_restart();
+      membership.publish_failure(report);
+      remote = membership.job_failures();
+    }
+    const bool failed = result.is_failed() || !remote.empty();
+    const bool restart = failed && may_restart();
     if (config.on_workers_ended) config.on_workers_ended(group, result, !restart);
     if (restart) {
       ++restart_count;
@@ -200,7 +233,7 @@ inline std::map<int, int> run_attempts(const LaunchConfig& config, const detail:
       continue;
     }
     membership.finish();
-    if (!result.is_failed()) {
+    if (!failed) {
       std::map<int, int> values;
       for (const auto& [local_rank, code] : result.return_values) values[node->rank_offset + local_rank] = code;
       return values;
@@ -208,6 +241,23 @@ inline std::map<int, int> run_attempts(const LaunchConfig& config, const detail:
     ChildFailedError::Failures failures;
     for (auto& [local_rank, failure] : result.failures)
       failures.emplace(node->rank_offset + local_rank, std::move(failure));
+    failures = merge_job_failures(std::move(failures), remote, several_nodes);
+    if (several_nodes) {
+      // In a job of several nodes, the workers this launcher stopped are shown too:
+      // collateral of the job's first failure.
+      const auto root = std::min_element(failures.begin(), failures.end(), [](const auto& a, const auto& b) {
+        if (a.second.collateral.empty() != b.second.collateral.empty()) return a.second.collateral.empty();
+        return earlier_failure(a.second, b.second);
+      });
+      const std::string cause = "rank " + std::to_string(root->first) + " failed on " +
+                                (root->second.host.empty() ? elastic::fqdn() : root->second.host);
+      for (const auto& [local_rank, pid] : group.pids) {
+        if (result.failures.count(local_rank) > 0) continue;
+        ProcessFailure stopped(local_rank, static_cast<int>(pid), -SIGTERM, std::string(not_available));
+        stopped.collateral = "stopped by the launcher after " + cause;
+        failures.emplace(node->rank_offset + local_rank, std::move(stopped));
+      }
+    }
     throw ChildFailedError(job.name, std::move(failures));
   }
 }

@@ -53,12 +53,18 @@ struct LaunchConfig {
   std::string rdzv_endpoint;  // host:port; empty: master_addr:master_port
   std::string rdzv_backend = "static";
   std::map<std::string, std::string> rdzv_configs;
-  // --local-addr: the address other nodes reach this one at, MASTER_ADDR when this
-  // node hosts rank 0 of a dynamic round (empty: chosen as host_address.hpp says).
-  std::string local_addr;
   int node_rank = 0;
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
+  // This node's address (--local-addr): its name in a dynamic rendezvous and, where
+  // it hosts group rank 0, its workers' MASTER_ADDR. Empty: its FQDN (dynamic) or
+  // master_addr (static).
+  std::string local_addr;
+  // Serve PyTorch's TCPStore for the workers from the launcher on the node hosting
+  // group rank 0, at MASTER_ADDR:MASTER_PORT, and tell them so
+  // (TORCHELASTIC_USE_AGENT_STORE=True), as torchrun does. Off: worker rank 0 hosts
+  // it (False).
+  bool agent_store = true;
   int max_restarts = 0;
   double monitor_interval = 0.1;  // accepted for compatibility: monitoring is event-driven
   std::string start_method = "spawn";
@@ -112,6 +118,21 @@ inline std::pair<int, int> parse_min_max_nnodes(const std::string& nnodes) {
 // GPUs this process may use (NVML or the device nodes, narrowed by CUDA_VISIBLE_DEVICES).
 inline int gpu_count() { return multiprocessing::gpu_count(); }
 
+// The devices of CUDA_VISIBLE_DEVICES, split as Python's str.split(","); nullopt
+// when it is not set.
+inline std::optional<std::vector<std::string>> visible_device_list() {
+  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
+  if (visible == nullptr) return std::nullopt;
+  std::vector<std::string> items(1);
+  for (const char* c = visible; *c != '\0'; ++c) {
+    if (*c == ',')
+      items.emplace_back();
+    else
+      items.back() += *c;
+  }
+  return items;
+}
+
 inline int cpu_count() {
   long n = ::sysconf(_SC_NPROCESSORS_ONLN);
   return n > 0 ? static_cast<int>(n) : 1;
@@ -145,17 +166,29 @@ inline int determine_local_world_size(const std::string& nproc_per_node) {
   throw UsageError("Unsupported nproc_per_node value: " + nproc_per_node);
 }
 
-// "k1=v1,k2=v2" -> map.
+// "k1=v1,k2=v2" -> map, as PyTorch reads --rdzv-conf: keys and values are trimmed,
+// a key without a value is an error, and nothing else about a key is checked (a
+// backend ignores the keys it does not read, however they are spelt).
 inline std::map<std::string, std::string> parse_rendezvous_config(const std::string& text) {
+  auto trim = [](const std::string& s) {
+    const auto first = s.find_first_not_of(" \t\n\r\f\v");
+    if (first == std::string::npos) return std::string();
+    return s.substr(first, s.find_last_not_of(" \t\n\r\f\v") - first + 1);
+  };
   std::map<std::string, std::string> result;
+  const std::string all = trim(text);
+  if (all.empty()) return result;
   std::size_t start = 0;
-  while (start < text.size()) {
-    std::size_t comma = text.find(',', start);
-    std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+  for (;;) {
+    std::size_t comma = all.find(',', start);
+    std::string item = all.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
     std::size_t eq = item.find('=');
-    if (eq == std::string::npos || eq == 0)
-      throw UsageError("--rdzv-conf: '" + item + "' is not of the form key=value");
-    result[item.substr(0, eq)] = item.substr(eq + 1);
+    const std::string key = trim(item.substr(0, eq));
+    if (key.empty())
+      throw UsageError("--rdzv-conf must be of the form <key1>=<value1>,...,<keyN>=<valueN>, got '" + text + "'");
+    const std::string value = eq == std::string::npos ? std::string() : trim(item.substr(eq + 1));
+    if (value.empty()) throw UsageError("--rdzv-conf: the option '" + key + "' must have a value");
+    result[key] = value;
     if (comma == std::string::npos) break;
     start = comma + 1;
   }

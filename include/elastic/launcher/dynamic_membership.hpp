@@ -5,7 +5,9 @@
 //   - nodes in the wait list: an uncounted restart at the larger size;
 //   - a participant lost (its launcher's session ended): the survivors restart at
 //     once at the smaller size (uncounted), as long as MIN nodes remain;
-//   - this node's session lost (the store is gone): RendezvousConnectionError.
+//   - this node's session lost (the store is gone): RendezvousConnectionError;
+//   - a worker of another node failed (the round's failure keys, job_failures.hpp):
+//     this node's workers are stopped at once.
 // The job's end (success or failure, not a signal) passes the exit barrier
 // (skipping nodes known dead) and closes the rendezvous.
 #pragma once
@@ -18,7 +20,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
-#include <elastic/errors/detail/hostname.hpp>
+#include <elastic/errors/hostname.hpp>
 #include <elastic/launcher/config.hpp>
 #include <elastic/launcher/host_address.hpp>
 #include <elastic/launcher/membership.hpp>
@@ -43,9 +45,19 @@ inline bool is_dynamic_backend(const std::string& backend) {
 
 namespace detail {
 
+// This node in the rendezvous, and MASTER_ADDR where it hosts group rank 0:
+// --local-addr, else its FQDN.
+inline std::string node_address(const LaunchConfig& config) {
+  return config.local_addr.empty() ? elastic::fqdn() : config.local_addr;
+}
+
 inline rendezvous::RendezvousSettings rendezvous_settings(const LaunchConfig& config) {
   try {
-    return rendezvous::parse_settings(config.run_id, config.min_nodes, config.max_nodes, config.rdzv_configs);
+    // `timeout` belongs to PyTorch's static and legacy etcd backends: c10d and etcd-v2
+    // ignore it, whatever its value, as they ignore every key they do not read.
+    auto configs = config.rdzv_configs;
+    if (config.rdzv_backend != "etcd") configs.erase("timeout");
+    return rendezvous::parse_settings(config.run_id, config.min_nodes, config.max_nodes, configs);
   } catch (const rendezvous::RendezvousConfigError& e) {
     throw UsageError(e.what());
   }
@@ -204,7 +216,7 @@ struct MasterAddressChoice {
 inline MasterAddressChoice choose_master_addr(const std::string& local_addr, const std::string& store_route,
                                               const std::vector<std::string>& peer_routes) {
   if (!local_addr.empty()) return {local_addr, ""};
-  const std::string& name = elastic::errors::detail::fqdn();
+  const std::string& name = elastic::fqdn();
   if (peer_routes.empty() || !resolves_to_loopback(name)) return {name, ""};
   const std::string loopback_name = "the host name '" + name + "' resolves to a loopback address here";
   if (!store_route.empty() && !is_loopback_address(store_route))
@@ -364,7 +376,7 @@ class DynamicMembership final : public Membership {
         settings_(detail::rendezvous_settings(config)),
         backend_(rendezvous::open_backend(config.rdzv_backend, config.rdzv_endpoint, settings_,
                                           [](const std::string& line) { log::info("{}", line); })),
-        node_{elastic::errors::detail::fqdn(), static_cast<long>(::getpid()), next_handler()},
+        node_{detail::node_address(config), static_cast<long>(::getpid()), next_handler()},
         rdzv_(backend_.store, settings_, node_),
         keep_alive_(rdzv_, std::chrono::duration_cast<std::chrono::milliseconds>(settings_.keep_alive_interval)),
         round_check_(rdzv_) {}
@@ -383,6 +395,8 @@ class DynamicMembership final : public Membership {
         "group_rank={} group_world_size={} ranks={}..{} world_size={}",
         config_.role, restart_count, plan->master_addr, plan->master_port, info.group_rank, info.group_world_size(),
         plan->rank_offset, plan->rank_offset + config_.nproc_per_node - 1, plan->world_size);
+    board_.emplace(rdzv_.store(), rdzv_.round_key(info.round, "failures/"));
+    failed_ = false;
     round_ = std::move(info);
     return plan;
   }
@@ -415,10 +429,36 @@ class DynamicMembership final : public Membership {
     return rendezvous::to_string(*health);
   }
 
+  void publish_failure(const FailureReport& report) override {
+    if (!board_) return;
+    failed_ = true;
+    FailureReport mine = report;
+    mine.node = node_.to_string();
+    try {
+      board_->publish(std::move(mine));
+    } catch (const rendezvous::StoreError& e) {
+      log::warning("[{}] cannot tell the other nodes of the failure: {}", config_.role, e.what());
+    }
+  }
+
+  std::vector<FailureReport> job_failures() override {
+    if (!board_) return {};
+    try {
+      auto reports = board_->others();
+      if (!reports.empty()) failed_ = true;
+      return reports;
+    } catch (const rendezvous::StoreError& e) {
+      log::debug("[{}] reading the job's failures: {}", config_.role, e.what());
+      return {};
+    }
+  }
+
   void finish() override {
     if (!round_) return;
     log::debug("[{}] exit barrier of round {}", config_.role, round_->round);
-    detail::exit_barrier(rdzv_, *round_, std::chrono::seconds(300));
+    // After a failure every node learns of it within a poll interval (at most 1 s)
+    // and ends: a node that does not by then is not waited for long.
+    detail::exit_barrier(rdzv_, *round_, failed_ ? failure_wait : std::chrono::seconds(300));
     log::debug("[{}] exit barrier passed; closing the rendezvous", config_.role);
     try {
       rdzv_.close();
@@ -441,7 +481,10 @@ class DynamicMembership final : public Membership {
     std::vector<rendezvous::NodeDesc> others;
     for (const auto& n : round_->nodes)
       if (!(n == node_)) others.push_back(n);
-    const auto deadline = std::chrono::steady_clock::now() + settings_.close_timeout;
+    const auto deadline =
+        std::chrono::steady_clock::now() +
+        (failed_ ? std::min<std::chrono::steady_clock::duration>(settings_.close_timeout, failure_wait)
+                 : std::chrono::steady_clock::duration(settings_.close_timeout));
     try {
       while (rdzv_.alive_nodes(others).size() > 1 && std::chrono::steady_clock::now() < deadline)
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -473,6 +516,9 @@ class DynamicMembership final : public Membership {
   detail::KeepAlive keep_alive_;
   detail::RoundCheck round_check_;
   std::optional<rendezvous::RendezvousInfo> round_;  // the round this node's workers run in
+  std::optional<FailureBoard> board_;                // the round's failure keys
+  bool failed_ = false;                              // a worker of the job failed for good
+  static constexpr std::chrono::seconds failure_wait{3};
 };
 
 }  // namespace elastic::launcher

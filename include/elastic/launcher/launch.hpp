@@ -28,6 +28,10 @@ inline void validate(const LaunchConfig& config) {
                      " needs a dynamic rendezvous backend (--rdzv-backend=c10d, etcd or etcd-v2)");
   if (config.nproc_per_node <= 0) throw UsageError("nproc_per_node must be positive");
   if (config.max_restarts < 0) throw UsageError("max_restarts must not be negative");
+  if (config.virtual_local_rank)
+    if (auto devices = visible_device_list(); devices && static_cast<int>(devices->size()) < config.nproc_per_node)
+      throw UsageError(
+          virtual_local_rank_error(std::getenv("CUDA_VISIBLE_DEVICES"), static_cast<int>(devices->size())));
   if (dynamic) return validate_dynamic(config);  // --node-rank is ignored, as by PyTorch
   if (config.node_rank < 0 || config.node_rank >= config.max_nodes)
     throw UsageError("node_rank " + std::to_string(config.node_rank) + " is not in [0, " +

@@ -6,10 +6,12 @@
 #pragma once
 
 #include <chrono>
+#include <elastic/launcher/job_failures.hpp>
 #include <elastic/launcher/port.hpp>
 #include <elastic/launcher/signals.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace elastic::launcher {
 
@@ -39,6 +41,13 @@ class Membership {
   // Why the running round must end although no worker failed (nodes joined or
   // left), or nullopt. Throws rendezvous::RendezvousError when this node lost the job.
   virtual std::optional<std::string> round_changed() = 0;
+  // Tells the job's other nodes that a worker of this node failed in the running
+  // round (job_failures.hpp). Problems are logged, never thrown: the failure is
+  // reported here all the same.
+  virtual void publish_failure(const FailureReport& report) { (void)report; }
+  // The failures the other nodes published in the running round (polled with
+  // round_changed()). Problems are logged, never thrown.
+  virtual std::vector<FailureReport> job_failures() { return {}; }
   // The job ended (its workers succeeded, or failed with no restart left; not a
   // signal): leave the job so that the other nodes can end too.
   virtual void finish() = 0;

@@ -1,10 +1,10 @@
 // The master port of a job on this host, held for as long as the job runs.
 //
-// Worker rank 0 hosts the c10d store on MASTER_PORT (TORCHELASTIC_USE_AGENT_STORE=False),
-// so the launcher cannot keep the port open by listening on it. It holds it instead with
-// sockets that are bound but never listen, with SO_REUSEADDR: rank 0's store (which sets
-// SO_REUSEADDR too) can still bind and listen there, while the kernel hands the port to no
-// other bind(port 0) or connect(), and a listener elsewhere on it makes the bind fail.
+// The port is held with sockets that are bound but never listen, with SO_REUSEADDR: the
+// store on MASTER_PORT (the launcher's own, agent_store.hpp, or worker rank 0's with
+// TORCHELASTIC_USE_AGENT_STORE=False; both set SO_REUSEADDR) can still bind and listen
+// there, while the kernel hands the port to no other bind(port 0) or connect(), and a
+// listener elsewhere on it makes the bind fail.
 // An abstract Unix socket named after the port marks it as held by a launcher, so two
 // launchers on one host never share a port, even before either's rank 0 listens.
 #pragma once

@@ -17,13 +17,15 @@
 //                TCPStore clients find the port refused until rank 0 listens on it,
 //                and retry, as PyTorch's clients do
 // Only the first attempt waits: a restarted group meets in PyTorch's store again.
+// With "go", node 0 gives the port of a second store it serves (a free port) for
+// as long as it runs: the job's failures travel there (static_membership.hpp).
 #pragma once
 
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
-#include <elastic/errors/detail/hostname.hpp>
+#include <elastic/errors/hostname.hpp>
 #include <elastic/log.hpp>
 #include <elastic/rendezvous/c10d_store.hpp>
 #include <elastic/rendezvous/errors.hpp>
@@ -58,6 +60,10 @@ struct StaticBarrierOptions {
   // Called between waits (every 200 ms at most): a signal number stops the barrier
   // (the caller throws), 0 goes on.
   std::function<int()> pending_signal = [] { return 0; };
+  // The port of the store that carries the job's failures while the workers run
+  // (job_failures.hpp): node 0 gives it, the others get it with "go". Not shared
+  // when null.
+  int* failure_port = nullptr;
 };
 
 // Waits for the other launchers of a static job. Returns 0 when all N arrived, or
@@ -136,7 +142,7 @@ inline int static_barrier(const StaticBarrierOptions& options) {
     // A rank's claim names its launcher; a claim whose launcher's session is gone
     // (it died, and was started again) may be taken over.
     const std::string rank = std::to_string(options.node_rank);
-    const std::string token = elastic::errors::detail::fqdn() + ":" + std::to_string(::getpid());
+    const std::string token = elastic::fqdn() + ":" + std::to_string(::getpid());
     auto claimed = store->compare_set(prefix + "nodes/" + rank, std::nullopt, token);
     if (!claimed.swapped && (store->get(prefix + "alive/" + rank) ||
                              !store->compare_set(prefix + "nodes/" + rank, claimed.current, token).swapped))
@@ -145,9 +151,14 @@ inline int static_barrier(const StaticBarrierOptions& options) {
     store->set_ephemeral(prefix + "alive/" + rank, "1");
     if (!host) {
       if (!wait_for({prefix + "go"})) return sig;
+      if (options.failure_port != nullptr) {
+        auto port = store->get(prefix + "failures_port");
+        *options.failure_port = port ? std::atoi(port->c_str()) : 0;
+      }
     } else {
       if (!wait_for(arrived)) return sig;
       server->stop_accepting();
+      if (options.failure_port != nullptr) store->set(prefix + "failures_port", std::to_string(*options.failure_port));
       store->set(prefix + "go", "1");
       // The others end their sessions on "go"; the store goes after them, so that
       // none of them sees it vanish before it saw "go" (a loaded host may take

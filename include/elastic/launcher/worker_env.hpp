@@ -5,6 +5,7 @@
 
 #include <cctype>
 #include <cstdlib>
+#include <elastic/errors/signals.hpp>
 #include <elastic/launcher/config.hpp>
 #include <elastic/launcher/membership.hpp>
 #include <elastic/multiprocessing/pcontext.hpp>
@@ -90,6 +91,12 @@ inline std::vector<std::string> worker_arguments(const std::vector<std::string>&
 
 }  // namespace detail
 
+// --virtual-local-rank with a parent's device list that has no device for `local_rank`.
+inline std::string virtual_local_rank_error(const std::string& visible, int local_rank) {
+  return "--virtual-local-rank: local rank " + std::to_string(local_rank) +
+         " has no device of its own in CUDA_VISIBLE_DEVICES='" + visible + "'";
+}
+
 // MASTER_ADDR and MASTER_PORT of a static launch: --rdzv-endpoint when given, else
 // --master-addr and --master-port.
 inline std::pair<std::string, int> master_endpoint(const LaunchConfig& config) {
@@ -117,21 +124,33 @@ inline multiprocessing::Env worker_environment(const LaunchConfig& config, const
   env["TORCHELASTIC_RESTART_COUNT"] = std::to_string(restart_count);
   env["TORCHELASTIC_MAX_RESTARTS"] = std::to_string(config.max_restarts);
   env["TORCHELASTIC_RUN_ID"] = config.run_id;
-  // We host no c10d store: with True, PyTorch workers would wait for one forever.
-  env["TORCHELASTIC_USE_AGENT_STORE"] = "False";
+  // True: the launcher of group rank 0 serves the workers' store (agent_store.hpp);
+  // False: worker rank 0 hosts it.
+  env["TORCHELASTIC_USE_AGENT_STORE"] = config.agent_store ? "True" : "False";
+  // As newest torchrun, which sets it for itself and its workers inherit it.
+  std::string handled;
+  for (int sig : config.signals_to_handle) handled += (handled.empty() ? "" : ",") + signal_name(sig);
+  env["TORCHELASTIC_SIGNALS_TO_HANDLE"] = handled;
   // PyTorch 2.2's name, and the older one only for workers that read it (it makes 2.2+ warn);
   // a value the user set is kept.
   env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = detail::getenv_or("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1");
   if (config.legacy_nccl_async_error_handling)
     env["NCCL_ASYNC_ERROR_HANDLING"] = detail::getenv_or("NCCL_ASYNC_ERROR_HANDLING", "1");
   if (config.virtual_local_rank) {
-    // Each worker sees only its own device; an existing list is narrowed, not replaced.
+    // Each worker sees only its own device; an existing list is narrowed, and one
+    // too short for this rank is an error (validate() refuses it before any start).
     std::string device = std::to_string(local_rank);
     if (auto visible = base.find("CUDA_VISIBLE_DEVICES"); visible != base.end()) {
-      std::vector<std::string> items;
-      std::stringstream list(visible->second);
-      for (std::string item; std::getline(list, item, ',');) items.push_back(item);
-      if (local_rank < static_cast<int>(items.size())) device = items[static_cast<std::size_t>(local_rank)];
+      std::vector<std::string> items(1);
+      for (char c : visible->second) {
+        if (c == ',')
+          items.emplace_back();
+        else
+          items.back() += c;
+      }
+      if (local_rank >= static_cast<int>(items.size()))
+        throw UsageError(virtual_local_rank_error(visible->second, local_rank));
+      device = items[static_cast<std::size_t>(local_rank)];
     }
     env["CUDA_VISIBLE_DEVICES"] = device;
   }
@@ -147,6 +166,7 @@ inline NodeAssignment static_assignment(const LaunchConfig& config) {
   node.rank_offset = config.node_rank * config.nproc_per_node;
   node.world_size = config.max_nodes * config.nproc_per_node;
   std::tie(node.master_addr, node.master_port) = master_endpoint(config);
+  if (config.node_rank == 0 && !config.local_addr.empty()) node.master_addr = config.local_addr;
   return node;
 }
 

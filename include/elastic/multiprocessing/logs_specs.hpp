@@ -92,7 +92,18 @@ class DefaultLogsSpecs : public LogsSpecs {
  public:
   using LogsSpecs::LogsSpecs;
 
+  ~DefaultLogsSpecs() override {
+    if (!discard_dir_.empty()) {
+      std::error_code ignored;
+      std::filesystem::remove_all(discard_dir_, ignored);
+    }
+  }
+
+  // --log-dir=/dev/null: every log file is /dev/null, no directory is made under it.
+  bool discards_logs() const { return log_dir_ && *log_dir_ == "/dev/null"; }
+
   std::string root_log_dir() override {
+    if (!root_ && discards_logs()) root_ = *log_dir_;
     if (!root_) {
       if (log_dir_ && !log_dir_->empty()) {
         std::error_code ec;
@@ -114,6 +125,7 @@ class DefaultLogsSpecs : public LogsSpecs {
     LogsDest dest;
     if (envs.empty()) return dest;
     const Env& any = envs.begin()->second;
+    if (discards_logs()) return discarded(envs);
     if (!run_dir_)
       run_dir_ = detail::make_temp_dir(root_log_dir(), detail::env_or(any, "TORCHELASTIC_RUN_ID", "none") + "_");
     const std::string attempt = *run_dir_ + "/attempt_" + detail::env_or(any, "TORCHELASTIC_RESTART_COUNT", "0");
@@ -147,8 +159,39 @@ class DefaultLogsSpecs : public LogsSpecs {
   }
 
  private:
+  // Logs discarded: redirected and teed streams are written to /dev/null (the console
+  // still shows teed lines), filtered lines too. The error files, which the failure
+  // summary is made of, live in a private temporary directory removed with this object.
+  LogsDest discarded(const std::map<int, Env>& envs) {
+    LogsDest dest;
+    if (discard_dir_.empty())
+      discard_dir_ = detail::make_temp_dir(std::filesystem::temp_directory_path().string(), "torchelastic_errors_");
+    const std::string attempt =
+        discard_dir_ + "/attempt_" + detail::env_or(envs.begin()->second, "TORCHELASTIC_RESTART_COUNT", "0");
+    std::error_code ec;
+    std::filesystem::remove_all(attempt, ec);
+    detail::make_private_dir(attempt);
+    dest.filtered_stdout = dest.filtered_stderr = "/dev/null";
+    const int nprocs = static_cast<int>(envs.rbegin()->first) + 1;
+    auto redirects = to_map(redirects_, nprocs);
+    auto tees = to_map(tee_, nprocs);
+    for (const auto& [local_rank, env] : envs) {
+      (void)env;
+      const Std redirect = redirects[local_rank];
+      const Std tee = tees[local_rank];
+      const bool shown = !local_ranks_filter_ || local_ranks_filter_->count(local_rank) > 0;
+      dest.stdouts[local_rank] = has_out(redirect) || has_out(tee) ? "/dev/null" : "";
+      dest.stderrs[local_rank] = has_err(redirect) || has_err(tee) ? "/dev/null" : "";
+      dest.tee_stdouts[local_rank] = has_out(tee) && shown ? dest.stdouts[local_rank] : "";
+      dest.tee_stderrs[local_rank] = has_err(tee) && shown ? dest.stderrs[local_rank] : "";
+      dest.error_files[local_rank] = attempt + "/error_" + std::to_string(local_rank) + ".json";
+    }
+    return dest;
+  }
+
   std::optional<std::string> root_;
   std::optional<std::string> run_dir_;
+  std::string discard_dir_;
 };
 
 }  // namespace elastic::multiprocessing

@@ -25,7 +25,7 @@
 #include <csignal>
 #include <cstring>
 #include <deque>
-#include <elastic/detail/write_all.hpp>
+#include <elastic/write_all.hpp>
 #include <map>
 #include <mutex>
 #include <string>
@@ -37,7 +37,7 @@
 namespace elastic::multiprocessing {
 
 namespace detail {
-using ::elastic::detail::write_all;
+using ::elastic::write_all;
 }  // namespace detail
 
 // One per console file descriptor, process-wide (Console::of): a FIFO of chunks

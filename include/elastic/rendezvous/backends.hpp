@@ -159,6 +159,8 @@ inline RendezvousBackend open_backend(const std::string& name, const std::string
         server_options.secret = options.secret;
         if (log) server_options.log = log;
         backend.server = std::make_unique<C10dStoreServer>(backend.port, std::move(server_options));
+        // Port 0 (torchrun's HOST:0): the free port the server got.
+        backend.port = options.port = backend.server->port();
         if (log)
           log("hosting the c10d rendezvous store on port " + std::to_string(backend.port) +
               (options.secret.empty() ? " (no job secret: any peer that reaches the port is served)"

@@ -14,8 +14,8 @@
 #include <cstdint>
 #include <cstring>
 #include <elastic/detail/suppress_signal.hpp>
-#include <elastic/detail/write_all.hpp>
 #include <elastic/errors/detail/signal_safe.hpp>
+#include <elastic/write_all.hpp>
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -129,7 +129,7 @@ inline ReadResult read_regular_file(const std::string& path, std::size_t max_byt
   return result;
 }
 
-using ::elastic::detail::write_all;
+using ::elastic::write_all;
 
 // Creates `dir` and its missing parents, each new one with mode 0700 (an error
 // file may hold data its owner alone should read). Existing ones are kept as they are.

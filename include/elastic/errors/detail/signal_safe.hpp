@@ -14,7 +14,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
-#include <elastic/detail/write_all.hpp>
+#include <elastic/write_all.hpp>
 
 namespace elastic::errors::detail {
 
@@ -35,9 +35,9 @@ inline bool safe_streq(const char* a, const char* b) {
 // truncated, never overflowed); `truncated()` tells whether that happened.
 class FixedText {
  public:
-  FixedText(char* storage, std::size_t capacity) : data_(storage), capacity_(capacity) { clear(); }
+  constexpr FixedText(char* storage, std::size_t capacity) : data_(storage), capacity_(capacity) { clear(); }
 
-  void clear() {
+  constexpr void clear() {
     size_ = 0;
     truncated_ = false;
     if (capacity_ > 0) data_[0] = '\0';
@@ -167,19 +167,23 @@ class FixedText {
   bool truncated_ = false;
 };
 
-// Storage and text together, for buffers that live in static storage.
 template <std::size_t Capacity>
-class StaticText : public FixedText {
- public:
-  StaticText() : FixedText(storage_, Capacity) {}
-  StaticText(const StaticText&) = delete;
-  StaticText& operator=(const StaticText&) = delete;
-
- private:
-  char storage_[Capacity];
+struct ZeroedStorage {
+  char storage_[Capacity] = {};
 };
 
-using ::elastic::detail::write_all;
+// Storage and text together, for buffers that live in static storage. The
+// storage is a base constructed before the text that points into it, so the
+// whole is constexpr-constructible: a static StaticText is constant-initialized.
+template <std::size_t Capacity>
+class StaticText : private ZeroedStorage<Capacity>, public FixedText {
+ public:
+  constexpr StaticText() : ZeroedStorage<Capacity>(), FixedText(this->storage_, Capacity) {}
+  StaticText(const StaticText&) = delete;
+  StaticText& operator=(const StaticText&) = delete;
+};
+
+using ::elastic::write_all;
 
 // The mode of every file and directory the error path creates, on the exception
 // path and the crash path alike: an error file may hold data its owner alone should read.

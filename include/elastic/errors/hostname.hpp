@@ -10,19 +10,21 @@
 #include <string>
 #include <vector>
 
-namespace elastic::errors::detail {
+namespace elastic {
 
-inline std::string plain_hostname() {
+// gethostname(), "localhost" when that fails.
+inline std::string hostname() {
   char name[256] = {};
   if (::gethostname(name, sizeof(name) - 1) != 0) return "localhost";
   return name;
 }
 
+namespace errors::detail {
 // getfqdn(): resolve the host name, reverse-look-up its first address, then take
 // the first of (official name, aliases...) containing a dot, else the official
 // name. Any failure leaves the plain host name.
 inline std::string compute_fqdn() {
-  const std::string host = plain_hostname();
+  const std::string host = hostname();
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   addrinfo* found = nullptr;
@@ -52,12 +54,14 @@ inline std::string compute_fqdn() {
     if (std::strchr(*alias, '.') != nullptr) return *alias;
   return result->h_name;
 }
+}  // namespace errors::detail
 
+// The fully qualified name of this host, as Python's socket.getfqdn() gives it.
 // Resolved once per process: name lookups can take a while and the answer does
 // not change during a job.
 inline const std::string& fqdn() {
-  static const std::string name = compute_fqdn();
+  static const std::string name = errors::detail::compute_fqdn();
   return name;
 }
 
-}  // namespace elastic::errors::detail
+}  // namespace elastic

@@ -1,3 +1,4 @@
+// write_all(): a write(2) that finishes the job, for any file descriptor.
 #pragma once
 
 #include <poll.h>
@@ -6,7 +7,7 @@
 #include <cerrno>
 #include <cstddef>
 
-namespace elastic::detail {
+namespace elastic {
 
 // Writes all of `data` to `fd`, retrying short writes and EINTR. On a
 // non-blocking fd (O_NONBLOCK set by whoever shares it), EAGAIN waits in poll()
@@ -30,4 +31,4 @@ inline bool write_all(int fd, const char* data, std::size_t size) {
   return true;
 }
 
-}  // namespace elastic::detail
+}  // namespace elastic

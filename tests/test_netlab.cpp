@@ -2,7 +2,8 @@
 // each with its own address, host name and /etc/hosts, over the c10d rendezvous
 // hosted by h1. A job of three hosts; hosts whose own names resolve to loopback;
 // a host cut off mid-job (the others run a new round, the cut host stops its
-// workers once its session has lapsed and says what it could not reach).
+// workers once its session has lapsed and says what it could not reach); an etcd
+// cluster of 3 members, given as 3 endpoints, losing the first one mid-job.
 #include <fcntl.h>
 #include <sys/wait.h>
 
@@ -283,4 +284,87 @@ TEST_CASE("c10d: a torch gloo job across hosts whose names resolve to loopback",
   LAB_OR_SKIP();
   check_gloo_job(NetLab::Names::loopback, {{"GLOO_SOCKET_IFNAME", "eth0"}},
                  {NetLab::address(1), NetLab::address(2), NetLab::address(3)});
+}
+
+namespace {
+
+// One member of an etcd cluster on a lab host, killed (and reaped) at the end.
+class EtcdMember {
+ public:
+  EtcdMember(const NetLab& lab, int host, int members, const TempDir& dir) {
+    auto url = [](int h, int port) { return "http://" + NetLab::address(h) + ":" + std::to_string(port); };
+    std::string cluster;
+    for (int h = 1; h <= members; ++h) cluster += (h > 1 ? "," : "") + NetLab::name(h) + "=" + url(h, 2380);
+    std::vector<std::string> argv{"/usr/bin/etcd",
+                                  "--name=" + NetLab::name(host),
+                                  "--data-dir=" + dir.file("etcd-" + NetLab::name(host)),
+                                  "--listen-client-urls=" + url(host, 2379),
+                                  "--advertise-client-urls=" + url(host, 2379),
+                                  "--listen-peer-urls=" + url(host, 2380),
+                                  "--initial-advertise-peer-urls=" + url(host, 2380),
+                                  "--initial-cluster=" + cluster,
+                                  "--initial-cluster-state=new"};
+    ChildSetup setup;
+    log_ = dir.file("etcd-" + NetLab::name(host) + ".log");
+    setup.out = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    setup.err = setup.out;
+    setup.die_with_parent = true;
+    pid_ = start_child(lab.command(host, argv), make_environment(RunOptions{}), setup);
+    ::close(setup.out);
+  }
+  ~EtcdMember() { kill(); }
+  void kill() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+
+ private:
+  std::string log_;
+  pid_t pid_ = -1;
+};
+
+}  // namespace
+
+TEST_CASE("etcd: a cluster of 3 members given as 3 endpoints loses the first member mid-job and the job goes on") {
+  LAB_OR_SKIP();
+  if (!fs::exists("/usr/bin/etcd")) ELASTIC_SKIP("etcd-server is not installed");
+  NetLab lab(3);
+  TempDir out, logs, data;
+  std::vector<std::unique_ptr<EtcdMember>> members;
+  for (int h = 1; h <= 3; ++h) members.push_back(std::make_unique<EtcdMember>(lab, h, 3, data));
+  const std::string endpoints =
+      NetLab::address(1) + ":2379," + NetLab::address(2) + ":2379," + NetLab::address(3) + ":2379";
+  std::vector<std::unique_ptr<HostLaunch>> hosts;
+  for (int h = 1; h <= 2; ++h) {
+    fs::create_directories(out.path() / NetLab::name(h));
+    hosts.push_back(std::make_unique<HostLaunch>(
+        lab, h,
+        std::vector<std::string>{
+            "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=etcd", "--rdzv-endpoint=" + endpoints,
+            "--rdzv-id=lab-etcd",
+            "--rdzv-conf=join_timeout=40,last_call_timeout=1,keep_alive_interval=1,read_timeout=20",
+            "--monitor-interval=1", "--term-timeout=5", ELASTIC_TEST_LAUNCH_WORKER,
+            (out.path() / NetLab::name(h)).string(), "--sleep-ms", "6000"},
+        logs.file(NetLab::name(h)), std::map<std::string, std::string>{{"ELASTIC_LOG_LEVEL", "info"}}));
+  }
+  auto dump = [&] { return "h1:\n" + hosts[0]->err() + "\nh2:\n" + hosts[1]->err(); };
+  if (!wait_until([&] { return worker_envs(out.path()).size() == 2; }, std::chrono::seconds(40)))
+    FAIL("the job did not start\n" << dump());
+  // The member every launcher tried first goes away while the workers run.
+  members[0]->kill();
+  for (int h = 1; h <= 2; ++h) {
+    const int code = hosts[h - 1]->wait(std::chrono::seconds(60));
+    INFO(dump());
+    CHECK(code == 0);
+  }
+  auto envs = worker_envs(out.path());
+  REQUIRE(envs.size() == 2);
+  for (auto& [where, env] : envs) {
+    CHECK(env["WORLD_SIZE"] == "2");
+    CHECK(env["TORCHELASTIC_RESTART_COUNT"] == "0");
+  }
+  // Never restarted: the round stood while a member was lost.
+  for (int h = 1; h <= 2; ++h) CHECK_THAT(hosts[h - 1]->err(), !Catch::Contains("restarting the workers"));
 }

@@ -29,6 +29,7 @@
 #include <elastic/rendezvous/backends.hpp>
 #include <elastic/rendezvous/dynamic_rendezvous.hpp>
 #include <elastic/signal_free_thread.hpp>
+#include <functional>
 #include <future>
 #include <map>
 #include <memory>
@@ -114,11 +115,18 @@ class KeepAlive {
   std::thread thread_;
 };
 
-// Looks at the running round on its own thread, so that a store request left
-// unanswered (a cut link: no reply, no reset, until read_timeout) never holds up
-// the agent's loop; the loop takes the latest answer when it comes.
+// Looks at the running round (its health and, when given, the job's failure keys)
+// on its own thread, so that a store request left unanswered (a cut link: no reply,
+// no reset, until read_timeout) never holds up the agent's loop; the loop takes the
+// latest answer when it comes.
 class RoundCheck {
  public:
+  struct Answer {
+    rendezvous::RoundHealth health = rendezvous::RoundHealth::healthy;
+    std::vector<FailureReport> failures;
+  };
+  using ReadFailures = std::function<std::vector<FailureReport>()>;
+
   explicit RoundCheck(rendezvous::DynamicRendezvous& rdzv)
       : rdzv_(rdzv), thread_(elastic::signal_free_thread([this] { run(); })) {}
   ~RoundCheck() {
@@ -130,13 +138,14 @@ class RoundCheck {
     thread_.join();
   }
   // Asks for a look at `round` (unless one is under way) and waits up to `limit`
-  // for its answer: the round's health, or nullopt while the store has not answered.
-  // A store failure is rethrown.
-  std::optional<rendezvous::RoundHealth> check(const rendezvous::RendezvousInfo& round,
-                                               std::chrono::milliseconds limit) {
+  // for its answer; nullopt while the store has not answered. A store failure of
+  // the round's look is rethrown.
+  std::optional<Answer> check(const rendezvous::RendezvousInfo& round, ReadFailures read_failures,
+                              std::chrono::milliseconds limit) {
     std::unique_lock<std::mutex> lock(mutex_);
     if (!pending_ && !busy_) {
       round_ = round;
+      read_failures_ = std::move(read_failures);
       pending_ = true;
       cv_.notify_all();
     }
@@ -146,7 +155,7 @@ class RoundCheck {
       error_.reset();
       throw rendezvous::RendezvousConnectionError(what);
     }
-    auto answer = answer_;
+    auto answer = std::move(answer_);
     answer_.reset();
     return answer;
   }
@@ -160,17 +169,21 @@ class RoundCheck {
       pending_ = false;
       busy_ = true;
       const rendezvous::RendezvousInfo round = round_;
+      ReadFailures read_failures = read_failures_;
       lock.unlock();
-      std::optional<rendezvous::RoundHealth> health;
+      std::optional<Answer> answer;
       std::optional<std::string> error;
       try {
-        health = rdzv_.check_round(round);
+        Answer a;
+        a.health = rdzv_.check_round(round);
+        if (read_failures) a.failures = read_failures();
+        answer = std::move(a);
       } catch (const rendezvous::RendezvousError& e) {
         error = e.what();
       }
       lock.lock();
       busy_ = false;
-      answer_ = health;
+      answer_ = std::move(answer);
       if (error) error_ = std::move(error);
       cv_.notify_all();
     }
@@ -181,7 +194,8 @@ class RoundCheck {
   std::condition_variable cv_;
   bool stop_ = false, pending_ = false, busy_ = false;
   rendezvous::RendezvousInfo round_;
-  std::optional<rendezvous::RoundHealth> answer_;
+  ReadFailures read_failures_;
+  std::optional<Answer> answer_;
   std::optional<std::string> error_;
   std::thread thread_;
 };
@@ -350,7 +364,12 @@ inline void exit_barrier(rendezvous::DynamicRendezvous& rdzv, const rendezvous::
 inline void validate_dynamic(const LaunchConfig& config) {
   auto settings = detail::rendezvous_settings(config);
   try {
-    rendezvous::parse_endpoint(config.rdzv_endpoint, config.rdzv_backend == "c10d" ? 29400 : 2379);
+    if (config.rdzv_backend == "c10d") {
+      rendezvous::parse_endpoint(config.rdzv_endpoint, 29400);
+    } else {
+      for (const auto& member : rendezvous::split_endpoints(config.rdzv_endpoint))
+        rendezvous::parse_endpoint(member, 2379);
+    }
   } catch (const rendezvous::RendezvousConfigError& e) {
     throw UsageError(e.what());
   }
@@ -420,10 +439,14 @@ class DynamicMembership final : public Membership {
                     duration<double>(quiet).count(), duration<double>(ttl).count());
       return "this node's session lapsed: the rendezvous store (" + endpoint_text() + text;
     }
-    auto health = round_check_.check(*round_, poll_interval());
-    if (!health || *health == rendezvous::RoundHealth::healthy || *health == rendezvous::RoundHealth::closed)
+    // The look job_failures() took in this pass of the loop, else one now.
+    auto answer = std::move(last_check_);
+    last_check_.reset();
+    if (!answer) answer = round_check_.check(*round_, {}, poll_interval());
+    if (!answer || answer->health == rendezvous::RoundHealth::healthy ||
+        answer->health == rendezvous::RoundHealth::closed)
       return std::nullopt;
-    return rendezvous::to_string(*health);
+    return rendezvous::to_string(answer->health);
   }
 
   void publish_failure(const FailureReport& report) override {
@@ -438,16 +461,32 @@ class DynamicMembership final : public Membership {
     }
   }
 
+  // Read on the round's look-out thread with the round's health (kept for
+  // round_changed()), so that an unanswered store request never blocks the loop.
   std::vector<FailureReport> job_failures() override {
-    if (!board_) return {};
+    if (!board_ || !round_) return {};
     try {
-      auto reports = board_->others();
-      if (!reports.empty()) failed_ = true;
-      return reports;
-    } catch (const rendezvous::StoreError& e) {
-      log::debug("[{}] reading the job's failures: {}", config_.role, e.what());
+      last_check_ = round_check_.check(
+          *round_,
+          // A copy of the board (the store and the round's prefix): the look may
+          // still run when the next round replaces board_.
+          [this, board = *board_]() mutable -> std::vector<FailureReport> {
+            try {
+              return board.others();
+            } catch (const rendezvous::StoreError& e) {
+              log::debug("[{}] reading the job's failures: {}", config_.role, e.what());
+              return {};
+            }
+          },
+          poll_interval());
+    } catch (const rendezvous::RendezvousError& e) {
+      log::debug("[{}] looking at the round: {}", config_.role, e.what());
       return {};
     }
+    if (!last_check_) return {};
+    auto reports = last_check_->failures;
+    if (!reports.empty()) failed_ = true;
+    return reports;
   }
 
   void finish() override {
@@ -495,8 +534,10 @@ class DynamicMembership final : public Membership {
   // The address this host reaches the store from (see host_address.hpp).
   std::string store_route() const {
     try {
-      auto [host, port] =
-          rendezvous::parse_endpoint(config_.rdzv_endpoint, config_.rdzv_backend == "c10d" ? 29400 : 2379);
+      // etcd: the first member's route stands for the cluster's.
+      const std::string first = config_.rdzv_backend == "c10d" ? config_.rdzv_endpoint
+                                                               : rendezvous::split_endpoints(config_.rdzv_endpoint)[0];
+      auto [host, port] = rendezvous::parse_endpoint(first, config_.rdzv_backend == "c10d" ? 29400 : 2379);
       return route_source_address(host, port);
     } catch (const rendezvous::RendezvousConfigError&) {
       return "";
@@ -510,9 +551,10 @@ class DynamicMembership final : public Membership {
   rendezvous::DynamicRendezvous rdzv_;
   detail::KeepAlive keep_alive_;
   detail::RoundCheck round_check_;
-  std::optional<rendezvous::RendezvousInfo> round_;  // the round this node's workers run in
-  std::optional<FailureBoard> board_;                // the round's failure keys
-  bool failed_ = false;                              // a worker of the job failed for good
+  std::optional<rendezvous::RendezvousInfo> round_;       // the round this node's workers run in
+  std::optional<detail::RoundCheck::Answer> last_check_;  // taken by job_failures(), read by round_changed()
+  std::optional<FailureBoard> board_;                     // the round's failure keys
+  bool failed_ = false;                                   // a worker of the job failed for good
   static constexpr std::chrono::seconds failure_wait{3};
 };
 

@@ -49,6 +49,24 @@ inline void validate_backend_config(const std::string& name, const std::map<std:
   if (auto backend = find_store_backend(name); backend && backend->validate) backend->validate(config);
 }
 
+// An endpoint list "a:2379,b:2379" (etcd's members) split at its commas; an empty
+// list is one empty endpoint. An empty item is a RendezvousConfigError.
+inline std::vector<std::string> split_endpoints(const std::string& endpoints) {
+  std::vector<std::string> items;
+  std::size_t start = 0;
+  for (;;) {
+    const auto comma = endpoints.find(',', start);
+    items.push_back(endpoints.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  if (items.size() > 1)
+    for (const auto& item : items)
+      if (item.empty())
+        throw RendezvousConfigError("the rendezvous endpoint list '" + endpoints + "' has an empty item");
+  return items;
+}
+
 // "host[:port]", "[v6]:port"; an empty endpoint is localhost.
 inline std::pair<std::string, int> parse_endpoint(const std::string& endpoint, int default_port) {
   if (endpoint.empty()) return {"localhost", default_port};
@@ -161,9 +179,12 @@ inline RendezvousBackend open_backend(const std::string& name, const std::string
     return backend;
   }
   if (name == "etcd" || name == "etcd-v2") {
-    std::tie(backend.host, backend.port) = parse_endpoint(endpoint, 2379);
+    // "host1:2379,host2:2379,...": the cluster's members, the first tried first.
+    const auto members = split_endpoints(endpoint);
+    std::tie(backend.host, backend.port) = parse_endpoint(members.front(), 2379);
     options.host = backend.host;
     options.port = backend.port;
+    for (std::size_t i = 1; i < members.size(); ++i) options.more_endpoints.push_back(parse_endpoint(members[i], 2379));
     auto etcd = find_store_backend(name);
     if (!etcd) throw RendezvousConfigError("rendezvous backend '" + name + "': this build has no etcd store");
     try {

@@ -70,6 +70,7 @@ inline EtcdClientOptions etcd_client_options(const StoreOptions& options) {
   EtcdClientOptions client;
   client.host = options.host.empty() ? "127.0.0.1" : options.host;
   client.port = options.port > 0 ? options.port : 2379;
+  client.more_endpoints = options.more_endpoints;
   client.read_timeout = options.read_timeout;
   client.protocol = config_value(options.config, {"protocol"}, "http");
   client.ca_cert = config_value(options.config, {"ca_cert", "cacert"});

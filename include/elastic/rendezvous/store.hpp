@@ -36,6 +36,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace elastic::rendezvous {
@@ -54,8 +55,11 @@ struct CompareSetResult {
 
 // What a backend needs to open a client session.
 struct StoreOptions {
-  std::string host;                                                  // endpoint's host
-  int port = 0;                                                      // endpoint's port
+  std::string host;  // endpoint's host
+  int port = 0;      // endpoint's port
+  // Further endpoints of the same store (an etcd cluster's other members), tried in
+  // turn when one fails; c10d has one endpoint.
+  std::vector<std::pair<std::string, int>> more_endpoints;
   std::chrono::milliseconds read_timeout{std::chrono::seconds(60)};  // bound of every request
   std::chrono::milliseconds session_ttl{std::chrono::seconds(15)};   // ephemeral keys' life without keep-alive
   std::map<std::string, std::string> config;  // the backend's --rdzv-conf keys (e.g. etcd TLS files)

@@ -51,6 +51,9 @@ class EtcdRequestError : public std::runtime_error {
 struct EtcdClientOptions {
   std::string host = "127.0.0.1";
   int port = 2379;
+  // The cluster's other members: a request that cannot reach one member (refused,
+  // dropped, no leader there) goes to the next in turn, within its deadline.
+  std::vector<std::pair<std::string, int>> more_endpoints;
   std::string protocol = "http";  // or https
   std::string ca_cert;            // https: CA bundle that signed etcd's certificate
   std::string ssl_cert;           // https: client certificate and its key, when etcd asks for one
@@ -373,14 +376,26 @@ class EtcdClient {
     auto deadline = std::chrono::steady_clock::now() + options_.read_timeout;
     const std::string body = request.dump();
     const auto generation = current_generation();
+    // A failed attempt moves on to the next member; once every member failed, pause.
+    std::size_t failed = 0;
+    auto next_member = [&](std::size_t member) {
+      if (members() == 1) return wait_until_healthy(deadline);
+      fail_over(member);
+      if (++failed % members() != 0) return true;
+      return pause_until(deadline, std::chrono::milliseconds(
+                                       std::min<long>(100L << std::min<std::size_t>(failed / members(), 3), 500)));
+    };
     for (;;) {
+      const std::size_t member = member_.load();
       Answer result;
       {
         auto client = acquire_connection();
         result = post(*client, path, body, deadline);
         // Only a connection that gave a clean answer is used again: after an error
-        // answer (its trailers unread) or a failure its state is unknown.
-        if (result.error == httplib::Error::Success && result.status == 200) release_connection(std::move(client));
+        // answer (its trailers unread) or a failure its state is unknown; one to a
+        // member left meanwhile is not kept either.
+        if (result.error == httplib::Error::Success && result.status == 200 && member_.load() == member)
+          release_connection(std::move(client));
       }
       if (current_generation() != generation)
         throw EtcdUnreachableError("etcd at " + endpoint() + ": " + path + ": cancelled");
@@ -393,7 +408,7 @@ class EtcdClient {
                                    std::to_string(options_.read_timeout.count() / 1000) + " s)");
       if (!result.complete()) {
         bool not_sent = result.error == httplib::Error::Connection || result.error == httplib::Error::ConnectionTimeout;
-        if ((not_sent || repeat == Repeat::always) && wait_until_healthy(deadline)) continue;
+        if ((not_sent || repeat == Repeat::always) && next_member(member)) continue;
         throw EtcdUnreachableError(describe_failure(path, result.error));
       }
       auto answer = parse_json_or_discarded(result.body);
@@ -406,7 +421,7 @@ class EtcdClient {
         std::string message = answer.value("message", answer.value("error", std::string("HTTP error")));
         int code = answer.contains("code") && answer["code"].is_number_integer() ? answer["code"].get<int>() : 0;
         // 14: Unavailable (no leader yet, leader changed), passing while etcd restarts.
-        if (code == 14 && repeat == Repeat::always && wait_until_healthy(deadline)) continue;
+        if (code == 14 && repeat == Repeat::always && next_member(member)) continue;
         throw EtcdRequestError(
             "etcd at " + endpoint() + ": " + path + ": " + message + " (HTTP " + std::to_string(result.status) + ")",
             code);
@@ -551,9 +566,32 @@ class EtcdClient {
     return send_bounded(client, request, deadline);
   }
 
+  std::size_t members() const { return 1 + options_.more_endpoints.size(); }
+  // The member requests go to now.
   std::string host_port() const {
-    bool ipv6 = options_.host.find(':') != std::string::npos;
-    return (ipv6 ? "[" + options_.host + "]" : options_.host) + ":" + std::to_string(options_.port);
+    const std::size_t i = member_.load();
+    const std::string& host = i == 0 ? options_.host : options_.more_endpoints[i - 1].first;
+    const int port = i == 0 ? options_.port : options_.more_endpoints[i - 1].second;
+    bool ipv6 = host.find(':') != std::string::npos;
+    return (ipv6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+  }
+  // Moves on from member `from` to the next (unless another thread did already);
+  // the idle connections were to the old one.
+  void fail_over(std::size_t from) {
+    std::size_t expected = from;
+    if (member_.compare_exchange_strong(expected, (from + 1) % members())) {
+      std::lock_guard<std::mutex> lock(idle_mutex_);
+      idle_.clear();
+    }
+  }
+  // Sleeps `pause` (less when the deadline is nearer); false when the deadline or a
+  // cancel() comes first.
+  bool pause_until(std::chrono::steady_clock::time_point deadline, std::chrono::milliseconds pause) {
+    if (std::chrono::steady_clock::now() + pause >= deadline) return false;
+    const auto generation = current_generation();
+    std::unique_lock<std::mutex> lock(flight_mutex_);
+    flight_cv_.wait_for(lock, pause, [&] { return cancel_generation_ != generation; });
+    return cancel_generation_ == generation;
   }
 
   std::string describe_failure(const std::string& path, httplib::Error error) const {
@@ -641,6 +679,7 @@ class EtcdClient {
 
   EtcdClientOptions options_;
   std::mutex idle_mutex_;
+  std::atomic<std::size_t> member_{0};
   std::vector<std::unique_ptr<httplib::Client>> idle_;
   std::mutex flight_mutex_;
   std::condition_variable flight_cv_;

@@ -667,7 +667,7 @@ TEST_CASE("an inlined function is shown with its line, then its caller's") {
   CHECK(caller.find(worker_location("  inlined_null_write(null_pointer);") + " (") != std::string::npos);
 }
 
-TEST_CASE("plumbing frames are folded into one line; ELASTIC_TRACEBACK_ALL=1 shows them") {
+TEST_CASE("plumbing frames are folded into one line, and ELASTIC_TRACEBACK_ALL=1 shows them") {
   TempDir dir;
   const std::string file = dir.file("error.json");
   RunResult folded = run_worker({"segv"}, file);

@@ -147,7 +147,7 @@ TEST_CASE("job failures: with a restart left, every node restarts after a failur
   CHECK(read_env_file(dir.file("0"))["TORCHELASTIC_RESTART_COUNT"] == "1");
 }
 
-TEST_CASE("job failures: reports travel in the order of publication; one's own are not read back") {
+TEST_CASE("job failures: reports travel in the order of publication, and one's own are not read back") {
   auto store = std::make_shared<elastic::testing::InMemoryStore>();
   auto a_session = store->session(), b_session = store->session();
   elastic::launcher::FailureBoard a(*a_session, "round/0/failures/"), b(*b_session, "round/0/failures/");
@@ -204,7 +204,7 @@ TEST_CASE("job failures: a host whose clock is seconds apart has its failure's t
   CHECK(seen[0].failure.timestamp == seen[0].failure.time_ns / 1'000'000'000);
 }
 
-TEST_CASE("job failures: the earliest failure is the root cause; later ones and simultaneous ones are collateral") {
+TEST_CASE("job failures: the earliest failure is the root cause, later ones and simultaneous ones are collateral") {
   const std::int64_t t = 1'700'000'000'500'000'000;
   elastic::ChildFailedError::Failures local;
   local.emplace(0, report_of(0, t + 150'000'000).failure);  // a victim on this node, 150 ms later

@@ -88,7 +88,7 @@ TEST_CASE("in-memory store: ephemeral keys die with their session") {
 }
 
 TEST_CASE(
-    "key-value table: a write past max_bytes is refused and changes nothing; rewritten keys leave their session") {
+    "key-value table: a write past max_bytes is refused and changes nothing, and rewritten keys leave their session") {
   KeyValueTable table(100);
   table.set("a", std::string(50, 'x'));
   CHECK_THROWS_WITH(table.set("b", std::string(60, 'y')), Catch::Contains("the rendezvous store is full"));

@@ -147,7 +147,7 @@ TEST_CASE("hostile c10d peers: a flood past the descriptor limit pauses acceptin
   int open_now = 0;
   for (int fd = 0; fd < 4096; ++fd) open_now += ::fcntl(fd, F_GETFD) != -1;
   rlimit low = saved;
-  low.rlim_cur = static_cast<rlim_t>(open_now + 40);
+  low.rlim_cur = static_cast<rlim_t>(open_now) + 40;
   REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
   auto result = attack({"flood", std::to_string(server.port()), "300", "3"}, static_cast<long>(saved.rlim_cur));
   ::setrlimit(RLIMIT_NOFILE, &saved);

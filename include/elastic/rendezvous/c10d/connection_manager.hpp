@@ -43,7 +43,8 @@ class ConnectionManager {
   bool evict_expendable(const std::string& peer = {}) {
     for (const auto& connection : connections_)
       if (connection->expendable() && (peer.empty() || connection->peer() == peer)) {
-        auto keep = connection;
+        auto keep =
+            connection;  // NOLINT(performance-unnecessary-copy-initialization): close() drops the set's reference
         keep->close();
         return true;
       }

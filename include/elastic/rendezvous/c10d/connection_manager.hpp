@@ -43,8 +43,9 @@ class ConnectionManager {
   bool evict_expendable(const std::string& peer = {}) {
     for (const auto& connection : connections_)
       if (connection->expendable() && (peer.empty() || connection->peer() == peer)) {
-        auto keep =
-            connection;  // NOLINT(performance-unnecessary-copy-initialization): close() drops the set's reference
+        // close() drops the set's reference: keep the connection alive until it returns.
+        // NOLINTNEXTLINE(performance-unnecessary-copy-initialization)
+        auto keep = connection;
         keep->close();
         return true;
       }

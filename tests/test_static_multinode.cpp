@@ -10,6 +10,8 @@
 
 #include "support/jobs.hpp"
 #include "support/launcher.hpp"
+#include "support/sanitizers.hpp"
+#include "support/skip.hpp"
 
 using namespace elastic::testing;
 using namespace std::chrono_literals;
@@ -162,6 +164,10 @@ TEST_CASE("static multi-node: node 0 dying while the others wait is RendezvousCo
 }
 
 TEST_CASE("static multi-node: a node that died while waiting is replaced by one started again with its rank") {
+  // Under ThreadSanitizer on a loaded machine the killed launcher's claim was seen
+  // alive past the replacement's join timeout; the other builds run this case.
+  if (elastic::testing::under_thread_sanitizer)
+    ELASTIC_SKIP("a replaced node under ThreadSanitizer: timing not reliable here, see the other builds");
   TempDir dir;
   const int port = free_port();
   auto args = [&](int node_rank) {

@@ -706,6 +706,33 @@ TEST_CASE("plumbing frames are folded into one line, and ELASTIC_TRACEBACK_ALL=1
   CHECK(lines(full_stack) - lines(short_stack) + 1 == std::stol(count));
 }
 
+TEST_CASE("the library's wrappers inlined into main are folded away too, and ELASTIC_TRACEBACK_ALL=1 shows them") {
+  if (elastic::testing::under_sanitizer)
+    ELASTIC_SKIP("file:line from elastic-symbolize is not checked in sanitizer builds; the other builds run this case");
+  const std::string mode = GENERATE(std::string("segv"), std::string("throw"));
+  if (mode == "throw" && !throw_traces_built) {
+    WARN("skipped: throw-site traces are compiled out of this build");
+    return;
+  }
+  INFO("mode record_lambda " << mode);
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  RunResult folded = run_worker({"record_lambda", mode}, file);
+  const std::string short_stack = callstack_of(elastic::ProcessFailure(0, folded.pid, folded.exitcode, file));
+  INFO(short_stack);
+  CHECK(short_stack.find("/elastic/errors/record.hpp:") == std::string::npos);
+  CHECK(short_stack.find("/bits/invoke.h:") == std::string::npos);
+  CHECK_FALSE(line_with(short_stack, hidden_frames_line).empty());
+  // The user's lambda stays, with its own line.
+  CHECK_FALSE(line_with(short_stack, "/tests/workers/crash_worker.cpp:").empty());
+
+  RunResult all = run_worker({"record_lambda", mode}, file, {{"ELASTIC_TRACEBACK_ALL", "1"}});
+  const std::string full_stack = callstack_of(elastic::ProcessFailure(0, all.pid, all.exitcode, file));
+  INFO(full_stack);
+  CHECK(full_stack.find("/elastic/errors/record.hpp:") != std::string::npos);
+  CHECK(full_stack.find(hidden_frames_line) == std::string::npos);
+}
+
 TEST_CASE("a binary without debug information keeps function and offset frames") {
   TempDir dir;
   const std::string stripped = dir.file("stripped_worker");

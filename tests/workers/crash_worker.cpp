@@ -349,6 +349,18 @@ int main(int argc, char** argv) {
     std::set_terminate(&crash_worker::previous_terminate_handler);
     return elastic::errors::detail::run_recorded_main("worker_main", worker_main, argc - 1, argv + 1);
   }
+  // "record_lambda throw|segv": main wraps a lambda in record() the documented
+  // way, so that an optimized build inlines the library's wrappers into main.
+  if (argc > 2 && std::strcmp(argv[1], "record_lambda") == 0) {
+    const bool crash = std::strcmp(argv[2], "segv") == 0;
+    return elastic::record([crash] {
+      if (crash)
+        crash_worker::crash_here_on_purpose();
+      else
+        crash_worker::throw_here_on_purpose();
+      return 0;  // the lambda of mode record_lambda
+    })();
+  }
   if (argc > 1 && std::strcmp(argv[1], "crash_during_exit_after_throw") == 0)
     std::atexit(&crash_worker::keep_exit_going);
   return elastic::errors::detail::run_recorded_main("worker_main", worker_main, argc, argv);

@@ -10,7 +10,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
-#include <elastic/detail/suppress_signal.hpp>
+#include <elastic/suppress_signal.hpp>
 #include <elastic/write_all.hpp>
 #include <string>
 #include <string_view>
@@ -69,7 +69,7 @@ inline void write_line(Level level, std::string_view text) {
     to(line);
     return;
   }
-  elastic::detail::SuppressSignal no_sigpipe(SIGPIPE);
+  elastic::SuppressSignal no_sigpipe(SIGPIPE);
   // A failure here means stderr is gone: there is no one else to tell.
   (void)elastic::write_all(STDERR_FILENO, line.data(), line.size());
 }

@@ -16,6 +16,9 @@
 // after start keeps its function+offset frames. Frames of modules without line
 // information are left as they are. Exit status 0 when the file was rewritten or
 // had nothing to add, 1 on a problem (the file is then untouched).
+//
+// A part of the errors module (its out-of-process helper): it writes records with
+// that module's own file and JSON routines, as the worker would.
 #include <cxxabi.h>
 #include <dwarf.h>
 #include <elfutils/libdw.h>

@@ -37,6 +37,12 @@ struct FailureReport {
 
 namespace detail {
 
+// CLOCK_REALTIME in nanoseconds, the clock of error files' timestamp_ns.
+inline std::int64_t now_nanoseconds() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 // The most of a report's error data and message carried through the store: a
 // traceback longer than this is cut (the whole one stays in the node's own file).
 inline constexpr std::size_t max_reported_text = 32 * 1024;
@@ -132,7 +138,7 @@ class FailureBoard {
   // Publishes `report`; returns its place in the order of publication (from 1).
   // Throws rendezvous::StoreError.
   std::int64_t publish(FailureReport report) {
-    report.published_ns = elastic::errors::detail::now_nanoseconds();
+    report.published_ns = detail::now_nanoseconds();
     const std::int64_t seq = store_.add(prefix_ + "count", 1);
     store_.set(prefix_ + std::to_string(seq), detail::encode_report(report));
     own_.insert(seq);
@@ -188,7 +194,7 @@ class FailureBoard {
   // being published: a larger gap between its publication time and this host's
   // clock is the two clocks' difference, and is taken out of its times.
   static void correct_clock(FailureReport& report) {
-    const std::int64_t skew = report.published_ns - elastic::errors::detail::now_nanoseconds();
+    const std::int64_t skew = report.published_ns - detail::now_nanoseconds();
     constexpr std::int64_t tolerance = 2'000'000'000;
     if (skew < tolerance && skew > -tolerance) return;
     log::warning("the clock of {} differs from this host's by about {:.1f} s; its failure's time is corrected by that",

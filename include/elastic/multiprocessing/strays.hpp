@@ -10,7 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
-#include <elastic/detail/helper_processes.hpp>
+#include <elastic/helper_processes.hpp>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -42,7 +42,7 @@ inline void kill_strays() {
   for (int round = 0; round < 100; ++round) {
     auto children = detail::children_of_self();
     children.erase(std::remove_if(children.begin(), children.end(),
-                                  [](pid_t pid) { return elastic::detail::HelperProcesses::instance().contains(pid); }),
+                                  [](pid_t pid) { return elastic::HelperProcesses::instance().contains(pid); }),
                    children.end());
     if (children.empty()) return;
     for (pid_t pid : children) {

@@ -21,7 +21,7 @@
 #include <csignal>
 #include <cstdint>
 #include <cstring>
-#include <elastic/detail/helper_processes.hpp>
+#include <elastic/helper_processes.hpp>
 #include <elastic/multiprocessing/job_cgroup.hpp>
 #include <elastic/multiprocessing/spawn.hpp>
 #include <stdexcept>
@@ -202,7 +202,7 @@ class Watchdog {
                                      std::size_t needle_size, const char* cgroup_dir) {
     ::close(write_fd);
     ::setpgid(0, 0);
-    const int keep = elastic::detail::become_helper_child("elastic-watchdog", read_fd);
+    const int keep = elastic::become_helper_child("elastic-watchdog", read_fd);
     int count = 0;
     for (;;) {
       // Every write holds whole values and is atomic, so reads end on a value's end.

@@ -13,8 +13,8 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
-#include <elastic/detail/suppress_signal.hpp>
 #include <elastic/errors/detail/signal_safe.hpp>
+#include <elastic/suppress_signal.hpp>
 #include <elastic/write_all.hpp>
 #include <filesystem>
 #include <string>
@@ -166,7 +166,7 @@ inline std::string write_file_atomically(const std::string& path, std::string_vi
   if (std::string problem = make_directories(parent.string()); !problem.empty()) return problem;
 
   // Past RLIMIT_FSIZE the write fails with EFBIG rather than SIGXFSZ killing the worker.
-  elastic::detail::SuppressSignal no_sigxfsz(SIGXFSZ);
+  elastic::SuppressSignal no_sigxfsz(SIGXFSZ);
   std::string temp(path.size() + 64, '\0');
   StaticText<256> unused_scratch;  // the directories exist already
   const int fd = safe_open_temporary(path.c_str(), temp.data(), temp.size(), unused_scratch);

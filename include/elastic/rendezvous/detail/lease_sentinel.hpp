@@ -26,7 +26,7 @@
 #include <csignal>
 #include <cstdint>
 #include <cstring>
-#include <elastic/detail/helper_processes.hpp>
+#include <elastic/helper_processes.hpp>
 #include <string>
 
 namespace elastic::rendezvous::detail {
@@ -68,7 +68,7 @@ class LeaseSentinel {
     ::close(fds[0]);
     write_fd_ = fds[1];
     pid_ = pid;
-    elastic::detail::HelperProcesses::instance().add(pid);
+    elastic::HelperProcesses::instance().add(pid);
     return true;
   }
 
@@ -84,7 +84,7 @@ class LeaseSentinel {
     if (reaped < 0 && errno != ECHILD) return true;
     ::close(write_fd_);  // reaped by us, or by someone else (ECHILD): it is gone
     write_fd_ = -1;
-    elastic::detail::HelperProcesses::instance().remove(pid_);
+    elastic::HelperProcesses::instance().remove(pid_);
     pid_ = -1;
     return false;
   }
@@ -101,7 +101,7 @@ class LeaseSentinel {
     int status = 0;
     while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
     }
-    elastic::detail::HelperProcesses::instance().remove(pid_);
+    elastic::HelperProcesses::instance().remove(pid_);
     pid_ = -1;
   }
 
@@ -138,7 +138,7 @@ class LeaseSentinel {
   // Async-signal-safe calls only from here on: the parent may have had threads.
   [[noreturn]] void run_child(int read_fd, int write_fd) {
     ::close(write_fd);
-    read_fd = elastic::detail::become_helper_child("elastic-lease", read_fd);
+    read_fd = elastic::become_helper_child("elastic-lease", read_fd);
     std::int64_t lease = 0;
     for (;;) {
       std::int64_t value = 0;

@@ -14,7 +14,7 @@
 
 #include <ctime>
 
-namespace elastic::detail {
+namespace elastic {
 
 class SuppressSignal {
  public:
@@ -52,4 +52,4 @@ class SuppressSignal {
   bool was_pending_ = false;
 };
 
-}  // namespace elastic::detail
+}  // namespace elastic

@@ -15,7 +15,7 @@
 #include <mutex>
 #include <vector>
 
-namespace elastic::detail {
+namespace elastic {
 
 class HelperProcesses {
  public:
@@ -72,4 +72,4 @@ inline int become_helper_child(const char* name, int keep_fd) noexcept {
   return keep;
 }
 
-}  // namespace elastic::detail
+}  // namespace elastic

@@ -17,6 +17,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -162,6 +163,7 @@ class HostLaunch {
     RunOptions options = quiet_launch_options();
     for (const auto& [k, v] : env) options.set_env[k] = v;
     ChildSetup setup;
+    setup.die_with_parent = true;  // a test killed by its time limit leaves no launcher behind
     setup.out = ::open((log_prefix + ".out").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     setup.err = ::open(err_file_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     pid_ = start_child(lab.command(host, argv), make_environment(with_scratch_tmpdir(options)), setup);
@@ -253,6 +255,18 @@ struct LabJobResult {
   double formed_s = -1;                                            // until all 6 workers ran (-1: never)
   double finished_s = 0;                                           // until the last launcher ended
   std::string logs;
+  // Each host's last line naming an error class, for a job that did not end well.
+  std::string errors() const {
+    std::string text, host;
+    std::istringstream in(logs);
+    std::map<std::string, std::string> last;
+    for (std::string line; std::getline(in, line);) {
+      if (line.size() == 3 && line[0] == 'h' && line[2] == ':') host = line.substr(0, 2);
+      if (line.find("Error") != std::string::npos) last[host] = line;
+    }
+    for (const auto& [h, line] : last) text += "\n  " + h + ": " + line;
+    return text;
+  }
   std::string summary() const {
     std::string text = formed_s < 0 ? "never formed" : "formed after " + std::to_string(formed_s) + " s";
     text += ", ended after " + std::to_string(finished_s) + " s, exit codes";
@@ -475,7 +489,7 @@ TEST_CASE("c10d: a host whose clock is 5 minutes ahead joins one round with no r
   job.launcher = Launcher::torchrun;
   job.deadline = seconds(40);
   const auto theirs = run_lab_job(job);
-  WARN("torchrun c10d, h3's clock 5 min ahead: " << theirs.summary());
+  WARN("torchrun c10d, h3's clock 5 min ahead: " << theirs.summary() << theirs.errors());
 }
 
 TEST_CASE("etcd: a host whose clock is 5 minutes off either way joins one round with no restart") {

@@ -521,4 +521,16 @@ TEST_CASE("c10d and etcd: the same job with every host well", "[.][baseline]") {
            << backend << ", every host well: " << r.summary());
       check_one_round(r, launcher == Launcher::elastic_run);
     }
+  // The delay and the loss of the cases above one at a time.
+  for (const auto& [what, impairment] :
+       {std::pair<std::string, Impairment>{"only delayed", {milliseconds(100), 0, false}},
+        {"only lossy", {milliseconds(0), 0.10, false}}})
+    for (const std::string backend : {"c10d", "etcd"}) {
+      LabJob job;
+      job.backend = backend;
+      job.impairment = impairment;
+      const auto r = run_lab_job(job);
+      WARN("elastic-run " << backend << ", h3 " << what << ": " << r.summary());
+      check_one_round(r, true);
+    }
 }

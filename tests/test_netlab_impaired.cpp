@@ -276,9 +276,9 @@ struct LabJobResult {
     text += ", ended after " + std::to_string(finished_s) + " s, exit codes";
     for (const auto& [host, code] : codes) text += " " + NetLab::name(host) + "=" + std::to_string(code);
     text += "; workers (host/rank: world size, restart count):";
-    for (const auto& [where, env] : envs) {
-      auto get = [&](const char* key) { return env.count(key) ? env.at(key) : std::string("?"); };
-      text += " " + where + ": " + get("WORLD_SIZE") + ", " + get("TORCHELASTIC_RESTART_COUNT") + ";";
+    for (const auto& worker : envs) {
+      auto get = [&](const char* key) { return worker.second.count(key) ? worker.second.at(key) : std::string("?"); };
+      text += " " + worker.first + ": " + get("WORLD_SIZE") + ", " + get("TORCHELASTIC_RESTART_COUNT") + ";";
     }
     return text;
   }

@@ -12,6 +12,7 @@ packages=(
   clang-14 libclang-rt-14-dev clang-tidy-14 valgrind
   dpkg-dev file man-db groff-base
   libdw-dev
+  libfaketime
   "$@"
 )
 

@@ -5,8 +5,9 @@
 // `ip netns exec` (which also puts /etc/netns/<ns>/hosts over /etc/hosts for them)
 // and `unshare -u` with the host's name set, so gethostname() and name lookups see
 // the host, not the machine. A link is cut by setting the host's interface down:
-// its packets go nowhere, no connection is reset (this kernel has no netem qdisc
-// and no iptables, so impairments other than a cut are not offered).
+// its packets go nowhere, no connection is reset. This kernel has no netem qdisc:
+// delay, loss and one-way cuts come from relay() (support/link_relay.hpp), a tap
+// pair with a user-space relay in place of one host's veth pair.
 //
 // Everything is removed when the lab is destroyed; namespaces left by a test
 // program that was killed are removed by the next lab (their names carry the pid).
@@ -19,11 +20,13 @@
 #include <cerrno>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "support/link_relay.hpp"
 #include "support/subprocess.hpp"
 
 namespace elastic::testing {
@@ -104,6 +107,33 @@ class NetLab {
   // Cuts `host` off the switch (its interface goes down) or joins it again.
   void cut(int host) { must({"-n", host_ns(host), "link", "set", "eth0", "down"}); }
   void restore(int host) { must({"-n", host_ns(host), "link", "set", "eth0", "up"}); }
+
+  // Why no relayed link (relay()) can be made here, or nothing when one can.
+  static std::optional<std::string> relay_unavailable() {
+    if (auto why = unavailable()) return why;
+    if (!std::filesystem::exists("/dev/net/tun")) return "/dev/net/tun does not exist";
+    const std::string probe = "elab-probe-" + std::to_string(::getpid());
+    ip({"netns", "add", probe});
+    auto tap = ip({"-n", probe, "tuntap", "add", "dev", "t0", "mode", "tap"});
+    ip({"netns", "del", probe});
+    if (tap.exitcode != 0) return "cannot make a tap device: " + tap.err;
+    return std::nullopt;
+  }
+
+  // Replaces `host`'s veth link by two taps with a LinkRelay between them, which
+  // then delays, drops or cuts its frames as set; the host keeps its address and
+  // name. Destroy the relay before the lab (declare it after the lab).
+  std::unique_ptr<LinkRelay> relay(int host) {
+    const std::string ns = host_ns(host), port = "p" + std::to_string(host);
+    must({"-n", switch_ns(), "link", "del", port});  // its peer, the host's eth0, goes too
+    must({"-n", ns, "tuntap", "add", "dev", "eth0", "mode", "tap"});
+    must({"-n", switch_ns(), "tuntap", "add", "dev", port, "mode", "tap"});
+    must({"-n", switch_ns(), "link", "set", port, "master", "br0"});
+    must({"-n", switch_ns(), "link", "set", port, "up"});
+    must({"-n", ns, "addr", "add", address(host) + "/24", "dev", "eth0"});
+    must({"-n", ns, "link", "set", "eth0", "up"});
+    return std::make_unique<LinkRelay>(ns, "eth0", switch_ns(), port);
+  }
 
  private:
   static RunResult ip(std::vector<std::string> args) {

@@ -266,3 +266,33 @@ TEST_CASE(
   CHECK(alive(nobody_quoted.pid()));
   CHECK(alive(nobody_whole.pid()));
 }
+
+TEST_CASE("the launcher SIGKILLed with a job cgroup: the watchdog kills the cgroup and looks at no other process") {
+  // With the job in a cgroup of its own, the marker is not needed: a process outside
+  // the cgroup carrying it, even of the launcher's uid, is not the job's.
+  TempDir dir;
+  RunOptions options = base_options();
+  options.unset_env.push_back("ELASTIC_JOB_CGROUP");
+  Background launcher(with({"--nproc-per-node=1"}, family_worker(dir,
+                                                                 "printf '%s' \"$ELASTIC_JOB_MARKER\" > \"$0/marker\"; "
+                                                                 "cat /proc/self/cgroup > \"$0/cgroup\"; ")),
+                      dir.file("out"), dir.file("err"), options);
+  REQUIRE(wait_until([&] { return all_started(dir, 1); }));
+  const pid_t watchdog = child_named(launcher.pid(), "elastic-watchdog");
+  REQUIRE(watchdog > 0);
+  if (read_file(dir.file("cgroup")).find("/elastic-") == std::string::npos) {
+    launcher.signal(SIGTERM);
+    launcher.wait();
+    ELASTIC_SKIP("no writable cgroup v2 with cgroup.kill here: the job has no cgroup");
+  }
+  const std::string marker = std::string("ELASTIC_JOB_MARKER=") + read_file(dir.file("marker"));
+  ProcessAs outside(::geteuid(), {"/bin/sleep", "300"}, {marker});
+  REQUIRE(wait_until([&] { return read_file("/proc/" + std::to_string(outside.pid()) + "/comm") == "sleep\n"; },
+                     std::chrono::seconds(10)));
+  auto pids = family_pids(dir, 1);
+  launcher.signal(SIGKILL);
+  CHECK(launcher.wait() == -SIGKILL);
+  CHECK(wait_until([&] { return none_alive(pids); }, std::chrono::seconds(10)));
+  CHECK(wait_until([&] { return !alive(watchdog); }, std::chrono::seconds(20)));
+  CHECK(alive(outside.pid()));
+}

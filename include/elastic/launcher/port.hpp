@@ -175,7 +175,7 @@ class PortReservation {
       std::string busy;
       if (port > 0 && held.try_hold(port, busy)) return held;
       why = "the last of " + std::to_string(attempts) + " ports the kernel picked, " + std::to_string(port) +
-            ", was busy: " + busy;
+            ", could not be held: " + busy;
     }
     throw PortBusyError("no free port could be held on this host (" + why + ")");
   }

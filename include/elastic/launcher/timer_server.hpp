@@ -89,7 +89,8 @@ class TimerServer {
       const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
       // Without pidfd_open (Linux before 5.3) the pid alone is kept, and signalled with kill().
       if (pidfd < 0 && errno != ENOSYS) {
-        log::warning("timer file {}: worker pid {} is gone already; its timers will be ignored", path_, pid);
+        log::warning("timer file {}: worker pid {} cannot be pinned ({}); its timers will be ignored", path_, pid,
+                     std::strerror(errno));
         continue;
       }
       if (pidfd >= 0) ::fcntl(pidfd, F_SETFD, FD_CLOEXEC);

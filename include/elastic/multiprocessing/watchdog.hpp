@@ -188,7 +188,7 @@ class Watchdog {
   }
 
   // SIGKILLs every process of this watchdog's uid whose environment holds `needle`
-  // as a whole entry; returns how many.
+  // as a whole entry; returns how many. Async-signal-safe (raw syscalls only).
   //
   // The process is pinned by a pidfd before it is looked at, and signalled through
   // it: should it exit meanwhile and its pid go to another process, the checks may

@@ -2,11 +2,16 @@
 // summary, restarts, many workers.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <cstddef>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -16,6 +21,8 @@
 
 #include "support/backends.hpp"
 #include "support/launcher.hpp"
+#include "support/other_user.hpp"
+#include "support/skip.hpp"
 
 using namespace elastic::testing;
 namespace fs = std::filesystem;
@@ -524,6 +531,117 @@ TEST_CASE("a master port another elastic-run job holds fails clearly and the job
   CHECK(fs::is_empty(dir.file("b")));
   write_file(dir.file("go"), "");
   CHECK(first.wait() == 0);
+}
+
+namespace {
+
+// How a squatter holds a port's mark: bound only (a connection is refused), listening
+// (its credentials show another uid), or listening with its queue full (a connection
+// would block).
+enum class Squat { bound, listening, full };
+
+// A process of `nobody` holding the abstract name that marks `port`, until it goes
+// out of scope.
+class MarkSquatter {
+ public:
+  MarkSquatter(int port, Squat how) {
+    const std::string name = elastic::launcher::PortReservation::mark_name(port);
+    int ready[2];
+    if (::pipe(ready) != 0) throw std::runtime_error("pipe");
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::close(ready[0]);
+      if (!become_user(nobody)) ::_exit(126);
+      const int fd = elastic::launcher::detail::bind_abstract_socket(name);
+      if (fd < 0) ::_exit(125);
+      if (how != Squat::bound && ::listen(fd, 0) != 0) ::_exit(124);
+      if (how == Squat::full) {
+        // A queue of 0 takes one connection; the next would block.
+        sockaddr_un address{};
+        address.sun_family = AF_UNIX;
+        std::memcpy(address.sun_path + 1, name.data(), name.size());
+        const auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+        for (int i = 0; i < 2; ++i) {
+          const int client = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+          if (::connect(client, reinterpret_cast<sockaddr*>(&address), length) != 0 && i == 0) ::_exit(123);
+        }
+      }
+      const char byte = 1;
+      if (::write(ready[1], &byte, 1) != 1) ::_exit(122);
+      for (;;) ::pause();
+    }
+    ::close(ready[1]);
+    char byte = 0;
+    ready_ = ::read(ready[0], &byte, 1) == 1;
+    ::close(ready[0]);
+  }
+  MarkSquatter(const MarkSquatter&) = delete;
+  MarkSquatter& operator=(const MarkSquatter&) = delete;
+  ~MarkSquatter() {
+    ::kill(pid_, SIGKILL);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+  }
+  bool ready() const { return ready_; }
+
+ private:
+  pid_t pid_ = -1;
+  bool ready_ = false;
+};
+
+}  // namespace
+
+TEST_CASE("another user squatting a master port's mark does not stop a single-node launch") {
+  // A local user's attack: anyone can bind an abstract name, so another uid takes the
+  // name that marks the port before the launcher does. The launcher passes over a mark
+  // not shown to be its own uid's and judges the port by binding it.
+  if (!can_be_another_user()) ELASTIC_SKIP("starting processes of another uid needs root");
+  const Squat how = GENERATE(Squat::bound, Squat::listening, Squat::full);
+  INFO("squat " << static_cast<int>(how));
+  TempDir dir;
+  const int port = free_port();
+  MarkSquatter squatter(port, how);
+  REQUIRE(squatter.ready());
+  auto r = elastic_run({"--nproc-per-node=2", "--master-port=" + std::to_string(port), "/bin/sh", "-c",
+                        "touch \"$0/$RANK\"", dir.path().string()},
+                       base_options());
+  INFO(r.err);
+  CHECK(r.exitcode == 0);
+  CHECK(file_exists(dir.file("0")));
+  CHECK(file_exists(dir.file("1")));
+  CHECK_THAT(r.err, Catch::Contains("port " + std::to_string(port) + ": its elastic-run mark is held by"));
+  CHECK_THAT(r.err, Catch::Contains(how == Squat::listening ? "uid 65534" : "a socket that does not answer"));
+}
+
+TEST_CASE("no free port to be had says why") {
+  // No descriptor left for a socket: picking a port fails, and the message says what failed.
+  int out[2];
+  REQUIRE(::pipe(out) == 0);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::close(out[0]);
+    std::string what = "no error";
+    const rlimit none{3, 3};  // stdin, stdout and stderr only
+    if (::dup2(out[1], 2) < 0 || ::setrlimit(RLIMIT_NOFILE, &none) != 0) ::_exit(1);
+    try {
+      elastic::launcher::PortReservation::any();
+    } catch (const elastic::launcher::PortBusyError& e) {
+      what = e.what();
+    }
+    const ssize_t ignored = ::write(2, what.data(), what.size());
+    (void)ignored;
+    ::_exit(0);
+  }
+  ::close(out[1]);
+  std::string what;
+  char buffer[512];
+  for (ssize_t got; (got = ::read(out[0], buffer, sizeof(buffer))) > 0;) what.append(buffer, static_cast<size_t>(got));
+  ::close(out[0]);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  CHECK(WIFEXITED(status));
+  CHECK(what == "no free port could be held on this host (binding a port the kernel picks failed: " +
+                    std::string(std::strerror(EMFILE)) + ")");
 }
 
 TEST_CASE("shutdown timeout after a worker failure: TORCH_ELASTIC_SHUTDOWN_TIMEOUT, --shutdown-timeout wins") {

@@ -1,9 +1,14 @@
 // Stopping: signals to the launcher, a worker killed mid-run, the launcher
 // itself SIGKILLed. Nothing a job started may outlive it, grandchildren included.
+#include <dirent.h>
+
 #include <catch2/catch.hpp>
+#include <fstream>
 
 #include "support/backends.hpp"
 #include "support/launcher.hpp"
+#include "support/other_user.hpp"
+#include "support/skip.hpp"
 
 using namespace elastic::testing;
 
@@ -49,6 +54,30 @@ bool none_alive(const std::vector<pid_t>& pids) {
 std::vector<std::string> with(std::vector<std::string> a, const std::vector<std::string>& b) {
   a.insert(a.end(), b.begin(), b.end());
   return a;
+}
+
+// The pid of `parent`'s child named `name` (as /proc/<pid>/comm shows it, cut at 15
+// characters), or 0.
+pid_t child_named(pid_t parent, const std::string& name) {
+  DIR* proc = ::opendir("/proc");
+  if (proc == nullptr) return 0;
+  pid_t found = 0;
+  while (dirent* entry = ::readdir(proc)) {
+    if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
+    std::ifstream stat(std::string("/proc/") + entry->d_name + "/stat");
+    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    const auto open_paren = text.find('(');
+    const auto close_paren = text.rfind(')');
+    if (open_paren == std::string::npos || close_paren == std::string::npos) continue;
+    std::istringstream rest(text.substr(close_paren + 2));
+    char state = 0;
+    pid_t ppid = 0;
+    rest >> state >> ppid;
+    if (ppid == parent && text.substr(open_paren + 1, close_paren - open_paren - 1) == name.substr(0, 15))
+      found = static_cast<pid_t>(std::stol(entry->d_name));
+  }
+  ::closedir(proc);
+  return found;
 }
 
 }  // namespace
@@ -192,4 +221,78 @@ TEST_CASE("signals-to-handle forwards other signals, such as Slurm SIGUSR1") {
   CHECK(launcher.wait() == 128 + SIGUSR1);
   CHECK(file_exists(dir.file("usr1_0")));
   CHECK(file_exists(dir.file("usr1_1")));
+}
+
+TEST_CASE(
+    "the launcher SIGKILLed without a job cgroup: only its own uid's processes with the marker as a variable go") {
+  // Local users' attacks on the watchdog's marker scan: the job's marker copied into
+  // another variable's value, and processes of another uid carrying it. Only a
+  // process of the launcher's uid with ELASTIC_JOB_MARKER=<value> as a variable of
+  // its own is the job's.
+  if (!can_be_another_user()) ELASTIC_SKIP("starting processes of another uid needs root");
+  TempDir dir;
+  RunOptions options = base_options();
+  options.set_env["ELASTIC_JOB_CGROUP"] = "off";
+  Background launcher(
+      with({"--nproc-per-node=1"}, family_worker(dir, "printf '%s' \"$ELASTIC_JOB_MARKER\" > \"$0/marker\"; ")),
+      dir.file("out"), dir.file("err"), options);
+  REQUIRE(wait_until([&] { return all_started(dir, 1); }));
+  const std::string marker = std::string("ELASTIC_JOB_MARKER=") + read_file(dir.file("marker"));
+  REQUIRE(marker.size() > std::string("ELASTIC_JOB_MARKER=").size());
+  const pid_t watchdog = child_named(launcher.pid(), "elastic-watchdog");
+  REQUIRE(watchdog > 0);
+  const std::vector<std::string> sleep = {"/bin/sleep", "300"};
+  // Started by the test, outside the job: only the marker makes them the job's.
+  ProcessAs ours_whole(::geteuid(), sleep, {"A=1", marker, "Z=2"});
+  ProcessAs ours_last(::geteuid(), sleep, {"A=1", marker});
+  ProcessAs ours_quoted(::geteuid(), sleep, {"NOTE=copied:" + marker});
+  ProcessAs ours_longer(::geteuid(), sleep, {marker + "0"});
+  ProcessAs nobody_quoted(nobody, sleep, {"NOTE=copied:" + marker});
+  ProcessAs nobody_whole(nobody, sleep, {marker});
+  for (pid_t pid : {ours_whole.pid(), ours_last.pid(), ours_quoted.pid(), ours_longer.pid(), nobody_quoted.pid(),
+                    nobody_whole.pid()})
+    REQUIRE(wait_until([&] { return alive(pid) && read_file("/proc/" + std::to_string(pid) + "/comm") == "sleep\n"; },
+                       std::chrono::seconds(10)));
+  auto pids = family_pids(dir, 1);
+  launcher.signal(SIGKILL);
+  CHECK(launcher.wait() == -SIGKILL);
+  CHECK(wait_until([&] { return none_alive(pids); }, std::chrono::seconds(10)));
+  // The scan does run: the processes of our uid with the marker as a variable go.
+  CHECK(wait_until([&] { return !alive(ours_whole.pid()) && !alive(ours_last.pid()); }, std::chrono::seconds(10)));
+  // Once the watchdog has finished its passes, the others are still there.
+  CHECK(wait_until([&] { return !alive(watchdog); }, std::chrono::seconds(20)));
+  CHECK(alive(ours_quoted.pid()));
+  CHECK(alive(ours_longer.pid()));
+  CHECK(alive(nobody_quoted.pid()));
+  CHECK(alive(nobody_whole.pid()));
+}
+
+TEST_CASE("the launcher SIGKILLed with a job cgroup: the watchdog kills the cgroup and looks at no other process") {
+  // With the job in a cgroup of its own, the marker is not needed: a process outside
+  // the cgroup carrying it, even of the launcher's uid, is not the job's.
+  TempDir dir;
+  RunOptions options = base_options();
+  options.unset_env.push_back("ELASTIC_JOB_CGROUP");
+  Background launcher(with({"--nproc-per-node=1"}, family_worker(dir,
+                                                                 "printf '%s' \"$ELASTIC_JOB_MARKER\" > \"$0/marker\"; "
+                                                                 "cat /proc/self/cgroup > \"$0/cgroup\"; ")),
+                      dir.file("out"), dir.file("err"), options);
+  REQUIRE(wait_until([&] { return all_started(dir, 1); }));
+  const pid_t watchdog = child_named(launcher.pid(), "elastic-watchdog");
+  REQUIRE(watchdog > 0);
+  if (read_file(dir.file("cgroup")).find("/elastic-") == std::string::npos) {
+    launcher.signal(SIGTERM);
+    launcher.wait();
+    ELASTIC_SKIP("no writable cgroup v2 with cgroup.kill here: the job has no cgroup");
+  }
+  const std::string marker = std::string("ELASTIC_JOB_MARKER=") + read_file(dir.file("marker"));
+  ProcessAs outside(::geteuid(), {"/bin/sleep", "300"}, {marker});
+  REQUIRE(wait_until([&] { return read_file("/proc/" + std::to_string(outside.pid()) + "/comm") == "sleep\n"; },
+                     std::chrono::seconds(10)));
+  auto pids = family_pids(dir, 1);
+  launcher.signal(SIGKILL);
+  CHECK(launcher.wait() == -SIGKILL);
+  CHECK(wait_until([&] { return none_alive(pids); }, std::chrono::seconds(10)));
+  CHECK(wait_until([&] { return !alive(watchdog); }, std::chrono::seconds(20)));
+  CHECK(alive(outside.pid()));
 }

@@ -2,15 +2,22 @@
 // file-based timer protocol on a named pipe; a worker whose timer expires is killed and
 // reported. Real launcher, real pipe, real signals; the library's client (elastic::expires_after)
 // in a native worker, and raw requests from a shell worker.
+#include <fcntl.h>
+#include <sched.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include <catch2/catch.hpp>
+#include <elastic/launcher/timer_server.hpp>
 #include <elastic/timer.hpp>
 #include <filesystem>
+#include <fstream>
+#include <functional>
 #include <regex>
 
 #include "support/backends.hpp"
 #include "support/launcher.hpp"
+#include "support/skip.hpp"
 
 using namespace elastic::testing;
 namespace fs = std::filesystem;
@@ -26,6 +33,34 @@ RunOptions timer_options(bool enabled = true) {
   options.unset_env = {"PET_NPROC_PER_NODE", "PET_NNODES", "TORCHELASTIC_TIMER_FILE", "TORCHELASTIC_ERROR_FILE"};
   if (!enabled) options.unset_env.push_back("TORCHELASTIC_ENABLE_FILE_TIMER");
   return options;
+}
+
+// Runs `scenario` as the first process (pid 1) of a pid namespace of its own, where
+// only the scenario hands out pids, so that /proc/sys/kernel/ns_last_pid sets the next
+// one. Its exit code; 77 when no such namespace can be made here.
+int in_own_pid_namespace(const std::function<int()>& scenario) {
+  const pid_t outer = ::fork();
+  if (outer == 0) {
+    if (::unshare(CLONE_NEWPID) != 0) ::_exit(77);
+    const pid_t first = ::fork();
+    if (first == 0) ::_exit(scenario());
+    int status = 0;
+    while (::waitpid(first, &status, 0) < 0 && errno == EINTR) {
+    }
+    ::_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 100);
+  }
+  int status = 0;
+  while (::waitpid(outer, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 100;
+}
+
+// A child that waits for a signal.
+pid_t start_waiting_child() {
+  const pid_t pid = ::fork();
+  if (pid == 0)
+    for (;;) ::pause();
+  return pid;
 }
 
 }  // namespace
@@ -114,4 +149,66 @@ TEST_CASE("the client without a server fails at once with EPIPE") {
   } catch (const std::system_error& e) {
     CHECK(e.code().value() == EPIPE);
   }
+}
+
+TEST_CASE("a timer of a worker that exited never signals the process that got its pid since") {
+  // A local user's attack: a timer request naming a worker that has exited, once its
+  // pid belongs to someone else. The worker's pid is handed to a newcomer on purpose,
+  // in a pid namespace of the test's own; the server must signal the newcomer not at
+  // all, while a live worker's expired timer (the control) still kills that worker.
+  TempDir dir;
+  const std::string timer_file = dir.file("timers");
+  const std::string results = dir.file("results");
+  const int code = in_own_pid_namespace([&] {
+    const int last_pid = ::open("/proc/sys/kernel/ns_last_pid", O_WRONLY | O_CLOEXEC);
+    if (last_pid < 0) return 77;
+    elastic::launcher::TimerServer server(timer_file);
+    const pid_t worker = start_waiting_child();
+    const pid_t control = start_waiting_child();
+    server.set_workers({{0, worker}, {1, control}});
+    ::kill(worker, SIGKILL);  // the worker ends, and is reaped: its pid is free
+    int status = 0;
+    ::waitpid(worker, &status, 0);
+    const std::string previous = std::to_string(worker - 1);
+    if (::write(last_pid, previous.data(), previous.size()) != static_cast<ssize_t>(previous.size())) return 77;
+    const pid_t newcomer = start_waiting_child();
+    std::ofstream out(results);
+    out << "worker " << worker << " newcomer " << newcomer << "\n";
+    if (newcomer != worker) return 3;
+    auto request = [](pid_t pid, const char* scope) {
+      return "{\"version\": 1, \"pid\": " + std::to_string(pid) + ", \"scope_id\": \"" + scope +
+             "\", \"expiration_time\": 1.0, \"signal\": 9}\n";
+    };
+    const std::string requests = request(worker, "attack") + request(control, "control");
+    const int pipe = ::open(timer_file.c_str(), O_WRONLY | O_CLOEXEC);
+    if (pipe < 0 || ::write(pipe, requests.data(), requests.size()) != static_cast<ssize_t>(requests.size())) return 4;
+    ::close(pipe);
+    // Both requests came in one write, and are acted on in one pass: once the
+    // control is dead, a signal to the newcomer would have been sent too.
+    bool control_killed = false;
+    for (int i = 0; i < 2000 && !control_killed; ++i) {
+      control_killed = ::waitpid(control, &status, WNOHANG) == control;
+      if (!control_killed) ::usleep(10000);
+    }
+    out << "control_killed " << control_killed << " by " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0) << "\n";
+    bool newcomer_killed = false;
+    for (int i = 0; i < 100 && !newcomer_killed; ++i) {
+      newcomer_killed = ::waitpid(newcomer, &status, WNOHANG) == newcomer;
+      if (!newcomer_killed) ::usleep(10000);
+    }
+    out << "newcomer_killed " << newcomer_killed << "\n";
+    out << "worker_reported " << server.expired(worker).has_value() << "\n";
+    out << "control_reported " << server.expired(control).has_value() << "\n";
+    ::kill(newcomer, SIGKILL);
+    ::waitpid(newcomer, &status, 0);
+    return 0;
+  });
+  if (code == 77) ELASTIC_SKIP("no pid namespace with a writable ns_last_pid here (needs CAP_SYS_ADMIN)");
+  const std::string found = read_file(results);
+  INFO(found);
+  REQUIRE(code == 0);
+  CHECK_THAT(found, Catch::Contains("control_killed 1 by 9"));
+  CHECK_THAT(found, Catch::Contains("newcomer_killed 0"));
+  CHECK_THAT(found, Catch::Contains("worker_reported 0"));
+  CHECK_THAT(found, Catch::Contains("control_reported 1"));
 }

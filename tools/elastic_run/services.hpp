@@ -70,17 +70,25 @@ inline std::map<int, std::set<int>> numa_binding_plan(const std::string& mode_na
 inline elastic::launcher::PortReservation hold_master_port(elastic::launcher::LaunchConfig& config) {
   using elastic::launcher::PortReservation;
   if (config.node_rank != 0 || config.rdzv_backend != "static") return {};
-  try {
-    if (config.master_port != 0) return PortReservation::hold(elastic::launcher::master_endpoint(config).second);
-    PortReservation port = PortReservation::any();
-    config.master_port = port.port();
-    elastic::log::info("single node without a master port: using port {} and run id {}", config.master_port,
-                       config.run_id);
-    return port;
-  } catch (const elastic::launcher::PortBusyError& e) {
-    throw SetupError(std::string("master ") + e.what() +
-                     "; give another --master-port, or none on a single node to get a free one");
+  if (config.master_port != 0) {
+    try {
+      return PortReservation::hold(elastic::launcher::master_endpoint(config).second);
+    } catch (const elastic::launcher::PortBusyError& e) {
+      throw SetupError(std::string("master ") + e.what() +
+                       "; give another --master-port, or none on a single node to get a free one");
+    }
   }
+  PortReservation port;
+  try {
+    port = PortReservation::any();
+  } catch (const elastic::launcher::PortBusyError& e) {
+    throw SetupError(std::string("cannot pick a master port for a single node: ") + e.what() +
+                     "; give one with --master-port");
+  }
+  config.master_port = port.port();
+  elastic::log::info("single node without a master port: using port {} and run id {}", config.master_port,
+                     config.run_id);
+  return port;
 }
 
 // torchrun's default for several workers on one node, which it warns about.

@@ -7,6 +7,13 @@
 // listener elsewhere on it makes the bind fail.
 // An abstract Unix socket named after the port marks it as held by a launcher, so two
 // launchers on one host never share a port, even before either's rank 0 listens.
+//
+// Anyone on the host may bind any abstract name, so a mark counts only when its holder
+// is shown to be of this process's uid: the mark listens, and a launcher that finds the
+// name taken connects to it and reads the holder's credentials (SO_PEERCRED). A name
+// held by another uid, or by a socket that does not answer (not listening, or its queue
+// full), is seen past: the port is then judged by binding it alone, and this launcher
+// holds it without a mark of its own.
 #pragma once
 
 #include <netinet/in.h>
@@ -18,6 +25,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <ctime>
+#include <elastic/log.hpp>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -48,6 +57,32 @@ inline int bind_abstract_socket(const std::string& name) {
     return -1;
   }
   return fd;
+}
+
+// Who holds the abstract socket `name`: connects to it (without blocking) and reads
+// the listener's credentials. False when that cannot be told: nothing listens on the
+// name (ECONNREFUSED), or its queue of connections is full (EAGAIN).
+inline bool abstract_socket_holder(const std::string& name, ucred& holder) {
+  sockaddr_un address{};
+  if (name.size() + 1 > sizeof(address.sun_path)) return false;
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path + 1, name.data(), name.size());
+  const auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+  // A holder between its bind and its listen refuses for a moment: a few short tries.
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return false;
+    const bool connected = ::connect(fd, reinterpret_cast<sockaddr*>(&address), length) == 0;
+    const int error = errno;
+    socklen_t size = sizeof(holder);
+    const bool known = connected && ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &holder, &size) == 0;
+    ::close(fd);
+    if (known) return true;
+    if (connected || error != ECONNREFUSED) return false;
+    const timespec pause{0, 1000000};
+    ::nanosleep(&pause, nullptr);
+  }
+  return false;
 }
 
 // A TCP socket of `family` bound to the wildcard address and `port` (IPv6: dual
@@ -110,6 +145,9 @@ class PortReservation {
 
   int port() const { return port_; }
 
+  // The abstract Unix socket name that marks `port` as held by a launcher.
+  static std::string mark_name(int port) { return "elastic-run/master-port/" + std::to_string(port); }
+
   // Holds `port`; throws PortBusyError naming why it cannot.
   static PortReservation hold(int port) {
     PortReservation held;
@@ -122,29 +160,50 @@ class PortReservation {
   // Holds a free port the kernel picks.
   static PortReservation any() {
     std::string why;
-    for (int attempt = 0; attempt < 64; ++attempt) {
+    constexpr int attempts = 64;
+    for (int attempt = 0; attempt < attempts; ++attempt) {
       int fd = detail::bind_wildcard(AF_INET, 0, true);
-      if (fd < 0) break;
+      if (fd < 0) {
+        why = std::string("binding a port the kernel picks failed: ") + std::strerror(errno);
+        break;
+      }
       sockaddr_in addr{};
       socklen_t len = sizeof(addr);
       int port = ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0 ? ntohs(addr.sin_port) : 0;
       ::close(fd);
       PortReservation held;
-      if (port > 0 && held.try_hold(port, why)) return held;
+      std::string busy;
+      if (port > 0 && held.try_hold(port, busy)) return held;
+      why = "the last of " + std::to_string(attempts) + " ports the kernel picked, " + std::to_string(port) +
+            ", could not be held: " + busy;
     }
-    throw PortBusyError("no free port to hold on this host" + (why.empty() ? "" : " (" + why + ")"));
+    throw PortBusyError("no free port could be held on this host (" + why + ")");
   }
 
  private:
   bool try_hold(int port, std::string& why) {
     release();
     // The launcher's mark first: a port another launcher holds is busy even before its rank 0 listens.
-    int mark = detail::bind_abstract_socket("elastic-run/master-port/" + std::to_string(port));
-    if (mark < 0) {
-      why = errno == EADDRINUSE ? "another elastic-run job holds it" : std::strerror(errno);
+    const std::string name = mark_name(port);
+    int mark = detail::bind_abstract_socket(name);
+    if (mark >= 0) {
+      // Listening, so that other launchers can ask who holds it; no connection is ever accepted.
+      ::listen(mark, SOMAXCONN);
+      fds_.push_back(mark);
+    } else if (errno != EADDRINUSE) {
+      why = std::string("cannot mark it: ") + std::strerror(errno);
       return false;
+    } else {
+      ucred holder{};
+      const bool known = detail::abstract_socket_holder(name, holder);
+      if (known && holder.uid == ::geteuid()) {
+        why = "another elastic-run job holds it";
+        return false;
+      }
+      log::warning("port {}: its elastic-run mark is held by {}; passed over, the port is judged by binding it", port,
+                   known ? "uid " + std::to_string(holder.uid) + " (pid " + std::to_string(holder.pid) + "), not ours"
+                         : std::string("a socket that does not answer"));
     }
-    fds_.push_back(mark);
     int v4 = detail::bind_wildcard(AF_INET, port, true);
     if (v4 < 0) {
       why = errno == EADDRINUSE ? "a process listens on it" : std::strerror(errno);

@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -76,10 +77,25 @@ class TimerServer {
   // Only these processes (the current attempt's workers) may be signalled; timers of any
   // other process are dropped. A worker may send its first request before the launcher
   // knows its pid, so requests are kept until then.
+  //
+  // Each worker is pinned here by a pidfd and signalled only through it, so a worker that
+  // has exited and been reaped is never confused with a process that got its pid since.
+  // Call it while the workers cannot have been reaped yet (as LaunchConfig's
+  // on_workers_started is): each pid then still names its worker.
   void set_workers(const std::map<int, pid_t>& pids) {
     std::lock_guard<std::mutex> lock(mutex_);
-    workers_.clear();
-    for (const auto& [local_rank, pid] : pids) workers_.insert(pid);
+    close_pidfds();
+    for (const auto& [local_rank, pid] : pids) {
+      const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+      // Without pidfd_open (Linux before 5.3) the pid alone is kept, and signalled with kill().
+      if (pidfd < 0 && errno != ENOSYS) {
+        log::warning("timer file {}: worker pid {} cannot be pinned ({}); its timers will be ignored", path_, pid,
+                     std::strerror(errno));
+        continue;
+      }
+      if (pidfd >= 0) ::fcntl(pidfd, F_SETFD, FD_CLOEXEC);
+      workers_[pid] = pidfd;
+    }
     workers_known_ = true;
     for (auto it = timers_.begin(); it != timers_.end();) {
       if (workers_.count(it->first.first) != 0) {
@@ -95,7 +111,7 @@ class TimerServer {
   // kept until set_workers() names its workers.
   void end_attempt() {
     std::lock_guard<std::mutex> lock(mutex_);
-    workers_.clear();
+    close_pidfds();
     workers_known_ = false;
     timers_.clear();
   }
@@ -201,9 +217,16 @@ class TimerServer {
     }
     for (const auto& [pid, what] : due) {
       const auto& [scope, sig] = what.second;
+      auto worker = workers_.find(pid);
+      if (worker == workers_.end()) continue;
       log::warning("worker pid {}: timer '{}' expired, sending signal {}", pid, scope, sig);
-      expired_.emplace(pid, scope);
-      if (::kill(pid, sig) != 0 && errno != ESRCH)
+      const int pidfd = worker->second;
+      const long sent = pidfd >= 0 ? ::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0) : ::kill(pid, sig);
+      if (sent == 0)
+        expired_.emplace(pid, scope);
+      else if (errno == ESRCH)
+        log::warning("worker pid {}: has exited; its expired timer '{}' signals nothing", pid, scope);
+      else
         log::error("worker pid {}: cannot send signal {}: {}", pid, sig, std::strerror(errno));
     }
     // As PyTorch's server: every timer of a worker that had one expire is dropped.
@@ -211,7 +234,15 @@ class TimerServer {
       it = expired_pids.count(it->first.first) ? timers_.erase(it) : std::next(it);
   }
 
+  // With mutex_ held.
+  void close_pidfds() {
+    for (const auto& [pid, pidfd] : workers_)
+      if (pidfd >= 0) ::close(pidfd);
+    workers_.clear();
+  }
+
   void close_all() {
+    close_pidfds();
     for (int* fd : {&read_fd_, &write_fd_, &stop_fd_})
       if (*fd >= 0) ::close(std::exchange(*fd, -1));
     ::unlink(path_.c_str());
@@ -222,7 +253,7 @@ class TimerServer {
   int write_fd_ = -1;
   int stop_fd_ = -1;
   mutable std::mutex mutex_;
-  std::set<pid_t> workers_;
+  std::map<pid_t, int> workers_;  // the workers' pidfds (-1: none, the kernel lacks them)
   bool workers_known_ = false;
   std::map<std::pair<pid_t, std::string>, Timer> timers_;
   std::map<pid_t, std::string> expired_;

@@ -198,6 +198,11 @@ class PContext {
       worker->pidfd = detail::Fd(process.pidfd);
       worker->running = true;
       if (options_.watchdog) watchdog_.add_group(process.pid);
+      if (process.outside_cgroup) {
+        log::warning("local_rank {} (pid {}) could not join the job's cgroup {}: its environment marker stands in",
+                     local_rank, process.pid, cgroup_.path());
+        if (options_.watchdog) watchdog_.worker_outside_cgroup();
+      }
       // Owned before anything else can throw, so close() always finds it.
       const std::size_t index = workers_.size();
       workers_.push_back(std::move(worker));

@@ -94,6 +94,7 @@ struct ChildPlan {
   int failed_step = 0;
   int report_fd = -1;        // without shared memory (the fork path): where the child reports a failed step
   int cgroup_procs_fd = -1;  // a cgroup's cgroup.procs the child joins before exec
+  int outside_cgroup = 0;    // set when the cgroup refused the child (shared memory or report_fd: step 0)
 };
 
 // Records which step failed (errno as it is) and ends the child.
@@ -118,10 +119,15 @@ inline int child_main(void* arg) {
     child_fail(plan, 2);
   }
   // Joins the job's cgroup, so all it starts is in it. A refusal (a cgroup
-  // hierarchy that does not allow it) is not fatal: other means remain.
-  if (plan->cgroup_procs_fd >= 0) {
-    ssize_t ignored = ::write(plan->cgroup_procs_fd, "0", 1);
-    (void)ignored;
+  // hierarchy that does not allow it) is not fatal: the parent is told, and the
+  // watchdog falls back on the job's marker.
+  if (plan->cgroup_procs_fd >= 0 && ::write(plan->cgroup_procs_fd, "0", 1) != 1) {
+    plan->outside_cgroup = 1;
+    if (plan->report_fd >= 0) {
+      const int report[2] = {errno, 0};
+      ssize_t ignored = ::write(plan->report_fd, report, sizeof(report));
+      (void)ignored;
+    }
   }
   // The parent may have died before the death signal was armed.
   if (::getppid() != plan->parent) ::_exit(127);
@@ -215,13 +221,20 @@ inline pid_t start_child_with_fork(ChildPlan& plan, int& start_errno) {
   }
   ::close(report[1]);
   if (pid > 0) {
-    int failure[2] = {0, 0};
-    ssize_t got;
-    while ((got = ::read(report[0], failure, sizeof(failure))) < 0 && errno == EINTR) {
-    }
-    if (got == static_cast<ssize_t>(sizeof(failure))) {
+    // Each report is one write of two ints (step 0: the cgroup refused the child, not a failure).
+    for (;;) {
+      int failure[2] = {0, 0};
+      ssize_t got;
+      while ((got = ::read(report[0], failure, sizeof(failure))) < 0 && errno == EINTR) {
+      }
+      if (got != static_cast<ssize_t>(sizeof(failure))) break;
+      if (failure[1] == 0) {
+        plan.outside_cgroup = 1;
+        continue;
+      }
       plan.error = failure[0];
       plan.failed_step = failure[1];
+      break;
     }
   }
   ::close(report[0]);
@@ -245,6 +258,7 @@ inline pid_t start_child_with_clone(ChildPlan& plan, int& start_errno) {
 struct SpawnedProcess {
   pid_t pid = -1;
   int pidfd = -1;
+  bool outside_cgroup = false;  // SpawnOptions::cgroup_procs_fd was given and the cgroup refused it
 };
 
 struct SpawnOptions {
@@ -299,6 +313,7 @@ inline SpawnedProcess spawn_process(const std::vector<std::string>& argv, std::v
   // that: a signal to the group reaches it from now on.
   SpawnedProcess process;
   process.pid = pid;
+  process.outside_cgroup = plan.outside_cgroup != 0;
   process.pidfd = detail::pidfd_open(pid);
   if (process.pidfd < 0) {
     int error = errno;

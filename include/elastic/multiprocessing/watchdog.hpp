@@ -2,15 +2,18 @@
 // The parent tells it, through a pipe, which process groups it started; when
 // the parent's end of the pipe closes without a goodbye (the parent was
 // SIGKILLed or died of a signal it does not handle), the watchdog SIGKILLs every
-// group still registered, then every process whose environment carries the
-// job's marker (`marker()`, given to each worker and inherited by everything
-// it starts): descendants that left their group (setsid, setpgid) go too.
-// PR_SET_PDEATHSIG alone only reaches the workers themselves, not their children.
+// group still registered, then the job's cgroup where there is one; without a
+// cgroup, every process of its own uid whose environment carries the job's marker
+// as a variable of its own (`marker_value()`, given to each worker and inherited
+// by everything it starts): descendants that left their group (setsid, setpgid)
+// go too. PR_SET_PDEATHSIG alone only reaches the workers themselves, not their
+// children.
 #pragma once
 
 #include <fcntl.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -89,6 +92,12 @@ class Watchdog {
     send(pending_, pending_count_);
     pending_count_ = 0;
   }
+  // A worker that could not join the job's cgroup: the cgroup's kill misses it and
+  // what it starts, so the marker scan runs too.
+  void worker_outside_cgroup() {
+    flush();
+    send(outside_cgroup);
+  }
   void remove_group(pid_t pgid) {
     flush();  // added before removed
     send(-static_cast<std::int32_t>(pgid));
@@ -108,6 +117,9 @@ class Watchdog {
   }
 
  private:
+  // Never a (negated) process group id: pids stay below 2^22.
+  static constexpr std::int32_t outside_cgroup = INT32_MIN;
+
   void send(std::int32_t value) { send(&value, 1); }
   void send(const std::int32_t* values, std::size_t n) {
     if (write_fd_ < 0 || n == 0) return;
@@ -136,40 +148,62 @@ class Watchdog {
     return value;
   }
 
-  // True when /proc/<pid>/environ contains `needle`. Async-signal-safe: the
+  // True when /proc/<pid>/environ holds `needle` ("NAME=value") as a whole entry: from
+  // the entry's first byte to its end, so the text quoted inside another variable's
+  // value (NOTE=copied:ELASTIC_JOB_MARKER=...) does not count. Async-signal-safe: the
   // watchdog may be forked from a multi-threaded parent, so it must not allocate.
-  static bool environ_has(const char* pid_name, const char* needle, std::size_t needle_size) {
-    char path[64] = "/proc/";
-    std::size_t at = 6;
+  static bool environ_has(int proc, const char* pid_name, const char* needle, std::size_t needle_size) {
+    char path[64];
+    std::size_t at = 0;
     for (const char* p = pid_name; *p != '\0' && at < 40; ++p) path[at++] = *p;
     const char tail[] = "/environ";
     for (std::size_t i = 0; i < sizeof(tail); ++i) path[at++] = tail[i];
-    int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+    int fd = ::openat(proc, path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return false;
-    constexpr std::size_t chunk = 8192;
-    char buffer[chunk + 256];
-    std::size_t kept = 0;
+    // The current entry's bytes so far, while they match the needle's start.
+    std::size_t matched = 0;
+    bool matching = true;
     bool found = false;
+    char buffer[8192];
     while (!found) {
-      ssize_t got = ::read(fd, buffer + kept, chunk);
+      ssize_t got = ::read(fd, buffer, sizeof(buffer));
       if (got < 0 && errno == EINTR) continue;
       if (got <= 0) break;
-      const std::size_t size = kept + static_cast<std::size_t>(got);
-      for (std::size_t i = 0; !found && i + needle_size <= size; ++i)
-        found = std::memcmp(buffer + i, needle, needle_size) == 0;
-      // The needle may straddle two reads: keep the tail.
-      kept = size < needle_size ? size : needle_size - 1;
-      std::memmove(buffer, buffer + size - kept, kept);
+      for (ssize_t i = 0; i < got && !found; ++i) {
+        const char c = buffer[i];
+        if (c == '\0') {
+          found = matching && matched == needle_size;
+          matched = 0;
+          matching = true;
+        } else if (matching) {
+          matching = matched < needle_size && c == needle[matched];
+          if (matching) ++matched;
+        }
+      }
     }
+    // The last entry may end at the end of the data, without its NUL.
+    found = found || (matching && matched == needle_size);
     ::close(fd);
     return found;
   }
 
-  // SIGKILLs every process whose environment holds `needle`; returns how many.
+  // SIGKILLs every process of this watchdog's uid whose environment holds `needle`
+  // as a whole entry; returns how many. Async-signal-safe (raw syscalls only).
+  //
+  // The process is pinned by a pidfd before it is looked at, and signalled through
+  // it: should it exit meanwhile and its pid go to another process, the checks may
+  // read the newcomer, but the signal fails (ESRCH) instead of reaching it. What
+  // remains: /proc/<pid>'s owner is the effective uid, or root for a process that
+  // is not dumpable (so a root launcher also looks at other users' non-dumpable
+  // processes, which only their own users can have given the marker), and a process
+  // of ours that changed its uid after it was started is no longer ours (without a
+  // job cgroup it survives). Only where the kernel has no pidfd_open (before 5.3)
+  // does a plain kill(pid) remain, with its reuse race.
   static int kill_marked(const char* needle, std::size_t needle_size) {
     int proc = ::open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (proc < 0) return 0;
     const pid_t self = ::getpid();
+    const uid_t uid = ::geteuid();
     int killed = 0;
     alignas(8) char entries[16384];
     for (;;) {
@@ -191,7 +225,16 @@ class Watchdog {
           pid = pid * 10 + (*p - '0');
         }
         if (!digits || pid == self || pid <= 1) continue;
-        if (environ_has(name, needle, needle_size) && ::kill(pid, SIGKILL) == 0) ++killed;
+        const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+        if (pidfd < 0 && errno != ENOSYS) continue;  // gone already
+        struct stat owner {};
+        const bool ours = ::fstatat(proc, name, &owner, 0) == 0 && owner.st_uid == uid;
+        if (ours && environ_has(proc, name, needle, needle_size)) {
+          const long sent =
+              pidfd >= 0 ? ::syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0) : ::kill(pid, SIGKILL);
+          if (sent == 0) ++killed;
+        }
+        if (pidfd >= 0) ::close(pidfd);
       }
     }
     ::close(proc);
@@ -204,6 +247,7 @@ class Watchdog {
     ::setpgid(0, 0);
     const int keep = elastic::become_helper_child("elastic-watchdog", read_fd);
     int count = 0;
+    bool scan_markers = false;
     for (;;) {
       // Every write holds whole values and is atomic, so reads end on a value's end.
       std::int32_t values[batch];
@@ -213,6 +257,10 @@ class Watchdog {
       for (ssize_t i = 0; i < got / static_cast<ssize_t>(sizeof(std::int32_t)); ++i) {
         const std::int32_t value = values[i];
         if (value == 0) ::_exit(0);  // goodbye
+        if (value == outside_cgroup) {
+          scan_markers = true;
+          continue;
+        }
         if (value > 0) {
           if (count < max_groups) groups[count++] = value;
         } else {
@@ -225,11 +273,15 @@ class Watchdog {
       }
     }
     for (int i = 0; i < count; ++i) ::kill(-groups[i], SIGKILL);
+    // The job's cgroup holds everything the workers started, wherever it went: its
+    // kill is the whole answer, and no other process is looked at. Without one (or
+    // when a worker could not join it), whatever carries the job's marker, until a
+    // pass finds none still running (a process may fork while a pass runs; a
+    // killed one no longer can). Zombies show an empty environment, so dead
+    // processes are not counted.
+    const bool whole_job_in_cgroup = cgroup_dir != nullptr && !scan_markers;
     if (cgroup_dir != nullptr) JobCgroup::kill_all(cgroup_dir);
-    // Then whatever carries the job's marker, until a pass finds none still
-    // running (a process may fork while a pass runs; a killed one no longer can).
-    // Zombies show an empty environment, so dead processes are not counted.
-    for (int pass = 0; pass < 1000; ++pass) {
+    for (int pass = 0; pass < 1000 && !whole_job_in_cgroup; ++pass) {
       if (kill_marked(needle, needle_size) == 0) break;
       const timespec pause{0, 1000000};
       ::nanosleep(&pause, nullptr);

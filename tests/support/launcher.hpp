@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <fstream>
@@ -62,10 +63,19 @@ inline bool wait_until(const std::function<bool()>& ready,
 }
 
 // True while `pid` exists and is not a zombie.
+// Read with read(2): a process that exits during the read makes it fail with ESRCH,
+// which std::ifstream turns into an exception.
 inline bool alive(pid_t pid) {
   if (pid <= 0 || ::kill(pid, 0) != 0) return false;
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  const int fd = ::open(("/proc/" + std::to_string(pid) + "/stat").c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;  // gone since kill()
+  char buffer[1024];
+  ssize_t got;
+  while ((got = ::read(fd, buffer, sizeof(buffer))) < 0 && errno == EINTR) {
+  }
+  ::close(fd);
+  if (got <= 0) return false;
+  const std::string text(buffer, static_cast<std::size_t>(got));
   auto close_paren = text.rfind(')');
   return close_paren == std::string::npos || close_paren + 2 >= text.size() || text[close_paren + 2] != 'Z';
 }

@@ -315,6 +315,12 @@ std::optional<FrameLine> parse_frame_line(const std::string& line) {
                   line.substr(open + 2, plus - open - 2), line.substr(plus + 3, line.size() - 1 - plus - 3)};
   if (!all_of_class(frame.index, digits) || !all_of_class(frame.offset, hex)) return std::nullopt;
   if (!frame.name.empty() && (frame.name.rfind(" in ", 0) != 0 || frame.name.size() == 4)) return std::nullopt;
+  // " in f() at /src/f.cpp:42": resolved already (by an earlier run on this file).
+  const std::size_t at = frame.name.rfind(" at ");
+  const std::size_t colon = frame.name.rfind(':');
+  if (at != std::string::npos && colon != std::string::npos && colon > at &&
+      all_of_class(frame.name.substr(colon + 1), digits))
+    return std::nullopt;
   return frame;
 }
 

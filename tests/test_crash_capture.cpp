@@ -733,7 +733,8 @@ TEST_CASE("a binary replaced on disk after start is not used for file:line") {
   const std::string file = dir.file("error.json");
   RunOptions options;
   options.set_env = {{"TORCHELASTIC_ERROR_FILE", file}};
-  options.unset_env = {"ELASTIC_CRASH_SIGNALS", "ELASTIC_THROW_TRACES", "ELASTIC_TRACEBACK_ALL"};
+  options.unset_env = {"ELASTIC_CRASH_SIGNALS", "ELASTIC_THROW_TRACES", "ELASTIC_TRACEBACK_ALL",
+                       "CRASH_WORKER_REPLACEMENT"};
   RunResult result = elastic::testing::run({copy, "replace_self_segv"}, options);
   INFO(result.err);
   REQUIRE_FALSE(result.timed_out);
@@ -745,4 +746,110 @@ TEST_CASE("a binary replaced on disk after start is not used for file:line") {
   CHECK(first_frame(callstack).find(copy) != std::string::npos);
   CHECK(first_frame(callstack).find("+0x") != std::string::npos);
   CHECK(callstack.find("crash_worker.cpp:") == std::string::npos);
+}
+
+namespace {
+
+// The GNU build id of the ELF file at `path` in hex, as `readelf -n` shows it.
+std::string build_id_of_file(const std::string& path) {
+  RunResult notes = elastic::testing::run({"readelf", "-n", path}, RunOptions{});
+  REQUIRE(notes.exitcode == 0);
+  const std::string label = "Build ID: ";
+  const auto at = notes.out.find(label);
+  REQUIRE(at != std::string::npos);
+  return first_line(notes.out.substr(at + label.size()));
+}
+
+}  // namespace
+
+TEST_CASE("a binary replaced by another build after start gives no file:line from the new file") {
+  if (elastic::testing::under_sanitizer)
+    ELASTIC_SKIP("file:line from elastic-symbolize is not checked in sanitizer builds; the other builds run this case");
+  const std::string other_build = ELASTIC_TEST_CRASH_WORKER_OTHER_BUILD;
+  const std::string ran = build_id_of_file(crash_worker);
+  REQUIRE(build_id_of_file(other_build) == ELASTIC_TEST_OTHER_BUILD_ID);
+  REQUIRE(ran != ELASTIC_TEST_OTHER_BUILD_ID);
+  for (const std::string mode : {"replace_self_segv", "replace_self_throw"}) {
+    if (mode == "replace_self_throw" && !throw_traces_built) continue;
+    INFO(mode);
+    TempDir dir;
+    const std::string copy = dir.file("worker");
+    const std::string replacement = dir.file("worker.next");
+    std::filesystem::copy_file(crash_worker, copy);
+    std::filesystem::copy_file(other_build, replacement);
+    const std::string file = dir.file("error.json");
+    RunOptions options;
+    options.set_env = {{"TORCHELASTIC_ERROR_FILE", file}, {"CRASH_WORKER_REPLACEMENT", replacement}};
+    options.unset_env = {"ELASTIC_CRASH_SIGNALS", "ELASTIC_THROW_TRACES", "ELASTIC_TRACEBACK_ALL"};
+    RunResult result = elastic::testing::run({copy, mode}, options);
+    INFO(result.err);
+    REQUIRE_FALSE(result.timed_out);
+    CHECK(result.exitcode == (mode == "replace_self_segv" ? -SIGSEGV : 1));
+    REQUIRE(build_id_of_file(copy) == ELASTIC_TEST_OTHER_BUILD_ID);  // the new build is in place
+    const std::string callstack = callstack_of(elastic::ProcessFailure(0, result.pid, result.exitcode, file));
+    INFO(callstack);
+    // Frames are named by the path the program started from, with module and offset.
+    CHECK(first_frame(callstack).find("(" + copy + "+0x") != std::string::npos);
+    CHECK(callstack.find("crash_worker.cpp:") == std::string::npos);
+    // Said once, with both build ids.
+    const std::string why = "(no file:line for " + copy + ": the file there is another build than the one the " +
+                            "process ran (build id " + ELASTIC_TEST_OTHER_BUILD_ID + " on disk, " + ran +
+                            " in the process))";
+    CHECK(line_with(callstack, "(no file:line for ") == why);
+    CHECK(callstack.find("(no file:line for ") == callstack.rfind("(no file:line for "));
+
+#ifdef ELASTIC_TEST_SYMBOLIZER
+    // The new file would have given lines (the same code and line table): the
+    // build id is what kept them out. The helper run by hand, told nothing of
+    // the process, takes them from it.
+    const std::string unchecked = dir.file("unchecked.json");
+    std::filesystem::copy_file(file, unchecked);
+    RunResult by_hand = elastic::testing::run({ELASTIC_TEST_SYMBOLIZER, unchecked}, RunOptions{});
+    REQUIRE(by_hand.exitcode == 0);
+    const std::string lines = callstack_of(elastic::ProcessFailure(0, result.pid, result.exitcode, unchecked));
+    INFO(lines);
+    CHECK(lines.find("crash_worker.cpp:") != std::string::npos);
+#endif
+  }
+}
+
+TEST_CASE("a helper slower than ELASTIC_SYMBOLIZER_TIMEOUT_MS is stopped and the record says so") {
+  TempDir dir;
+  // A helper that never finishes (exec: the one process the stop must end).
+  const std::string helper = dir.file("slow-symbolize");
+  {
+    std::ofstream script(helper);
+    script << "#!/bin/sh\nexec sleep 60\n";
+  }
+  std::filesystem::permissions(helper, std::filesystem::perms::owner_all);
+  const std::string file = dir.file("error.json");
+  for (const std::string mode : {"segv", "throw"}) {
+    INFO(mode);
+    RunResult result =
+        run_worker({mode}, file, {{"ELASTIC_SYMBOLIZER", helper}, {"ELASTIC_SYMBOLIZER_TIMEOUT_MS", "300"}});
+    INFO(result.err);
+    CHECK(result.exitcode == (mode == "segv" ? -SIGSEGV : 1));
+    const std::string callstack = callstack_of(elastic::ProcessFailure(0, result.pid, result.exitcode, file));
+    INFO(callstack);
+    CHECK(line_with(callstack, "elastic-symbolize took longer than") ==
+          "(no file:line: elastic-symbolize took longer than 300 ms and was stopped; ELASTIC_SYMBOLIZER_TIMEOUT_MS "
+          "sets the limit)");
+    CHECK(callstack.find(mode == "segv" ? "crash_here_on_purpose" : "DistinctiveError") != std::string::npos);
+    CHECK(callstack.find("crash_worker.cpp:") == std::string::npos);
+    CHECK(other_files(dir, "error.json") == std::vector<std::string>{"slow-symbolize"});
+  }
+}
+
+TEST_CASE("ELASTIC_SYMBOLIZER_TIMEOUT_MS that is not a number is a warning, and the default applies") {
+  if (elastic::testing::under_sanitizer)
+    ELASTIC_SKIP("file:line from elastic-symbolize is not checked in sanitizer builds; the other builds run this case");
+  TempDir dir;
+  const std::string file = dir.file("error.json");
+  RunResult result = run_worker({"segv"}, file, {{"ELASTIC_SYMBOLIZER_TIMEOUT_MS", "2s"}});
+  CHECK(result.exitcode == -SIGSEGV);
+  CHECK(result.err.find("ELASTIC_SYMBOLIZER_TIMEOUT_MS: '2s' is not a number of milliseconds") != std::string::npos);
+  const std::string callstack = callstack_of(elastic::ProcessFailure(0, result.pid, result.exitcode, file));
+  INFO(callstack);
+  CHECK(first_frame(callstack).find(worker_location("void crash_here_on_purpose() { *null_pointer = 42; }")) !=
+        std::string::npos);
 }

@@ -1,6 +1,6 @@
 // elastic-symbolize: adds source file:line to the frames of an error file.
 //
-//   elastic-symbolize [--pid PID] ERROR_FILE
+//   elastic-symbolize [--pid PID] [--build-id HEX:MODULE]... ERROR_FILE
 //
 // Rewrites extraInfo.py_callstack in place (atomically) so that each frame line
 //   #3 0x55d0c0a1d2f1 in train() (/path/worker+0x12f1)
@@ -11,14 +11,19 @@
 // take locks, which a signal handler must not) and so does the exception path;
 // the worker itself never loads libdw.
 //
-// With --pid, a module is trusted only when the file at its path is the one the
-// process mapped (same device and inode, not deleted): a binary replaced on disk
-// after start keeps its function+offset frames. Frames of modules without line
-// information are left as they are. Exit status 0 when the file was rewritten or
-// had nothing to add, 1 on a problem (the file is then untouched).
+// --build-id gives a module's GNU build id as loaded in the process (the worker
+// reads it from the mapped image): the file at MODULE, and the separate debug file
+// chosen for it, are used only when their build ids are that one. A module with
+// no build id given is checked, with --pid, by device and inode against the
+// files process PID maps (not deleted). So a binary replaced on disk after start
+// keeps its function+offset frames, and the record says why, once per module, on
+// a line at its end. Frames of modules without line information are left as they
+// are. Exit status 0 when the file was rewritten or had nothing to add, 1 on a
+// problem (the file is then untouched).
 #include <cxxabi.h>
 #include <dwarf.h>
 #include <elfutils/libdw.h>
+#include <elfutils/libdwelf.h>
 #include <elfutils/libdwfl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -111,12 +116,29 @@ std::map<std::string, std::pair<unsigned long, unsigned long>> mapped_files(long
   return files;
 }
 
+// An ELF file's GNU build id in lowercase hex, empty when it has none.
+std::string build_id_of(Elf* elf) {
+  const void* bits = nullptr;
+  const ssize_t size = elf != nullptr ? dwelf_elf_gnu_build_id(elf, &bits) : -1;
+  std::string hex;
+  for (ssize_t i = 0; i < size; ++i) {
+    static const char digits[] = "0123456789abcdef";
+    const auto byte = static_cast<const unsigned char*>(bits)[i];
+    hex += digits[byte >> 4];
+    hex += digits[byte & 0xF];
+  }
+  return hex;
+}
+
 class Resolver {
  public:
-  explicit Resolver(std::optional<long> pid) {
+  Resolver(std::optional<long> pid, std::map<std::string, std::string> build_ids) : build_ids_(std::move(build_ids)) {
     if (pid) mapped_ = mapped_files(*pid);
     checked_ = pid.has_value();
   }
+
+  // Why modules were not used, one line each, in the order they were met.
+  const std::vector<std::string>& notes() const { return notes_; }
 
   // Innermost first: the inlined functions at `offset`, then the function itself.
   std::vector<Location> resolve(const std::string& path, std::uint64_t offset) {
@@ -163,22 +185,68 @@ class Resolver {
   Dwfl_Module* module_of(const std::string& path) {
     auto found = modules_.find(path);
     if (found != modules_.end()) return found->second;
-    Dwfl_Module* module = nullptr;
-    if (trusted(path)) {
-      std::unique_ptr<Dwfl, DwflCloser> dwfl(dwfl_begin(&offline_callbacks));
-      // Reported at address 0: the offsets in the record are link-time addresses
-      // for position-independent modules and absolute ones for the others.
-      if (dwfl) module = dwfl_report_elf(dwfl.get(), path.c_str(), path.c_str(), -1, 0, false);
-      if (module != nullptr && dwfl_report_end(dwfl.get(), nullptr, nullptr) == 0)
-        sessions_.push_back(std::move(dwfl));
-      else
-        module = nullptr;
-    }
+    Dwfl_Module* module = checked_module(path);
     modules_[path] = module;
     return module;
   }
 
-  bool trusted(const std::string& path) const {
+  // The module at `path` when it is the build the process ran, else null (with a
+  // note saying why).
+  Dwfl_Module* checked_module(const std::string& path) {
+    auto expected = build_ids_.find(path);
+    const bool by_build_id = expected != build_ids_.end();
+    if (!by_build_id && !same_file_as_mapped(path)) {
+      note(path,
+           "the file there is not the one the process mapped (compared by device and inode: no build id "
+           "was known for it)");
+      return nullptr;
+    }
+    std::unique_ptr<Dwfl, DwflCloser> dwfl(dwfl_begin(&offline_callbacks));
+    if (!dwfl) return nullptr;
+    // Reported at address 0: the offsets in the record are link-time addresses
+    // for position-independent modules and absolute ones for the others.
+    Dwfl_Module* module = dwfl_report_elf(dwfl.get(), path.c_str(), path.c_str(), -1, 0, false);
+    if (module == nullptr || dwfl_report_end(dwfl.get(), nullptr, nullptr) != 0) {
+      if (by_build_id)
+        note(path, "the file there cannot be read as ELF, so it is not the build the process ran (build id " +
+                       expected->second + ")");
+      return nullptr;
+    }
+    if (by_build_id) {
+      Dwarf_Addr bias = 0;
+      Elf* elf = dwfl_module_getelf(module, &bias);
+      const std::string on_disk = build_id_of(elf);
+      if (on_disk != expected->second) {
+        note(path, "the file there is another build than the one the process ran (build id " +
+                       (on_disk.empty() ? std::string("none") : on_disk) + " on disk, " + expected->second +
+                       " in the process)");
+        return nullptr;
+      }
+      // The separate debug file libdw picked (by build id under
+      // /usr/lib/debug/.build-id/, or by .gnu_debuglink) must be of that build too.
+      Dwarf* dwarf = dwfl_module_getdwarf(module, &bias);
+      Elf* debug = dwarf != nullptr ? dwarf_getelf(dwarf) : nullptr;
+      if (debug != nullptr && debug != elf) {
+        const std::string debug_id = build_id_of(debug);
+        if (debug_id != expected->second) {
+          const char* debug_path = nullptr;
+          dwfl_module_info(module, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, &debug_path);
+          note(path, "its debug file " + std::string(debug_path != nullptr ? debug_path : "") +
+                         " is another build (build id " + (debug_id.empty() ? std::string("none") : debug_id) +
+                         ", the process ran " + expected->second + ")");
+          return nullptr;
+        }
+      }
+    }
+    sessions_.push_back(std::move(dwfl));
+    return module;
+  }
+
+  void note(const std::string& path, const std::string& why) {
+    notes_.push_back("(no file:line for " + path + ": " + why + ")");
+  }
+
+  bool same_file_as_mapped(const std::string& path) const {
     if (!checked_) return true;
     auto mapped = mapped_.find(path);
     struct stat st {};
@@ -188,6 +256,8 @@ class Resolver {
   }
 
   bool checked_ = false;
+  std::map<std::string, std::string> build_ids_;  // module path: hex
+  std::vector<std::string> notes_;
   std::map<std::string, std::pair<unsigned long, unsigned long>> mapped_;
   std::map<std::string, Dwfl_Module*> modules_;
   std::vector<std::unique_ptr<Dwfl, DwflCloser>> sessions_;
@@ -229,11 +299,12 @@ std::string symbolize(const std::string& callstack, Resolver& resolver) {
     out +=
         " at " + outer.file + ":" + std::to_string(outer.line) + " (" + match[6].str() + "+0x" + match[7].str() + ")";
   }
+  for (const std::string& note : resolver.notes()) out += "\n" + note;
   return out;
 }
 
 int usage() {
-  std::fprintf(stderr, "usage: elastic-symbolize [--pid PID] ERROR_FILE\n");
+  std::fprintf(stderr, "usage: elastic-symbolize [--pid PID] [--build-id HEX:MODULE]... ERROR_FILE\n");
   return 2;
 }
 
@@ -241,6 +312,7 @@ int usage() {
 
 int main(int argc, char** argv) {
   std::optional<long> pid;
+  std::map<std::string, std::string> build_ids;
   std::string path;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -248,6 +320,13 @@ int main(int argc, char** argv) {
       char* end = nullptr;
       pid = std::strtol(argv[++i], &end, 10);
       if (end == nullptr || *end != '\0' || *pid <= 0) return usage();
+    } else if (arg == "--build-id" && i + 1 < argc) {
+      const std::string value = argv[++i];
+      const std::size_t colon = value.find(':');
+      if (colon == std::string::npos || colon == 0 || colon % 2 != 0 ||
+          value.find_first_not_of("0123456789abcdef") != colon || colon + 1 >= value.size() || value[colon + 1] != '/')
+        return usage();
+      build_ids[value.substr(colon + 1)] = value.substr(0, colon);
     } else if (path.empty() && !arg.empty() && arg[0] != '-') {
       path = arg;
     } else {
@@ -272,7 +351,7 @@ int main(int argc, char** argv) {
   if (extra == message->end() || !extra->is_object()) return 0;
   auto stack = extra->find("py_callstack");
   if (stack == extra->end() || !stack->is_string()) return 0;
-  Resolver resolver(pid);
+  Resolver resolver(pid, std::move(build_ids));
   const std::string before = stack->get<std::string>();
   const std::string after = symbolize(before, resolver);
   if (after == before) return 0;

@@ -813,6 +813,43 @@ TEST_CASE("a binary replaced by another build after start gives no file:line fro
   }
 }
 
+TEST_CASE("a binary without a build id is checked by device and inode") {
+  if (elastic::testing::under_sanitizer)
+    ELASTIC_SKIP("file:line from elastic-symbolize is not checked in sanitizer builds; the other builds run this case");
+  const std::string no_build_id = ELASTIC_TEST_CRASH_WORKER_NO_BUILD_ID;
+  RunResult notes = elastic::testing::run({"readelf", "-n", no_build_id}, RunOptions{});
+  REQUIRE(notes.exitcode == 0);
+  REQUIRE(notes.out.find("Build ID") == std::string::npos);
+  for (const std::string mode : {"segv", "replace_self_segv"}) {
+    INFO(mode);
+    TempDir dir;
+    const std::string copy = dir.file("worker");
+    std::filesystem::copy_file(no_build_id, copy);
+    const std::string file = dir.file("error.json");
+    RunOptions options;
+    options.set_env = {{"TORCHELASTIC_ERROR_FILE", file}};
+    options.unset_env = {"ELASTIC_CRASH_SIGNALS", "ELASTIC_THROW_TRACES", "ELASTIC_TRACEBACK_ALL",
+                         "CRASH_WORKER_REPLACEMENT"};
+    RunResult result = elastic::testing::run({copy, mode}, options);
+    INFO(result.err);
+    REQUIRE_FALSE(result.timed_out);
+    CHECK(result.exitcode == -SIGSEGV);
+    const std::string callstack = callstack_of(elastic::ProcessFailure(0, result.pid, result.exitcode, file));
+    INFO(callstack);
+    const std::string why = "(no file:line for " + copy +
+                            ": the file there is not the one the process mapped (compared by device and inode: no "
+                            "build id was known for it))";
+    if (mode == "segv") {  // the file the process maps: used
+      CHECK(first_frame(callstack).find(worker_location("void crash_here_on_purpose() { *null_pointer = 42; }")) !=
+            std::string::npos);
+      CHECK(callstack.find("(no file:line for ") == std::string::npos);
+    } else {  // another file at its path: not used, and said
+      CHECK(callstack.find("crash_worker.cpp:") == std::string::npos);
+      CHECK(line_with(callstack, "(no file:line for ") == why);
+    }
+  }
+}
+
 TEST_CASE("a helper slower than ELASTIC_SYMBOLIZER_TIMEOUT_MS is stopped and the record says so") {
   TempDir dir;
   // A helper that never finishes (exec: the one process the stop must end).

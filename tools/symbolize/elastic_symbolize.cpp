@@ -40,6 +40,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -95,10 +96,12 @@ struct Location {
   int line = 0;
 };
 
-// Devices and inodes of the files process `pid` maps, by path ("(deleted)" ones
-// are left out: their path names another file now, or none).
-std::map<std::string, std::pair<unsigned long, unsigned long>> mapped_files(long pid) {
-  std::map<std::string, std::pair<unsigned long, unsigned long>> files;
+// Devices and inodes of the files process `pid` maps ("(deleted)" ones are left
+// out: their path names another file now, or none). Not by path: the loader's
+// path of a module may go through symbolic links (/lib on a merged /usr) where
+// the kernel's names the file itself.
+std::set<std::pair<unsigned long, unsigned long>> mapped_files(long pid) {
+  std::set<std::pair<unsigned long, unsigned long>> files;
   std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
   std::string line;
   while (std::getline(maps, line)) {
@@ -111,7 +114,7 @@ std::map<std::string, std::pair<unsigned long, unsigned long>> mapped_files(long
     if (path.size() > 10 && path.compare(path.size() - 10, 10, " (deleted)") == 0) continue;
     unsigned major = 0, minor = 0;
     if (std::sscanf(dev.c_str(), "%x:%x", &major, &minor) != 2) continue;
-    files[path] = {static_cast<unsigned long>(makedev(major, minor)), inode};
+    files.insert({static_cast<unsigned long>(makedev(major, minor)), inode});
   }
   return files;
 }
@@ -246,19 +249,18 @@ class Resolver {
     notes_.push_back("(no file:line for " + path + ": " + why + ")");
   }
 
+  // Whether the file at `path` now is one the process maps.
   bool same_file_as_mapped(const std::string& path) const {
     if (!checked_) return true;
-    auto mapped = mapped_.find(path);
     struct stat st {};
-    return mapped != mapped_.end() && ::stat(path.c_str(), &st) == 0 &&
-           mapped->second ==
-               std::make_pair(static_cast<unsigned long>(st.st_dev), static_cast<unsigned long>(st.st_ino));
+    return ::stat(path.c_str(), &st) == 0 &&
+           mapped_.count({static_cast<unsigned long>(st.st_dev), static_cast<unsigned long>(st.st_ino)}) != 0;
   }
 
   bool checked_ = false;
   std::map<std::string, std::string> build_ids_;  // module path: hex
   std::vector<std::string> notes_;
-  std::map<std::string, std::pair<unsigned long, unsigned long>> mapped_;
+  std::set<std::pair<unsigned long, unsigned long>> mapped_;
   std::map<std::string, Dwfl_Module*> modules_;
   std::vector<std::unique_ptr<Dwfl, DwflCloser>> sessions_;
 };

@@ -397,8 +397,6 @@ TEST_CASE("a parent's summary of a crashed child shows where it died") {
 }
 
 TEST_CASE("torchrun's summary of a crashed worker shows where it died") {
-  if (elastic::testing::under_sanitizer)
-    ELASTIC_SKIP("file:line from elastic-symbolize is not checked in sanitizer builds; the other builds run this case");
   // Debian's torchrun with its Python 3.11 start-up fix (shared with the conformance
   // suite); ELASTIC_TORCHRUN names another torchrun to use instead.
   std::vector<std::string> torchrun = {elastic::testing::system_python(),
@@ -623,8 +621,6 @@ const std::string hidden_frames_line = "frames of elastic's wrappers and the C r
 }  // namespace
 
 TEST_CASE("a crash record names the source file and line of each frame") {
-  if (elastic::testing::under_sanitizer)
-    ELASTIC_SKIP("file:line from elastic-symbolize is not checked in sanitizer builds; the other builds run this case");
   TempDir dir;
   const std::string file = dir.file("error.json");
   RunResult result = run_worker({"segv"}, file);
@@ -641,12 +637,10 @@ TEST_CASE("a crash record names the source file and line of each frame") {
 }
 
 TEST_CASE("an exception record names the source file and line of its throw site") {
-  if (elastic::testing::under_sanitizer)
-    ELASTIC_SKIP("file:line from elastic-symbolize is not checked in sanitizer builds; the other builds run this case");
-  if (!throw_traces_built) {
-    WARN("skipped: throw-site traces are compiled out of this build");
-    return;
-  }
+  if (!throw_traces_built)
+    ELASTIC_SKIP(
+        "throw-site traces are compiled out of this build (AddressSanitizer intercepts __cxa_throw itself, "
+        "or ELASTIC_THROW_TRACES=OFF): the record has the catch site's frames, not the throw's");
   TempDir dir;
   const std::string file = dir.file("error.json");
   RunResult result = run_worker({"throw"}, file);
@@ -659,8 +653,11 @@ TEST_CASE("an exception record names the source file and line of its throw site"
 }
 
 TEST_CASE("an inlined function is shown with its line, then its caller's") {
-  if (elastic::testing::under_sanitizer)
-    ELASTIC_SKIP("file:line from elastic-symbolize is not checked in sanitizer builds; the other builds run this case");
+  if (elastic::testing::under_address_sanitizer)
+    ELASTIC_SKIP(
+        "clang 14's AddressSanitizer instrumentation drops the inlined-at scope of the checked store: "
+        "its DWARF puts the faulting instruction in the caller at the inlined function's line, with no "
+        "inlined subroutine there (addr2line -i shows the same), so there is no inlined frame to show");
   TempDir dir;
   const std::string file = dir.file("error.json");
   RunResult result = run_worker({"inlined_segv"}, file);
@@ -763,8 +760,6 @@ std::string build_id_of_file(const std::string& path) {
 }  // namespace
 
 TEST_CASE("a binary replaced by another build after start gives no file:line from the new file") {
-  if (elastic::testing::under_sanitizer)
-    ELASTIC_SKIP("file:line from elastic-symbolize is not checked in sanitizer builds; the other builds run this case");
   const std::string other_build = ELASTIC_TEST_CRASH_WORKER_OTHER_BUILD;
   const std::string ran = build_id_of_file(crash_worker);
   REQUIRE(build_id_of_file(other_build) == ELASTIC_TEST_OTHER_BUILD_ID);
@@ -814,8 +809,6 @@ TEST_CASE("a binary replaced by another build after start gives no file:line fro
 }
 
 TEST_CASE("a binary without a build id is checked by device and inode") {
-  if (elastic::testing::under_sanitizer)
-    ELASTIC_SKIP("file:line from elastic-symbolize is not checked in sanitizer builds; the other builds run this case");
   const std::string no_build_id = ELASTIC_TEST_CRASH_WORKER_NO_BUILD_ID;
   RunResult notes = elastic::testing::run({"readelf", "-n", no_build_id}, RunOptions{});
   REQUIRE(notes.exitcode == 0);
@@ -878,8 +871,6 @@ TEST_CASE("a helper slower than ELASTIC_SYMBOLIZER_TIMEOUT_MS is stopped and the
 }
 
 TEST_CASE("ELASTIC_SYMBOLIZER_TIMEOUT_MS that is not a number is a warning, and the default applies") {
-  if (elastic::testing::under_sanitizer)
-    ELASTIC_SKIP("file:line from elastic-symbolize is not checked in sanitizer builds; the other builds run this case");
   TempDir dir;
   const std::string file = dir.file("error.json");
   RunResult result = run_worker({"segv"}, file, {{"ELASTIC_SYMBOLIZER_TIMEOUT_MS", "2s"}});

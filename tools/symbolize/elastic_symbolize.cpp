@@ -35,6 +35,7 @@
 #include <elastic/errors/detail/python_json.hpp>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -148,12 +149,11 @@ class Resolver {
     Dwfl_Module* module = module_of(path);
     if (module == nullptr) return {};
     Dwarf_Addr bias = 0;
-    Dwarf_Die* cu = dwfl_module_addrdie(module, offset, &bias);
-    Dwfl_Line* line = dwfl_module_getsrc(module, offset);
-    if (cu == nullptr || line == nullptr) return {};
+    Dwarf_Die* cu = compilation_unit(module, offset, bias);
+    Dwarf_Line* line = cu != nullptr ? dwarf_getsrc_die(cu, offset - bias) : nullptr;
     int lineno = 0;
-    const char* file = dwfl_lineinfo(line, nullptr, &lineno, nullptr, nullptr, nullptr);
-    if (file == nullptr || lineno <= 0) return {};
+    const char* file = line != nullptr ? dwarf_linesrc(line, nullptr, nullptr) : nullptr;
+    if (file == nullptr || dwarf_lineno(line, &lineno) != 0 || lineno <= 0) return {};
 
     std::vector<Location> chain{{std::string(), source_path(cu, file), lineno}};
     Dwarf_Die* scopes = nullptr;
@@ -191,6 +191,31 @@ class Resolver {
     Dwfl_Module* module = checked_module(path);
     modules_[path] = module;
     return module;
+  }
+
+  // The compilation unit whose code holds `offset`. libdw finds it through
+  // .debug_aranges, which GCC writes and clang does not (unless -gdwarf-aranges);
+  // libdw 0.188 (Debian 12) has no other way, so without that section the units'
+  // own address ranges are read, once per module.
+  Dwarf_Die* compilation_unit(Dwfl_Module* module, Dwarf_Addr offset, Dwarf_Addr& bias) {
+    if (Dwarf_Die* cu = dwfl_module_addrdie(module, offset, &bias)) return cu;
+    auto [ranges, made] = unit_ranges_.try_emplace(module);
+    if (made) {
+      Dwarf_Addr unit_bias = 0;
+      for (Dwarf_Die* cu = nullptr; (cu = dwfl_module_nextcu(module, cu, &unit_bias)) != nullptr;) {
+        Dwarf_Addr base = 0, start = 0, end = 0;
+        for (ptrdiff_t at = 0; (at = dwarf_ranges(cu, at, &base, &start, &end)) > 0;)
+          if (start < end) ranges->second[start + unit_bias] = {end + unit_bias, cu};
+      }
+    }
+    auto next = ranges->second.upper_bound(offset);
+    if (next == ranges->second.begin()) return nullptr;
+    const auto& [end, cu] = std::prev(next)->second;
+    if (offset >= end) return nullptr;
+    Dwarf_Addr unit_bias = 0;
+    dwfl_module_getdwarf(module, &unit_bias);
+    bias = unit_bias;
+    return cu;
   }
 
   // The module at `path` when it is the build the process ran, else null (with a
@@ -262,6 +287,8 @@ class Resolver {
   std::vector<std::string> notes_;
   std::set<std::pair<unsigned long, unsigned long>> mapped_;
   std::map<std::string, Dwfl_Module*> modules_;
+  // Per module, without .debug_aranges: where each unit's code starts, its end and the unit.
+  std::map<Dwfl_Module*, std::map<Dwarf_Addr, std::pair<Dwarf_Addr, Dwarf_Die*>>> unit_ranges_;
   std::vector<std::unique_ptr<Dwfl, DwflCloser>> sessions_;
 };
 

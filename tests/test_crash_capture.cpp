@@ -722,6 +722,30 @@ TEST_CASE("a binary without debug information keeps function and offset frames")
   CHECK(callstack.find("crash_worker.cpp:") == std::string::npos);
 }
 
+TEST_CASE("a binary without .debug_aranges (clang writes none) still gets file:line") {
+  TempDir dir;
+  const std::string copy = dir.file("no_aranges_worker");
+  RunResult strip =
+      elastic::testing::run({"objcopy", "--remove-section", ".debug_aranges", crash_worker, copy}, RunOptions{});
+  REQUIRE(strip.exitcode == 0);
+  RunResult sections = elastic::testing::run({"readelf", "-S", copy}, RunOptions{});
+  REQUIRE(sections.out.find(".debug_aranges") == std::string::npos);
+  REQUIRE(sections.out.find(".debug_info") != std::string::npos);
+  const std::string file = dir.file("error.json");
+  RunOptions options;
+  options.set_env = {{"TORCHELASTIC_ERROR_FILE", file}};
+  options.unset_env = {"ELASTIC_CRASH_SIGNALS", "ELASTIC_THROW_TRACES", "ELASTIC_TRACEBACK_ALL"};
+  RunResult result = elastic::testing::run({copy, "segv"}, options);
+  REQUIRE_FALSE(result.timed_out);
+  CHECK(result.exitcode == -SIGSEGV);
+  const std::string callstack = callstack_of(elastic::ProcessFailure(0, result.pid, result.exitcode, file));
+  INFO(callstack);
+  CHECK(first_frame(callstack).find(worker_location("void crash_here_on_purpose() { *null_pointer = 42; }") + " (") !=
+        std::string::npos);
+  CHECK(line_with(callstack, " in worker_main()")
+            .find(worker_location("crash_here_on_purpose();  // the call of mode segv")) != std::string::npos);
+}
+
 TEST_CASE("a binary replaced on disk after start is not used for file:line") {
   TempDir dir;
   const std::string copy = dir.file("replaced_worker");

@@ -105,18 +105,29 @@ WORKER_NOINLINE void calls_inlined_on_purpose() {
   std::atomic_signal_fence(std::memory_order_seq_cst);
 }
 
-// Puts another file where this program's executable was (as an upgrade would),
-// then crashes: the record must not take file:line from the new file.
-WORKER_NOINLINE void replace_own_binary_then_crash() {
+// Puts another file where this program's executable was (as an upgrade would):
+// the file named by CRASH_WORKER_REPLACEMENT (another build of this program),
+// else a text file. The record must not take file:line from the new file.
+void replace_own_binary() {
   char self[4096] = {};
   const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
   if (n <= 0) std::abort();
-  const std::string replacement = std::string(self) + ".new";
-  std::FILE* file = std::fopen(replacement.c_str(), "w");
-  if (file == nullptr) std::abort();
-  std::fputs("not the program that is running\n", file);
-  std::fclose(file);
+  const char* chosen = std::getenv("CRASH_WORKER_REPLACEMENT");
+  std::string replacement;
+  if (chosen != nullptr) {
+    replacement = chosen;
+  } else {
+    replacement = std::string(self) + ".new";
+    std::FILE* file = std::fopen(replacement.c_str(), "w");
+    if (file == nullptr) std::abort();
+    std::fputs("not the program that is running\n", file);
+    std::fclose(file);
+  }
   if (std::rename(replacement.c_str(), self) != 0) std::abort();
+}
+
+WORKER_NOINLINE void replace_own_binary_then_crash() {
+  replace_own_binary();
   crash_here_on_purpose();
 }
 
@@ -264,7 +275,10 @@ int worker_main(int argc, char** argv) {
     calls_inlined_on_purpose();
   else if (mode == "replace_self_segv")
     replace_own_binary_then_crash();
-  else if (mode == "ok")
+  else if (mode == "replace_self_throw") {
+    replace_own_binary();
+    call_through(&throw_here_on_purpose);
+  } else if (mode == "ok")
     return 0;
   else {
     std::fprintf(stderr, "unknown mode %s\n", mode.c_str());

@@ -1,6 +1,6 @@
 // elastic-symbolize: adds source file:line to the frames of an error file.
 //
-//   elastic-symbolize [--pid PID] ERROR_FILE
+//   elastic-symbolize [--pid PID] [--build-id HEX:MODULE]... ERROR_FILE
 //
 // Rewrites extraInfo.py_callstack in place (atomically) so that each frame line
 //   #3 0x55d0c0a1d2f1 in train() (/path/worker+0x12f1)
@@ -11,17 +11,22 @@
 // take locks, which a signal handler must not) and so does the exception path;
 // the worker itself never loads libdw.
 //
-// With --pid, a module is trusted only when the file at its path is the one the
-// process mapped (same device and inode, not deleted): a binary replaced on disk
-// after start keeps its function+offset frames. Frames of modules without line
-// information are left as they are. Exit status 0 when the file was rewritten or
-// had nothing to add, 1 on a problem (the file is then untouched).
+// --build-id gives a module's GNU build id as loaded in the process (the worker
+// reads it from the mapped image): the file at MODULE, and the separate debug file
+// chosen for it, are used only when their build ids are that one. A module with
+// no build id given is checked, with --pid, by device and inode against the
+// files process PID maps (not deleted). So a binary replaced on disk after start
+// keeps its function+offset frames, and the record says why, once per module, on
+// a line at its end. Frames of modules without line information are left as they
+// are. Exit status 0 when the file was rewritten or had nothing to add, 1 on a
+// problem (the file is then untouched).
 //
 // A part of the errors module (its out-of-process helper): it writes records with
 // that module's own file and JSON routines, as the worker would.
 #include <cxxabi.h>
 #include <dwarf.h>
 #include <elfutils/libdw.h>
+#include <elfutils/libdwelf.h>
 #include <elfutils/libdwfl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -34,10 +39,12 @@
 #include <elastic/errors/detail/python_json.hpp>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -115,10 +122,12 @@ bool traceback_all_requested() {
   return text == "1" || text == "true" || text == "yes" || text == "on";
 }
 
-// Devices and inodes of the files process `pid` maps, by path ("(deleted)" ones
-// are left out: their path names another file now, or none).
-std::map<std::string, std::pair<unsigned long, unsigned long>> mapped_files(long pid) {
-  std::map<std::string, std::pair<unsigned long, unsigned long>> files;
+// Devices and inodes of the files process `pid` maps ("(deleted)" ones are left
+// out: their path names another file now, or none). Not by path: the loader's
+// path of a module may go through symbolic links (/lib on a merged /usr) where
+// the kernel's names the file itself.
+std::set<std::pair<unsigned long, unsigned long>> mapped_files(long pid) {
+  std::set<std::pair<unsigned long, unsigned long>> files;
   std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
   std::string line;
   while (std::getline(maps, line)) {
@@ -131,7 +140,7 @@ std::map<std::string, std::pair<unsigned long, unsigned long>> mapped_files(long
     if (path.size() > 10 && path.compare(path.size() - 10, 10, " (deleted)") == 0) continue;
     unsigned major = 0, minor = 0;
     if (std::sscanf(dev.c_str(), "%x:%x", &major, &minor) != 2) continue;
-    files[path] = {static_cast<unsigned long>(makedev(major, minor)), inode};
+    files.insert({static_cast<unsigned long>(makedev(major, minor)), inode});
   }
   return files;
 }
@@ -202,24 +211,40 @@ class ScopeIndex {
   std::vector<Scope> scopes_;
 };
 
+// An ELF file's GNU build id in lowercase hex, empty when it has none.
+std::string build_id_of(Elf* elf) {
+  const void* bits = nullptr;
+  const ssize_t size = elf != nullptr ? dwelf_elf_gnu_build_id(elf, &bits) : -1;
+  std::string hex;
+  for (ssize_t i = 0; i < size; ++i) {
+    static const char digits[] = "0123456789abcdef";
+    const auto byte = static_cast<const unsigned char*>(bits)[i];
+    hex += digits[byte >> 4];
+    hex += digits[byte & 0xF];
+  }
+  return hex;
+}
+
 class Resolver {
  public:
-  explicit Resolver(std::optional<long> pid) {
+  Resolver(std::optional<long> pid, std::map<std::string, std::string> build_ids) : build_ids_(std::move(build_ids)) {
     if (pid) mapped_ = mapped_files(*pid);
     checked_ = pid.has_value();
   }
+
+  // Why modules were not used, one line each, in the order they were met.
+  const std::vector<std::string>& notes() const { return notes_; }
 
   // Innermost first: the inlined functions at `offset`, then the function itself.
   std::vector<Location> resolve(const std::string& path, std::uint64_t offset) {
     Dwfl_Module* module = module_of(path);
     if (module == nullptr) return {};
     Dwarf_Addr bias = 0;
-    Dwarf_Die* cu = dwfl_module_addrdie(module, offset, &bias);
-    Dwfl_Line* line = dwfl_module_getsrc(module, offset);
-    if (cu == nullptr || line == nullptr) return {};
+    Dwarf_Die* cu = compilation_unit(module, offset, bias);
+    Dwarf_Line* line = cu != nullptr ? dwarf_getsrc_die(cu, offset - bias) : nullptr;
     int lineno = 0;
-    const char* file = dwfl_lineinfo(line, nullptr, &lineno, nullptr, nullptr, nullptr);
-    if (file == nullptr || lineno <= 0) return {};
+    const char* file = line != nullptr ? dwarf_linesrc(line, nullptr, nullptr) : nullptr;
+    if (file == nullptr || dwarf_lineno(line, &lineno) != 0 || lineno <= 0) return {};
 
     std::vector<Location> chain{{std::string(), source_path(cu, file), lineno}};
     Dwarf_Files* files = nullptr;
@@ -253,34 +278,108 @@ class Resolver {
   Dwfl_Module* module_of(const std::string& path) {
     auto found = modules_.find(path);
     if (found != modules_.end()) return found->second;
-    Dwfl_Module* module = nullptr;
-    if (trusted(path)) {
-      std::unique_ptr<Dwfl, DwflCloser> dwfl(dwfl_begin(&offline_callbacks));
-      // Reported at address 0: the offsets in the record are link-time addresses
-      // for position-independent modules and absolute ones for the others.
-      if (dwfl) module = dwfl_report_elf(dwfl.get(), path.c_str(), path.c_str(), -1, 0, false);
-      if (module != nullptr && dwfl_report_end(dwfl.get(), nullptr, nullptr) == 0)
-        sessions_.push_back(std::move(dwfl));
-      else
-        module = nullptr;
-    }
+    Dwfl_Module* module = checked_module(path);
     modules_[path] = module;
     return module;
   }
 
-  bool trusted(const std::string& path) const {
+  // The compilation unit whose code holds `offset`. libdw finds it through
+  // .debug_aranges, which GCC writes and clang does not (unless -gdwarf-aranges);
+  // libdw 0.188 (Debian 12) has no other way, so without that section the units'
+  // own address ranges are read, once per module.
+  Dwarf_Die* compilation_unit(Dwfl_Module* module, Dwarf_Addr offset, Dwarf_Addr& bias) {
+    if (Dwarf_Die* cu = dwfl_module_addrdie(module, offset, &bias)) return cu;
+    auto [ranges, made] = unit_ranges_.try_emplace(module);
+    if (made) {
+      Dwarf_Addr unit_bias = 0;
+      for (Dwarf_Die* cu = nullptr; (cu = dwfl_module_nextcu(module, cu, &unit_bias)) != nullptr;) {
+        Dwarf_Addr base = 0, start = 0, end = 0;
+        for (ptrdiff_t at = 0; (at = dwarf_ranges(cu, at, &base, &start, &end)) > 0;)
+          if (start < end) ranges->second[start + unit_bias] = {end + unit_bias, cu};
+      }
+    }
+    auto next = ranges->second.upper_bound(offset);
+    if (next == ranges->second.begin()) return nullptr;
+    const auto& [end, cu] = std::prev(next)->second;
+    if (offset >= end) return nullptr;
+    Dwarf_Addr unit_bias = 0;
+    dwfl_module_getdwarf(module, &unit_bias);
+    bias = unit_bias;
+    return cu;
+  }
+
+  // The module at `path` when it is the build the process ran, else null (with a
+  // note saying why).
+  Dwfl_Module* checked_module(const std::string& path) {
+    auto expected = build_ids_.find(path);
+    const bool by_build_id = expected != build_ids_.end();
+    if (!by_build_id && !same_file_as_mapped(path)) {
+      note(path,
+           "the file there is not the one the process mapped (compared by device and inode: no build id "
+           "was known for it)");
+      return nullptr;
+    }
+    std::unique_ptr<Dwfl, DwflCloser> dwfl(dwfl_begin(&offline_callbacks));
+    if (!dwfl) return nullptr;
+    // Reported at address 0: the offsets in the record are link-time addresses
+    // for position-independent modules and absolute ones for the others.
+    Dwfl_Module* module = dwfl_report_elf(dwfl.get(), path.c_str(), path.c_str(), -1, 0, false);
+    if (module == nullptr || dwfl_report_end(dwfl.get(), nullptr, nullptr) != 0) {
+      if (by_build_id)
+        note(path, "the file there cannot be read as ELF, so it is not the build the process ran (build id " +
+                       expected->second + ")");
+      return nullptr;
+    }
+    if (by_build_id) {
+      Dwarf_Addr bias = 0;
+      Elf* elf = dwfl_module_getelf(module, &bias);
+      const std::string on_disk = build_id_of(elf);
+      if (on_disk != expected->second) {
+        note(path, "the file there is another build than the one the process ran (build id " +
+                       (on_disk.empty() ? std::string("none") : on_disk) + " on disk, " + expected->second +
+                       " in the process)");
+        return nullptr;
+      }
+      // The separate debug file libdw picked (by build id under
+      // /usr/lib/debug/.build-id/, or by .gnu_debuglink) must be of that build too.
+      Dwarf* dwarf = dwfl_module_getdwarf(module, &bias);
+      Elf* debug = dwarf != nullptr ? dwarf_getelf(dwarf) : nullptr;
+      if (debug != nullptr && debug != elf) {
+        const std::string debug_id = build_id_of(debug);
+        if (debug_id != expected->second) {
+          const char* debug_path = nullptr;
+          dwfl_module_info(module, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, &debug_path);
+          note(path, "its debug file " + std::string(debug_path != nullptr ? debug_path : "") +
+                         " is another build (build id " + (debug_id.empty() ? std::string("none") : debug_id) +
+                         ", the process ran " + expected->second + ")");
+          return nullptr;
+        }
+      }
+    }
+    sessions_.push_back(std::move(dwfl));
+    return module;
+  }
+
+  void note(const std::string& path, const std::string& why) {
+    notes_.push_back("(no file:line for " + path + ": " + why + ")");
+  }
+
+  // Whether the file at `path` now is one the process maps.
+  bool same_file_as_mapped(const std::string& path) const {
     if (!checked_) return true;
-    auto mapped = mapped_.find(path);
     struct stat st {};
-    return mapped != mapped_.end() && ::stat(path.c_str(), &st) == 0 &&
-           mapped->second ==
-               std::make_pair(static_cast<unsigned long>(st.st_dev), static_cast<unsigned long>(st.st_ino));
+    return ::stat(path.c_str(), &st) == 0 &&
+           mapped_.count({static_cast<unsigned long>(st.st_dev), static_cast<unsigned long>(st.st_ino)}) != 0;
   }
 
   bool checked_ = false;
-  std::map<std::string, std::pair<unsigned long, unsigned long>> mapped_;
+  std::map<std::string, std::string> build_ids_;  // module path: hex
+  std::vector<std::string> notes_;
+  std::set<std::pair<unsigned long, unsigned long>> mapped_;
   std::map<std::string, Dwfl_Module*> modules_;
   std::map<std::pair<Dwfl_Module*, Dwarf_Off>, ScopeIndex> scope_indexes_;
+  // Per module, without .debug_aranges: where each unit's code starts, its end and the unit.
+  std::map<Dwfl_Module*, std::map<Dwarf_Addr, std::pair<Dwarf_Addr, Dwarf_Die*>>> unit_ranges_;
   std::vector<std::unique_ptr<Dwfl, DwflCloser>> sessions_;
 };
 
@@ -298,8 +397,7 @@ bool all_of_class(const std::string& text, const char* chars) {
 }
 
 // Parses "#3 0xpc in name (module+0xoffset)" or "#3 0xpc (module+0xoffset)". The
-// name may hold anything, so the module is the last " (/" part. (A hand parser:
-// std::regex took a fifth of the run on a 30-frame stack.)
+// name may hold anything, so the module is the last " (/" part.
 std::optional<FrameLine> parse_frame_line(const std::string& line) {
   const char* digits = "0123456789";
   const char* hex = "0123456789abcdef";
@@ -411,6 +509,8 @@ std::string symbolize(const std::string& callstack, Resolver& resolver, bool sho
     out.push_back(std::move(last));
   }
   end_trace();
+  for (const std::string& note : resolver.notes())
+    if (callstack.find(note) == std::string::npos) out.push_back(note);  // not twice when run again
   std::string text;
   for (std::size_t i = 0; i < out.size(); ++i) {
     if (i > 0) text += '\n';
@@ -420,7 +520,7 @@ std::string symbolize(const std::string& callstack, Resolver& resolver, bool sho
 }
 
 int usage() {
-  std::fprintf(stderr, "usage: elastic-symbolize [--pid PID] ERROR_FILE\n");
+  std::fprintf(stderr, "usage: elastic-symbolize [--pid PID] [--build-id HEX:MODULE]... ERROR_FILE\n");
   return 2;
 }
 
@@ -428,6 +528,7 @@ int usage() {
 
 int main(int argc, char** argv) {
   std::optional<long> pid;
+  std::map<std::string, std::string> build_ids;
   std::string path;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -435,6 +536,13 @@ int main(int argc, char** argv) {
       char* end = nullptr;
       pid = std::strtol(argv[++i], &end, 10);
       if (end == nullptr || *end != '\0' || *pid <= 0) return usage();
+    } else if (arg == "--build-id" && i + 1 < argc) {
+      const std::string value = argv[++i];
+      const std::size_t colon = value.find(':');
+      if (colon == std::string::npos || colon == 0 || colon % 2 != 0 ||
+          value.find_first_not_of("0123456789abcdef") != colon || colon + 1 >= value.size() || value[colon + 1] != '/')
+        return usage();
+      build_ids[value.substr(colon + 1)] = value.substr(0, colon);
     } else if (path.empty() && !arg.empty() && arg[0] != '-') {
       path = arg;
     } else {
@@ -459,7 +567,7 @@ int main(int argc, char** argv) {
   if (extra == message->end() || !extra->is_object()) return 0;
   auto stack = extra->find("py_callstack");
   if (stack == extra->end() || !stack->is_string()) return 0;
-  Resolver resolver(pid);
+  Resolver resolver(pid, std::move(build_ids));
   const std::string before = stack->get<std::string>();
   const std::string after = symbolize(before, resolver, traceback_all_requested());
   if (after == before) return 0;

@@ -181,7 +181,13 @@ class ErrorHandler {
       // A crash on another thread meanwhile wins: its record is what ends the process.
       errors::detail::ExceptionRecordScope scope;
       if (scope.may_write() && write_error_file(*path, contents)) {
-        errors::detail::symbolize_record(path->c_str());  // file:line, by a helper process
+        // file:line, by a helper process; one stopped at its time limit left the
+        // record as it was, which then says so.
+        if (errors::detail::symbolize_record(path->c_str()) == errors::detail::SymbolizerOutcome::timed_out) {
+          auto& callstack = data["message"]["extraInfo"]["py_callstack"];
+          callstack = callstack.get<std::string>() + "\n" + errors::detail::symbolizer_timeout_note();
+          write_error_file(*path, errors::detail::python_json_dumps(data));
+        }
         scope.written();
       }
     } else {

@@ -82,10 +82,13 @@ inline const char* executable_path() {
 }
 
 struct ModuleOfAddress {
-  const char* path = nullptr;  // null when unknown
-  std::uintptr_t offset = 0;   // the address relative to the module's load base
+  const char* path = nullptr;    // null when unknown
+  std::uintptr_t offset = 0;     // the address relative to the module's load base
+  std::uintptr_t map_start = 0;  // where its lowest mapping begins (its ELF header), 0 when unknown
+  std::uintptr_t load_bias = 0;  // what its program headers' addresses are relative to
 };
 
+// The module holding `address`. Async-signal-safe with glibc 2.35+ (see below).
 inline ModuleOfAddress find_module(std::uintptr_t address) {
   ModuleOfAddress module;
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35))
@@ -94,6 +97,8 @@ inline ModuleOfAddress find_module(std::uintptr_t address) {
     const link_map* map = found.dlfo_link_map;
     module.path = map->l_name != nullptr && map->l_name[0] != '\0' ? map->l_name : executable_path();
     module.offset = address - static_cast<std::uintptr_t>(map->l_addr);
+    module.map_start = reinterpret_cast<std::uintptr_t>(found.dlfo_map_start);
+    module.load_bias = static_cast<std::uintptr_t>(map->l_addr);
   }
 #else
   // Older glibc: dladdr takes the loader's lock, so this is safe only when the
@@ -104,6 +109,8 @@ inline ModuleOfAddress find_module(std::uintptr_t address) {
       map != nullptr) {
     module.path = map->l_name != nullptr && map->l_name[0] != '\0' ? map->l_name : executable_path();
     module.offset = address - static_cast<std::uintptr_t>(map->l_addr);
+    module.map_start = reinterpret_cast<std::uintptr_t>(info.dli_fbase);
+    module.load_bias = static_cast<std::uintptr_t>(map->l_addr);
   }
 #endif
   return module;
@@ -333,6 +340,10 @@ inline void prepare_stacktrace() {
   static const bool done = [] {
     StackFrame frames[4];
     capture_stack(frames, 4);
+    // The executable's path while it still names this program: a file put there
+    // later is then told apart by its build id (see crash/symbolizer.hpp), and
+    // frames keep the path the program was started from.
+    errors::detail::executable_path();
     // Without argv0: abseil reads the executable through /proc/self/exe, and uses
     // argv0 only where that cannot be opened.
     absl::InitializeSymbolizer(nullptr);

@@ -10,8 +10,8 @@
 //   fault.hpp           the headline of a fatal signal                       [signal path]
 //   record_race.hpp     which record wins: crash, exception record or exit   [signal path]
 //   signal_handler.hpp  the handler, the report, the re-raise, the watchdog  [signal path]
-//   symbolizer.hpp      file:line added by a helper process, bounded      [signal path]
-//   symbolizer_setup.hpp  which helper; its run from the exception path
+//   symbolizer.hpp      file:line by a helper process: build ids, command line, bounded wait  [signal path]
+//   symbolizer_setup.hpp  which helper, its time limit; its run from the exception path
 //   terminate.hpp       the std::terminate handler
 //   alt_stack.hpp       per-thread alternate signal stacks
 //   install.hpp         this file: installing all of the above

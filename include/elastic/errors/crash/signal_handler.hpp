@@ -46,6 +46,22 @@ inline void append_crash_json(FixedText& out, const char* message, std::size_t m
   out.append("}}}");
 }
 
+// The JSON document of a crash into state.report, from state.headline_and_frames
+// (whose first `headline_size` bytes are the headline). Async-signal-safe.
+inline void build_crash_report(int signo, std::size_t headline_size, std::int64_t now, long thread) {
+  CrashState& state = crash_state();
+  const FixedText& stack_text = state.headline_and_frames;
+  state.report.clear();
+  append_crash_json(state.report, stack_text.c_str(), headline_size, stack_text.c_str(), stack_text.size(), now,
+                    signal_name_cstr(signo), thread);
+  if (state.report.truncated()) {
+    // Cut JSON would be unreadable; the headline alone still tells what happened.
+    state.report.clear();
+    append_crash_json(state.report, stack_text.c_str(), headline_size, stack_text.c_str(), headline_size, now,
+                      signal_name_cstr(signo), thread);
+  }
+}
+
 // Builds and writes the report of a fatal signal. Async-signal-safe.
 inline void write_signal_report(int signo, const siginfo_t* info, const void* context, long thread) {
   CrashState& state = crash_state();
@@ -76,16 +92,8 @@ inline void write_signal_report(int signo, const siginfo_t* info, const void* co
     write_stderr("[elastic] ERROR: no error file written (TORCHELASTIC_ERROR_FILE not set)\n");
     return;
   }
-  state.report.clear();
   const std::int64_t now = wall_clock_seconds();
-  append_crash_json(state.report, stack_text.c_str(), headline_size, stack_text.c_str(), stack_text.size(), now,
-                    signal_name_cstr(signo), thread);
-  if (state.report.truncated()) {
-    // Cut JSON would be unreadable; the headline alone still tells what happened.
-    state.report.clear();
-    append_crash_json(state.report, stack_text.c_str(), headline_size, stack_text.c_str(), headline_size, now,
-                      signal_name_cstr(signo), thread);
-  }
+  build_crash_report(signo, headline_size, now, thread);
   wait_for_record_writers(thread);
   const int error = safe_write_file_atomically(path, state.report.c_str(), state.report.size(), state.scratch);
   if (error != 0) {
@@ -95,12 +103,18 @@ inline void write_signal_report(int signo, const siginfo_t* info, const void* co
     StaticText<32> number;
     number.append(": errno ").append_decimal(error).append('\n');
     write_stderr(number.c_str(), number.size());
-  } else {
-    symbolize_record_from_handler(path);  // file:line, bounded; the record is complete already
-    write_stderr("[elastic] ERROR: error file written to ");
-    write_stderr(path);
-    write_stderr("\n");
+    return;
   }
+  // file:line, bounded; the record is complete already. A helper stopped at the
+  // bound left it as it was: the record then says so.
+  if (symbolize_record_from_handler(path, state.frames + first, shown) == SymbolizerOutcome::timed_out) {
+    append_symbolizer_timeout_note(stack_text.append('\n'), crash_symbolizer_wait_ms());
+    build_crash_report(signo, headline_size, now, thread);
+    safe_write_file_atomically(path, state.report.c_str(), state.report.size(), state.scratch);
+  }
+  write_stderr("[elastic] ERROR: error file written to ");
+  write_stderr(path);
+  write_stderr("\n");
 }
 
 // Sends `signo` to this thread with `action` in place. The signal is blocked while

@@ -56,9 +56,15 @@ struct CrashState {
   bool hidden[max_crash_frames + 1] = {};  // plumbing frames left out of the report
   std::atomic<bool> traceback_all{false};  // ELASTIC_TRACEBACK_ALL, read at installation
 
-  // The helper that adds file:line to a written record (see symbolizer.hpp).
+  // The helper that adds file:line to a written record (see symbolizer.hpp), how
+  // long a record waits for it, and its command line as the handler builds it.
   char symbolizer[4096] = {};
   std::atomic<bool> has_symbolizer{false};
+  std::atomic<unsigned> symbolizer_wait_ms{2000};
+  static constexpr std::size_t max_symbolizer_args = 8 + 2 * (max_crash_frames + 1);
+  char* symbolizer_argv[max_symbolizer_args] = {};
+  std::uintptr_t symbolizer_modules[max_crash_frames + 1] = {};
+  char symbolizer_text[32 * 1024] = {};
 
   StaticText<32 * 1024> headline_and_frames;  // py_callstack
   StaticText<96 * 1024> report;               // the JSON document

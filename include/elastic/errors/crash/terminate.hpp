@@ -58,10 +58,15 @@ inline void write_terminate_report(long thread) {
   const std::string contents = python_json_dumps(data);
   wait_for_record_writers(thread);
   std::string problem = write_file_atomically(path, contents);
-  if (!problem.empty())
+  if (!problem.empty()) {
     log::error("cannot write error file {}: {}", path, problem);
-  else
-    symbolize_record(path);
+    return;
+  }
+  if (symbolize_record(path) == SymbolizerOutcome::timed_out) {
+    data["message"]["extraInfo"]["py_callstack"] = callstack + "\n" + symbolizer_timeout_note();
+    problem = write_file_atomically(path, python_json_dumps(data));
+    if (!problem.empty()) log::error("cannot write error file {}: {}", path, problem);
+  }
 }
 
 // Not async-signal-safe; installed with std::set_terminate.

@@ -418,8 +418,7 @@ class EtcdClient {
                                    std::to_string(default_json_depth) + " levels)");
       if (answer.is_discarded()) answer = nlohmann::json::object();
       if (result.status != 200 || answer.contains("error")) {
-        std::string message = answer.value("message", answer.value("error", std::string("HTTP error")));
-        int code = answer.contains("code") && answer["code"].is_number_integer() ? answer["code"].get<int>() : 0;
+        auto [message, code] = error_of(answer);
         // 14: Unavailable (no leader yet, leader changed), passing while etcd restarts.
         if (code == 14 && repeat == Repeat::always && next_member(member)) continue;
         throw EtcdRequestError(
@@ -446,6 +445,28 @@ class EtcdClient {
       pause = std::min(pause * 2, std::chrono::milliseconds(500));
       if (healthy(deadline)) return true;
     }
+  }
+
+  // An error answer's message and gRPC code (0: none given). The gateway answers
+  // {"error": "...", "code": 14, "message": "..."} to a request, and a stream's
+  // message (a lease keep-alive's) {"error": {"grpc_code": 14, "message": "..."}}.
+  static std::pair<std::string, int> error_of(const nlohmann::json& answer) {
+    auto text = [](const nlohmann::json& j, const char* key) -> std::string {
+      auto it = j.find(key);
+      return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+    };
+    auto number = [](const nlohmann::json& j, const char* key) {
+      auto it = j.find(key);
+      return it != j.end() && it->is_number_integer() ? it->get<int>() : 0;
+    };
+    std::string message = text(answer, "message");
+    if (message.empty()) message = text(answer, "error");
+    int code = number(answer, "code");
+    if (auto inner = answer.find("error"); inner != answer.end() && inner->is_object()) {
+      if (message.empty()) message = text(*inner, "message");
+      if (code == 0) code = number(*inner, "grpc_code");
+    }
+    return {message.empty() ? std::string("HTTP error") : message, code};
   }
 
   // Idle kept-alive connections: one request at a time each, so calls from

@@ -173,7 +173,13 @@ class DynamicRendezvous {
           auto until = std::min(now + liveness_poll, context.join_deadline_passed ? now : deadline);
           if (last_call_end) until = std::min(until, *last_call_end);
           auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(until - now);
-          guarded([&] { store_->wait_change(state_key(), raw, std::max(timeout, std::chrono::milliseconds(1))); });
+          // The value the wait ends with is the state to go on from: no second read
+          // (every join wakes every waiting node, so a read saved here is N per join).
+          std::optional<std::string> current;
+          guarded([&] {
+            current = store_->wait_change(state_key(), raw, std::max(timeout, std::chrono::milliseconds(1)));
+          });
+          seen = snapshot_of(std::move(current));
           break;
         }
       }

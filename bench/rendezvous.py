@@ -3,11 +3,12 @@
 long after a launcher's SIGKILL the survivor's new round starts.
 
     bench/rendezvous.py --elastic-run build-bench/tools/elastic-run
-        [--sizes 8,32,64] [--torchrun-sizes 8] [--backends etcd,c10d] [--repeats 3] [--torchrun-repeats N]
+        [--sizes 8,16,32,64,128,256] [--torchrun-sizes 8] [--backends etcd,c10d] [--repeats 3] [--torchrun-repeats N]
         [--out bench/rendezvous-results.md]
 TORCH_PYTHON (default /usr/bin/python3): the Python with Debian's python3-torch.
 
-Round: N launchers started together, `--nnodes=N:N --nproc-per-node=1
+Round: N launchers started together (up to 256 here: a c10d store's connection
+limits grow with --nnodes, so all of them may come from one address), `--nnodes=N:N --nproc-per-node=1
 --no-python /bin/true`, one rendezvous id; the time from starting the first to the
 last one's exit (every one exit 0: the round formed, the workers ran, the exit
 barrier passed). Reference: torchrun (PyTorch 1.13, its c10d backend: its etcd
@@ -21,10 +22,16 @@ the figure is the time from the kill to the survivor's worker of the new round
 collectives (its agent learns of a dead peer only from its own workers failing):
 14.2-14.8 s on c10d, 14.5-14.7 s on etcd-v2; never, with workers like these.
 
+Growth: for each size, how many times the round's time grows per doubling of N from
+the size before it ((t(N) / t(M)) ^ (1 / log2(N / M))): 2.0 is linear, 1.0 flat.
+The machine's load average (1 min) is written next to each size, before and after:
+these figures are only as quiet as the machine was.
+
 etcd: Debian's etcd-server, started here on free ports with a temporary data dir.
 Nothing here asserts a time.
 """
 import argparse
+import math
 import os
 import shutil
 import signal
@@ -168,7 +175,7 @@ def fmt(values):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--elastic-run", required=True)
-    parser.add_argument("--sizes", default="8,32,64")
+    parser.add_argument("--sizes", default="8,16,32,64,128,256")
     parser.add_argument("--torchrun-sizes", default="8", help="torchrun's agents need ~230 MiB each")
     parser.add_argument("--backends", default="etcd,c10d")
     parser.add_argument("--repeats", type=int, default=3)
@@ -182,9 +189,11 @@ def main():
     scratch = tempfile.mkdtemp(prefix="bench_rdzv_")
     etcd = Etcd()
     rows = []
+    medians = {backend: {} for backend in backends + ["torchrun"]}
     try:
         for n in sorted(set(sizes) | set(torchrun_sizes)):
             cells = {}
+            load_before = os.getloadavg()[0]
             for backend in backends + ["torchrun"]:
                 if backend == "torchrun" and n not in torchrun_sizes:
                     continue
@@ -192,12 +201,20 @@ def main():
                     continue
                 repeats = args.torchrun_repeats or args.repeats if backend == "torchrun" else args.repeats
                 try:
-                    cells[backend] = fmt([time_round(args, backend, n, etcd, scratch) for _ in range(repeats)])
+                    times = [time_round(args, backend, n, etcd, scratch) for _ in range(repeats)]
+                    medians[backend][n] = statistics.median(times)
+                    cells[backend] = fmt(times)
+                    smaller = [m for m in medians[backend] if m < n]
+                    if smaller:
+                        m = max(smaller)
+                        growth = (medians[backend][n] / medians[backend][m]) ** (1 / math.log2(n / m))
+                        cells[backend] += f"; x{growth:.2f} per doubling from {m}"
                 except (RuntimeError, subprocess.TimeoutExpired) as error:
                     cells[backend] = "failed"
                     print(error, file=sys.stderr)
                 print(f"round N={n} {backend}: {cells[backend]}", flush=True)
-            rows.append((f"round of {n} agents", cells))
+            rows.append((f"round of {n} agents (load {load_before:.1f} before, {os.getloadavg()[0]:.1f} after)",
+                         cells))
         kill_cells = {}
         for backend in backends:
             try:

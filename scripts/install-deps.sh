@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   g++ cmake ninja-build pkg-config
   nlohmann-json3-dev libfmt-dev catch2 libcli11-dev libabsl-dev libasio-dev
-  libssl-dev libcpp-httplib-dev etcd-server
+  libssl-dev libcpp-httplib-dev etcd-server openssl
   python3 python3-torch
   util-linux
   clang-14 libclang-rt-14-dev clang-tidy-14 valgrind

@@ -189,6 +189,28 @@ TEST_CASE("etcd store: wait over many keys: any order, a deleted key is waited f
   for (const auto& value : waiter.get_many(keys)) CHECK(value);
 }
 
+// etcd takes at most 128 operations in a transaction (--max-txn-ops): a round of
+// 256 nodes reads more alive keys than that at once.
+TEST_CASE("etcd store: get_many and wait over more keys than etcd takes in one transaction") {
+  EtcdServer server;
+  EtcdStore store(store_options(server));
+  std::vector<std::string> keys;
+  for (int i = 0; i < 300; ++i) keys.push_back("k" + std::to_string(i));
+  for (int i = 0; i < 300; i += 2) store.set(keys[static_cast<std::size_t>(i)], std::to_string(i));
+  auto values = store.get_many(keys);
+  REQUIRE(values.size() == 300);
+  for (std::size_t i = 0; i < 300; ++i) {
+    INFO(i);
+    if (i % 2 == 0)
+      CHECK(values[i] == std::to_string(i));
+    else
+      CHECK_FALSE(values[i]);
+  }
+  CHECK_FALSE(store.wait(keys, 200ms));
+  for (int i = 1; i < 300; i += 2) store.set(keys[static_cast<std::size_t>(i)], "late");
+  CHECK(store.wait(keys, 10s));
+}
+
 TEST_CASE("etcd store: an ephemeral key dies with its expired lease, and a waiter sees it at once") {
   EtcdServer server;
   EtcdStore observer(store_options(server));

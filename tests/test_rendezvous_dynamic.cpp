@@ -166,6 +166,34 @@ TEST_CASE("dead nodes leave the participants and the wait list") {
   CHECK_FALSE(transitions::remove_dead(s, only_a, 1));
 }
 
+TEST_CASE("survivors carried on: the next round, complete, of the live participants and waiting nodes") {
+  auto a = node("h", 1), b = node("h", 2), c = node("h", 3), d = node("h", 4), e = node("h", 5);
+  RendezvousState s;
+  for (const auto& n : {a, b, c}) transitions::add_to_participants(s, n, 2, 3);
+  REQUIRE(s.complete);
+  s.wait_list = {d, e};
+  auto all_alive = [](const NodeDesc&) { return true; };
+  // Nobody lost: nothing to carry (a node leaving for a failure restart leaves as usual).
+  CHECK_FALSE(transitions::carry_survivors(s, all_alive, 2, 3));
+  CHECK(s.round == 0);
+  // b lost: a, c and the waiting d (MAX 3) form round 1 at once; e waits on.
+  auto not_b = [&](const NodeDesc& n) { return !(n == b); };
+  REQUIRE(transitions::carry_survivors(s, not_b, 2, 3));
+  CHECK(s.round == 1);
+  CHECK(s.complete);
+  CHECK(s.last_call == 0);
+  CHECK(s.ranked() == std::vector<NodeDesc>{a, c, d});
+  CHECK(s.wait_list == std::set<NodeDesc>{e});
+  // Below MIN: nothing carried; the survivor joins anew.
+  RendezvousState two;
+  transitions::add_to_participants(two, a, 2, 2);
+  transitions::add_to_participants(two, b, 2, 2);
+  REQUIRE(two.complete);
+  CHECK_FALSE(transitions::carry_survivors(two, not_b, 2, 2));
+  CHECK(two.round == 0);
+  CHECK(two.participants.size() == 2);
+}
+
 TEST_CASE("state: encoded and decoded whole and a foreign value refused") {
   RendezvousState s;
   s.round = 7;
@@ -335,4 +363,42 @@ TEST_CASE("rendezvous: a disconnected node is lost at once and a silent one afte
   auto round1 = settle(clock, rejoin, {a.get()});
   CHECK(round1.round == 1);
   CHECK(round1.group_world_size() == 1);
+}
+
+TEST_CASE("rendezvous: the survivors of a lost node are in a complete round at once, without a last call") {
+  ManualClock clock;
+  auto store = InMemoryStore::with_clock(clock);
+  const std::map<std::string, std::string> conf{{"last_call_timeout", "30"}};
+  auto make = [&](long pid) {
+    auto s = settings(2, 3, conf);
+    std::shared_ptr<InMemorySession> session = store->session(s.session_ttl());
+    return std::make_pair(session,
+                          std::make_unique<DynamicRendezvous>(session, s, node("h", pid), clock.as_function()));
+  };
+  auto [sa, a] = make(1);
+  auto [sb, b] = make(2);
+  auto [sc, c] = make(3);
+  auto ja = std::async(std::launch::async, [&] { return a->next_rendezvous(); });
+  auto jb = std::async(std::launch::async, [&] { return b->next_rendezvous(); });
+  auto round0 = c->next_rendezvous();  // MAX: complete at once
+  auto round0_a = ja.get();
+  jb.get();
+  REQUIRE(round0.group_world_size() == 3);
+
+  sb->disconnect();  // b's launcher is gone
+  REQUIRE(a->check_round(round0_a) == RoundHealth::participant_lost);
+  // The clock stands still: a last call of 30 s would never end.
+  auto ra = std::async(std::launch::async, [&] { return a->next_rendezvous(round0_a.round); });
+  REQUIRE(ra.wait_for(10s) == std::future_status::ready);
+  auto round1_a = ra.get();
+  CHECK(round1_a.round == 1);
+  CHECK(round1_a.nodes == std::vector<NodeDesc>{a->node(), c->node()});
+  // c, still in round 0, sees it left behind and finds itself in round 1.
+  CHECK(c->check_round(round0) == RoundHealth::left_behind);
+  auto rc = std::async(std::launch::async, [&] { return c->next_rendezvous(round0.round); });
+  REQUIRE(rc.wait_for(10s) == std::future_status::ready);
+  auto round1_c = rc.get();
+  CHECK(round1_c.round == 1);
+  CHECK(round1_c.group_rank == 1);
+  CHECK(a->check_round(round1_a) == RoundHealth::healthy);
 }

@@ -4,10 +4,13 @@
 // run, the round is looked at every monitor interval:
 //   - nodes in the wait list: an uncounted restart at the larger size;
 //   - a participant lost (its launcher's session ended): the survivors restart at
-//     once at the smaller size (uncounted), as long as MIN nodes remain;
+//     once at the smaller size (uncounted), as long as MIN nodes remain, in a round
+//     the first of them forms complete (no last call);
 //   - this node's session lost (the store is gone): RendezvousConnectionError;
 //   - a worker of another node failed (the round's failure keys, job_failures.hpp):
 //     this node's workers are stopped at once.
+// The c10d store's host that no other host has reached for read_timeout while it
+// rejoins gives up (RendezvousConnectionError) instead of waiting for join_timeout.
 // The job's end (success or failure, not a signal) passes the exit barrier
 // (skipping nodes known dead) and closes the rendezvous.
 #pragma once
@@ -201,11 +204,21 @@ class RoundCheck {
 };
 
 // Runs `step` (a blocking rendezvous step) on another thread while this one reads
-// the launcher's signals: a signal cancels the step and ends the launch.
+// the launcher's signals: a signal cancels the step and ends the launch. `abandon`,
+// looked at as often, gives a reason to cancel the step and throw
+// RendezvousConnectionError with it.
 template <typename Step>
-auto interruptible(rendezvous::DynamicRendezvous& rdzv, SignalReader& signals, Step&& step) -> decltype(step()) {
+auto interruptible(rendezvous::DynamicRendezvous& rdzv, SignalReader& signals, Step&& step,
+                   const std::function<std::optional<std::string>()>& abandon = {}) -> decltype(step()) {
   auto result = std::async(std::launch::async, std::forward<Step>(step));
   while (result.wait_for(std::chrono::milliseconds(0)) != std::future_status::ready) {
+    if (abandon) {
+      if (auto why = abandon()) {
+        rdzv.cancel();
+        result.wait();
+        throw rendezvous::RendezvousConnectionError(*why);
+      }
+    }
     pollfd fd{signals.fd(), POLLIN, 0};
     if (::poll(&fd, 1, 100) > 0) {
       if (int sig = signals.next(); sig != 0) {
@@ -398,10 +411,24 @@ class DynamicMembership final : public Membership {
         round_check_(rdzv_) {}
 
   std::optional<NodeAssignment> join(int restart_count, SignalReader& signals) override {
-    auto info = detail::interruptible(rdzv_, signals, [&] { return rdzv_.next_rendezvous(); });
-    auto plan = detail::interruptible(rdzv_, signals, [&] {
-      return detail::plan_round(rdzv_, info, config_.nproc_per_node, config_.local_addr, store_route());
-    });
+    const std::function<std::optional<std::string>()> isolated = [this] { return store_host_isolated(); };
+    rendezvous::RendezvousInfo info;
+    std::optional<NodeAssignment> plan;
+    try {
+      info = detail::interruptible(
+          rdzv_, signals, [&] { return rdzv_.next_rendezvous(last_round_); }, isolated);
+      last_round_ = info.round;
+      plan = detail::interruptible(
+          rdzv_, signals,
+          [&] { return detail::plan_round(rdzv_, info, config_.nproc_per_node, config_.local_addr, store_route()); },
+          isolated);
+    } catch (const rendezvous::RendezvousConnectionError& e) {
+      // A launcher that only connects to the c10d store: without its host, the job is over.
+      if (config_.rdzv_backend != "c10d" || backend_.server) throw;
+      throw rendezvous::RendezvousConnectionError(
+          std::string(e.what()) + " (the c10d store lives with the launcher on " + endpoint() +
+          ": a job cannot go on without that host; an etcd cluster outlives any one member)");
+    }
     if (!plan) {
       log::warning("[{}] round {} changed before it started; rejoining", config_.role, info.round);
       return std::nullopt;
@@ -528,9 +555,26 @@ class DynamicMembership final : public Membership {
     }
   }
 
-  std::string endpoint_text() const {
-    return config_.rdzv_backend + " " + (config_.rdzv_endpoint.empty() ? "localhost" : config_.rdzv_endpoint);
+  // The c10d store's host, rejoining, that no other host has reached for
+  // read_timeout (after some had): it is cut off from them, or they are all gone.
+  // Waiting for join_timeout would only keep its workers' slots; the others, who
+  // cannot reach the store, give up after their read_timeout too.
+  std::optional<std::string> store_host_isolated() {
+    if (!backend_.server) return std::nullopt;
+    const auto since = backend_.server->since_remote_request();
+    if (!since || *since < settings_.read_timeout) return std::nullopt;
+    char text[300];
+    std::snprintf(text, sizeof(text),
+                  "no other host has reached the c10d store served here (%s) for %.1f s (read_timeout %lld s): this "
+                  "host is cut off from the others, or they are all gone, and a job on c10d cannot go on without "
+                  "its store's host (an etcd cluster outlives any one member)",
+                  endpoint().c_str(), std::chrono::duration<double>(*since).count(),
+                  static_cast<long long>(settings_.read_timeout.count()));
+    return std::string(text);
   }
+
+  std::string endpoint() const { return config_.rdzv_endpoint.empty() ? "localhost" : config_.rdzv_endpoint; }
+  std::string endpoint_text() const { return config_.rdzv_backend + " " + endpoint(); }
   // The address this host reaches the store from (see host_address.hpp).
   std::string store_route() const {
     try {
@@ -552,6 +596,7 @@ class DynamicMembership final : public Membership {
   detail::KeepAlive keep_alive_;
   detail::RoundCheck round_check_;
   std::optional<rendezvous::RendezvousInfo> round_;       // the round this node's workers run in
+  std::optional<long> last_round_;                        // the last round this node was in
   std::optional<detail::RoundCheck::Answer> last_check_;  // taken by job_failures(), read by round_changed()
   std::optional<FailureBoard> board_;                     // the round's failure keys
   bool failed_ = false;                                   // a worker of the job failed for good

@@ -157,6 +157,11 @@ inline RendezvousBackend open_backend(const std::string& name, const std::string
         server_options.handshake_timeout =
             std::min<std::chrono::milliseconds>(settings.read_timeout, std::chrono::seconds(10));
         server_options.secret = options.secret;
+        // Every launcher of the job holds one connection, and all of them may come
+        // from one address (one host, or behind NAT): the limits grow with MAX.
+        const auto nodes = static_cast<std::size_t>(std::max(settings.max_nodes, 0));
+        server_options.max_connections_per_peer = std::max(server_options.max_connections_per_peer, nodes + 16);
+        server_options.max_connections = std::max(server_options.max_connections, 2 * nodes + 64);
         if (log) server_options.log = log;
         backend.server = std::make_unique<C10dStoreServer>(backend.port, std::move(server_options));
         // Port 0 (torchrun's HOST:0): the free port the server got.

@@ -85,12 +85,24 @@ class DynamicRendezvous {
   }
 
   // Leaves the round this node is in (if any) and joins the next complete one.
-  RendezvousInfo next_rendezvous() {
+  // `previous_round`: the round this node's workers ran in. When that round lost
+  // participants, the first survivor here takes every live node of it on into the
+  // next round, complete at once (transitions::carry_survivors), and the others find
+  // themselves in it: a lost node costs no last call.
+  RendezvousInfo next_rendezvous(std::optional<long> previous_round = std::nullopt) {
     const auto deadline = now_() + settings_.join_timeout;
     // Written here, not at construction: the first request to the store may block
     // (an etcd that answers slowly), and this step is the one a launcher can cancel.
     guarded([&] { store_->set_ephemeral(alive_key(node_), "1"); });
     update([&](RendezvousState& s) {
+      if (previous_round && s.complete && !s.closed && s.participants.count(node_) > 0 && s.round >= *previous_round) {
+        auto alive = alive_nodes(members(s));
+        if (transitions::carry_survivors(
+                s, [&](const NodeDesc& node) { return alive.count(node) > 0; }, settings_.min_nodes,
+                settings_.max_nodes))
+          return true;
+        if (s.round > *previous_round) return false;  // taken on by another survivor: in it already
+      }
       bool changed = s.wait_list.erase(node_) > 0;
       if (s.participants.count(node_) > 0) {
         transitions::remove_from_participants(s, node_, settings_.min_nodes);
@@ -161,7 +173,13 @@ class DynamicRendezvous {
           auto until = std::min(now + liveness_poll, context.join_deadline_passed ? now : deadline);
           if (last_call_end) until = std::min(until, *last_call_end);
           auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(until - now);
-          guarded([&] { store_->wait_change(state_key(), raw, std::max(timeout, std::chrono::milliseconds(1))); });
+          // The value the wait ends with is the state to go on from: no second read
+          // (every join wakes every waiting node, so a read saved here is N per join).
+          std::optional<std::string> current;
+          guarded([&] {
+            current = store_->wait_change(state_key(), raw, std::max(timeout, std::chrono::milliseconds(1)));
+          });
+          seen = snapshot_of(std::move(current));
           break;
         }
       }
@@ -294,10 +312,15 @@ class DynamicRendezvous {
       if (cas(snapshot->first, next, snapshot)) return;
     }
   }
-  bool remove_dead(RendezvousState& state) {
+  // The participants and the wait list.
+  static std::vector<NodeDesc> members(const RendezvousState& state) {
     std::vector<NodeDesc> nodes;
     for (const auto& [node, rank] : state.participants) nodes.push_back(node);
     nodes.insert(nodes.end(), state.wait_list.begin(), state.wait_list.end());
+    return nodes;
+  }
+  bool remove_dead(RendezvousState& state) {
+    auto nodes = members(state);
     if (nodes.empty()) return false;
     auto alive = alive_nodes(nodes);
     return transitions::remove_dead(

@@ -203,6 +203,40 @@ bool remove_dead(RendezvousState& s, IsAlive&& alive, int min_nodes) {
   return changed;
 }
 
+// A complete round that lost participants, taken on by a survivor: the next round,
+// complete at once, of its live participants and the live nodes of its wait list
+// (up to MAX), ranked anew. No last call: the nodes that could join are all in it,
+// and one that comes later waits in the wait list as usual. False (nothing changed)
+// when no participant is dead or fewer than MIN nodes would remain.
+template <typename IsAlive>
+bool carry_survivors(RendezvousState& s, IsAlive&& alive, int min_nodes, int max_nodes) {
+  if (!s.complete || s.closed) return false;
+  std::vector<NodeDesc> next;
+  bool lost = false;
+  for (const auto& [node, rank] : s.participants) {
+    if (alive(node))
+      next.push_back(node);
+    else
+      lost = true;
+  }
+  if (!lost) return false;
+  std::set<NodeDesc> waiting;
+  for (const auto& node : s.wait_list) {
+    if (!alive(node)) continue;
+    if (static_cast<int>(next.size()) < max_nodes)
+      next.push_back(node);
+    else
+      waiting.insert(node);
+  }
+  if (static_cast<int>(next.size()) < min_nodes) return false;
+  ++s.round;
+  s.participants.clear();
+  for (const auto& node : next) s.participants[node] = 0;
+  s.wait_list = std::move(waiting);
+  mark_complete(s);
+  return true;
+}
+
 }  // namespace transitions
 
 }  // namespace elastic::rendezvous

@@ -18,6 +18,7 @@
 #include <functional>
 #include <list>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -56,6 +57,9 @@ struct ServerContext {
   RejectionLog rejections;
   KeyValueTable::SessionId next_session = 1;
   std::uint64_t notified_generation = 0;
+  // When a request last came from another host (a peer address that is not the
+  // one it connected to); unset: never.
+  std::optional<std::chrono::steady_clock::time_point> last_remote_request;
 };
 
 class Connection : public std::enable_shared_from_this<Connection> {
@@ -68,6 +72,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
         deadline_(server.io),
         parser_(server.options.max_request) {
     session_.id = server_.next_session++;
+    asio::error_code ec;
+    const auto local = socket_.local_endpoint(ec);
+    const auto remote = socket_.remote_endpoint(ec);
+    // A connection from this host comes from the address it went to (loopback, or
+    // the host's own address).
+    remote_host_ = !ec && local.address() != remote.address();
   }
 
   const std::string& peer() const { return peer_; }
@@ -159,6 +169,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     frame_timed_ = false;
     deadline_.cancel();
     busy_ = true;
+    if (remote_host_) server_.last_remote_request = std::chrono::steady_clock::now();
     const std::string request = parser_.take();
     const auto generation = server_.table.generation();
     auto handled = server_.handler.handle(request, session_);
@@ -260,6 +271,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Phase phase_ = Phase::hello;
   bool busy_ = false;  // a request is being answered: read no further
   bool frame_timed_ = false;
+  bool remote_host_ = false;  // the peer is another host
   Session session_;
   std::chrono::milliseconds ttl_{0};
   Nonce server_nonce_{};

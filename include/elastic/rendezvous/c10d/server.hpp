@@ -13,6 +13,7 @@
 #include <elastic/signal_free_thread.hpp>
 #include <future>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -80,6 +81,14 @@ class C10dStoreServer {
     std::size_t n = 0;
     on_server_thread([&] { n = context_.connections.size(); });
     return n;
+  }
+  // How long since a request last came from another host; nothing when none ever did.
+  std::optional<std::chrono::steady_clock::duration> since_remote_request() {
+    std::optional<std::chrono::steady_clock::duration> since;
+    on_server_thread([&] {
+      if (context_.last_remote_request) since = std::chrono::steady_clock::now() - *context_.last_remote_request;
+    });
+    return since;
   }
 
  private:

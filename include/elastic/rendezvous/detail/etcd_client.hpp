@@ -212,20 +212,33 @@ class EtcdClient {
     return etcd_json::to_int(call("/v3/kv/deleterange", request), "deleted");
   }
 
-  // Several keys read at one revision (one txn of ranges); results in the order of `keys`.
+  // Several keys read in one txn of ranges (at one revision); results in the order of `keys`.
+  // etcd refuses a transaction of more operations than its --max-txn-ops (128 by
+  // default): more keys are read in several, and the revision given is the
+  // earliest of theirs (a watch from it misses no change of any key).
+  static constexpr std::size_t max_txn_ops = 128;
+
   std::pair<std::int64_t, std::vector<std::optional<EtcdKeyValue>>> get_many(const std::vector<std::string>& keys) {
-    nlohmann::json reads = nlohmann::json::array();
-    for (const auto& key : keys) reads.push_back({{"requestRange", {{"key", base64_encode(key)}}}});
-    auto answer = call("/v3/kv/txn", {{"success", reads}});
     std::vector<std::optional<EtcdKeyValue>> values(keys.size());
-    auto responses = answer.value("responses", nlohmann::json::array());
-    for (std::size_t i = 0; i < keys.size() && i < responses.size(); ++i) {
-      auto range = responses[i].find("response_range");
-      if (range == responses[i].end()) continue;
-      auto kvs = range->find("kvs");
-      if (kvs != range->end() && !kvs->empty()) values[i] = etcd_json::to_key_value(kvs->front());
-    }
-    return {etcd_json::header_revision(answer), std::move(values)};
+    std::int64_t revision = 0;
+    std::size_t first = 0;
+    do {
+      const std::size_t last = std::min(keys.size(), first + max_txn_ops);
+      nlohmann::json reads = nlohmann::json::array();
+      for (std::size_t i = first; i < last; ++i) reads.push_back({{"requestRange", {{"key", base64_encode(keys[i])}}}});
+      auto answer = call("/v3/kv/txn", {{"success", reads}});
+      auto responses = answer.value("responses", nlohmann::json::array());
+      for (std::size_t i = first; i < last && i - first < responses.size(); ++i) {
+        auto range = responses[i - first].find("response_range");
+        if (range == responses[i - first].end()) continue;
+        auto kvs = range->find("kvs");
+        if (kvs != range->end() && !kvs->empty()) values[i] = etcd_json::to_key_value(kvs->front());
+      }
+      const std::int64_t read_at = etcd_json::header_revision(answer);
+      revision = first == 0 ? read_at : std::min(revision, read_at);
+      first = last;
+    } while (first < keys.size());
+    return {revision, std::move(values)};
   }
 
   // Writes `value` only if the key's mod_revision is `expected_mod_revision`
@@ -418,8 +431,7 @@ class EtcdClient {
                                    std::to_string(default_json_depth) + " levels)");
       if (answer.is_discarded()) answer = nlohmann::json::object();
       if (result.status != 200 || answer.contains("error")) {
-        std::string message = answer.value("message", answer.value("error", std::string("HTTP error")));
-        int code = answer.contains("code") && answer["code"].is_number_integer() ? answer["code"].get<int>() : 0;
+        auto [message, code] = error_of(answer);
         // 14: Unavailable (no leader yet, leader changed), passing while etcd restarts.
         if (code == 14 && repeat == Repeat::always && next_member(member)) continue;
         throw EtcdRequestError(
@@ -446,6 +458,28 @@ class EtcdClient {
       pause = std::min(pause * 2, std::chrono::milliseconds(500));
       if (healthy(deadline)) return true;
     }
+  }
+
+  // An error answer's message and gRPC code (0: none given). The gateway answers
+  // {"error": "...", "code": 14, "message": "..."} to a request, and a stream's
+  // message (a lease keep-alive's) {"error": {"grpc_code": 14, "message": "..."}}.
+  static std::pair<std::string, int> error_of(const nlohmann::json& answer) {
+    auto text = [](const nlohmann::json& j, const char* key) -> std::string {
+      auto it = j.find(key);
+      return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+    };
+    auto number = [](const nlohmann::json& j, const char* key) {
+      auto it = j.find(key);
+      return it != j.end() && it->is_number_integer() ? it->get<int>() : 0;
+    };
+    std::string message = text(answer, "message");
+    if (message.empty()) message = text(answer, "error");
+    int code = number(answer, "code");
+    if (auto inner = answer.find("error"); inner != answer.end() && inner->is_object()) {
+      if (message.empty()) message = text(*inner, "message");
+      if (code == 0) code = number(*inner, "grpc_code");
+    }
+    return {message.empty() ? std::string("HTTP error") : message, code};
   }
 
   // Idle kept-alive connections: one request at a time each, so calls from

@@ -375,9 +375,14 @@ TEST_CASE("rendezvous: the survivors of a lost node are in a complete round at o
     return std::make_pair(session,
                           std::make_unique<DynamicRendezvous>(session, s, node("h", pid), clock.as_function()));
   };
-  auto [sa, a] = make(1);
-  auto [sb, b] = make(2);
-  auto [sc, c] = make(3);
+  // Not structured bindings: lambdas below capture them (C++20; clang 14 refuses).
+  auto made_a = make(1);
+  auto made_b = make(2);
+  auto made_c = make(3);
+  auto& sb = made_b.first;
+  auto& a = made_a.second;
+  auto& b = made_b.second;
+  auto& c = made_c.second;
   auto ja = std::async(std::launch::async, [&] { return a->next_rendezvous(); });
   auto jb = std::async(std::launch::async, [&] { return b->next_rendezvous(); });
   auto round0 = c->next_rendezvous();  // MAX: complete at once

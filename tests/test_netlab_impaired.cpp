@@ -25,6 +25,7 @@
 #include "support/jobs.hpp"
 #include "support/launcher.hpp"
 #include "support/netlab.hpp"
+#include "support/sanitizers.hpp"
 #include "support/skip.hpp"
 
 using namespace elastic::testing;
@@ -32,13 +33,19 @@ namespace fs = std::filesystem;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
+// Link timing with a sanitizer's slowdown on top is not what these cases measure;
+// the g++ build runs them.
+constexpr const char* sanitizer_skip_reason =
+    "impaired-link lab cases run in the g++ build, not under a sanitizer's slowdown";
+
 namespace {
 
 const char* const faketime_library = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
-#define RELAY_OR_SKIP()                                             \
-  do {                                                              \
-    if (auto why = NetLab::relay_unavailable()) ELASTIC_SKIP(*why); \
+#define RELAY_OR_SKIP()                                                         \
+  do {                                                                          \
+    if (elastic::testing::under_sanitizer) ELASTIC_SKIP(sanitizer_skip_reason); \
+    if (auto why = NetLab::relay_unavailable()) ELASTIC_SKIP(*why);             \
   } while (false)
 
 // A socket made in namespace `ns` (it stays there, whichever thread uses it).
@@ -423,13 +430,15 @@ void check_clock_offset(const LabJobResult& r, long offset_s) {
 
 #define LAB_AND_FAKETIME_OR_SKIP()                                                              \
   do {                                                                                          \
+    if (elastic::testing::under_sanitizer) ELASTIC_SKIP(sanitizer_skip_reason);                 \
     if (auto why = NetLab::unavailable()) ELASTIC_SKIP(*why);                                   \
     if (!fs::exists(faketime_library)) ELASTIC_SKIP("libfaketime is not installed (faketime)"); \
   } while (false)
 
-#define LAB_OR_SKIP_FOR_BASELINE()                            \
-  do {                                                        \
-    if (auto why = NetLab::unavailable()) ELASTIC_SKIP(*why); \
+#define LAB_OR_SKIP_FOR_BASELINE()                                              \
+  do {                                                                          \
+    if (elastic::testing::under_sanitizer) ELASTIC_SKIP(sanitizer_skip_reason); \
+    if (auto why = NetLab::unavailable()) ELASTIC_SKIP(*why);                   \
   } while (false)
 
 const Impairment slow_lossy{milliseconds(100), 0.10, false};

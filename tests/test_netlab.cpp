@@ -626,9 +626,11 @@ TEST_CASE("etcd: the member in use lost while a node waits in the rendezvous: th
 TEST_CASE("etcd: the member in use lost while a node waits at the exit barrier: both nodes exit 0") {
   LAB_OR_SKIP();
   if (!fs::exists("/usr/bin/etcd")) ELASTIC_SKIP("etcd-server is not installed");
+  // Seen once under load: after the member was killed, h2 timed out in the
+  // rendezvous (join_timeout 60 s); the cause was not found.
   if (std::getenv("ELASTIC_TEST_ETCD_MEMBER_LOSS") == nullptr)
     ELASTIC_SKIP(
-        "a lease grant that times out during a leader election is not retried yet "
-        "(ELASTIC_TEST_ETCD_MEMBER_LOSS=1 runs it)");
+        "failed once under load (a node timed out in the rendezvous after the member was killed; "
+        "cause not found): ELASTIC_TEST_ETCD_MEMBER_LOSS=1 runs it");
   etcd_member_lost_at(MemberLoss::exit_barrier);
 }

@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "support/etcd_server.hpp"
+#include "support/hostile_etcd_gateway.hpp"
 
 using elastic::rendezvous::detail::base64_decode;
 using elastic::rendezvous::detail::base64_encode;
@@ -12,6 +13,7 @@ using elastic::rendezvous::detail::etcd_prefix_end;
 using elastic::rendezvous::detail::EtcdClient;
 using elastic::rendezvous::detail::EtcdClientOptions;
 using elastic::rendezvous::detail::EtcdEvent;
+using elastic::rendezvous::detail::EtcdOutcomeUnknownError;
 using elastic::rendezvous::detail::EtcdUnreachableError;
 using elastic::rendezvous::detail::EtcdWatchEnd;
 using elastic::testing::EtcdServer;
@@ -216,6 +218,58 @@ TEST_CASE("etcd client: a client rides out an etcd restart shorter than its read
   reader.join();
   CHECK(error == "");
   CHECK(value == "1");
+}
+
+TEST_CASE("etcd client: a member that takes requests and never answers is left for the next within member_timeout") {
+  EtcdServer server;
+  elastic::testing::HostileEtcdGateway silent("silent");
+  REQUIRE(silent.port() > 0);
+  EtcdClientOptions options = options_for(server, 30s);
+  options.port = silent.port();
+  options.more_endpoints = {{server.host(), server.client_port()}};
+  options.member_timeout = 300ms;
+  EtcdClient client(options);
+  // Without the bound each request would wait its whole read timeout there and fail.
+  client.put("/k", "v");
+  CHECK(client.get("/k")->value == "v");
+  CHECK_THAT(client.endpoint(), Catch::Contains(std::to_string(server.client_port())));
+}
+
+TEST_CASE("etcd client: a lease grant whose answer is lost is sent again and grants one lease, not two") {
+  EtcdServer server;
+  elastic::testing::HostileEtcdGateway swallowing("swallow", server.client_port());
+  REQUIRE(swallowing.port() > 0);
+  EtcdClientOptions options = options_for(server, 30s);
+  options.port = swallowing.port();
+  options.more_endpoints = {{server.host(), server.client_port()}};
+  options.member_timeout = 500ms;
+  EtcdClient client(options);
+  const auto id = client.lease_grant(60);
+  CHECK(id > 0);
+  CHECK(client.lease_time_to_live(id) > 0);
+  auto leases = client.call("/v3/lease/leases", nlohmann::json::object());
+  REQUIRE(leases.contains("leases"));
+  CHECK(leases["leases"].size() == 1);
+}
+
+TEST_CASE("etcd client: a compare-and-put whose answer is lost says that its outcome is unknown") {
+  EtcdServer server;
+  elastic::testing::HostileEtcdGateway swallowing("swallow", server.client_port());
+  REQUIRE(swallowing.port() > 0);
+  EtcdClientOptions options = options_for(server, 30s);
+  options.port = swallowing.port();
+  options.more_endpoints = {{server.host(), server.client_port()}};
+  options.member_timeout = 1s;
+  EtcdClient client(options);
+  // Not sent again (it may have been applied, and was): the caller is told so.
+  CHECK_THROWS_AS(client.put_if_mod_revision("/cas", "mine", 0), EtcdOutcomeUnknownError);
+  EtcdClient direct(options_for(server));
+  std::optional<std::string> stored;
+  for (int i = 0; i < 100 && !stored; ++i) {
+    if (auto kv = direct.get("/cas")) stored = kv->value;
+    if (!stored) std::this_thread::sleep_for(100ms);
+  }
+  CHECK(stored == "mine");
 }
 
 TEST_CASE("etcd client: options are checked") {

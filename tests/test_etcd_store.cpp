@@ -8,10 +8,13 @@
 #include <catch2/catch.hpp>
 #include <elastic/rendezvous/etcd_store.hpp>
 #include <fstream>
+#include <optional>
 #include <thread>
 #include <vector>
 
 #include "support/etcd_server.hpp"
+#include "support/hostile_etcd_gateway.hpp"
+#include "support/ports.hpp"
 
 using namespace elastic::rendezvous;
 using elastic::testing::EtcdServer;
@@ -282,6 +285,72 @@ TEST_CASE("etcd store: a SIGKILLed client's ephemeral keys go at once, long befo
   auto deadline = std::chrono::steady_clock::now() + 30s;
   while (!process_gone(sentinel) && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(10ms);
   CHECK(process_gone(sentinel));
+}
+
+TEST_CASE(
+    "etcd store: the sentinel of a SIGKILLed client revokes its lease at the next member when the first is lost") {
+  EtcdServer server;
+  EtcdStore observer(store_options(server));
+  // The first member given: gone (refused), or cut off (takes the request, never answers).
+  const bool silent = GENERATE(false, true);
+  CAPTURE(silent);
+  std::optional<elastic::testing::HostileEtcdGateway> gateway;
+  if (silent) gateway.emplace("silent");
+  const int first_port = silent ? gateway->port() : elastic::testing::free_port();
+  REQUIRE(first_port > 0);
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::close(fds[0]);
+    char told = 0;
+    try {
+      StoreOptions options = store_options(server, {}, 120s);
+      options.port = first_port;
+      options.more_endpoints = {{server.host(), server.client_port()}};
+      auto* node = new EtcdStore(options);
+      node->set_ephemeral("alive/node", "3");
+      told = node->sentinel_pid() > 0 ? 1 : 0;
+    } catch (...) {
+    }
+    ssize_t ignored = ::write(fds[1], &told, 1);
+    (void)ignored;
+    for (;;) ::pause();
+  }
+  ::close(fds[1]);
+  char told = 0;
+  REQUIRE(::read(fds[0], &told, 1) == 1);
+  ::close(fds[0]);
+  auto before = observer.get("alive/node");
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+  REQUIRE(told == 1);
+  CHECK(before == "3");
+  // The lease's TTL is 120 s: the key goes within 60 s only through the sentinel.
+  CHECK_FALSE(observer.wait_change("alive/node", std::string("3"), 60s));
+}
+
+TEST_CASE("etcd store: a compare_set whose answer is lost with a member is judged by the value stored") {
+  EtcdServer server;
+  // The first member hands the request to etcd, which applies it, and drops the answer.
+  elastic::testing::HostileEtcdGateway swallowing("swallow", server.client_port());
+  REQUIRE(swallowing.port() > 0);
+  StoreOptions options = store_options(server);
+  options.port = swallowing.port();
+  options.more_endpoints = {{server.host(), server.client_port()}};
+  options.session_ttl = 3s;  // members left after 1 s unanswered
+  EtcdStore store(options);
+  EtcdStore observer(store_options(server));
+  auto created = store.compare_set("state", std::nullopt, "round 1");
+  CHECK(created.swapped);
+  CHECK(created.current == "round 1");
+  CHECK(observer.get("state") == "round 1");
+  // The client stays on the member that answers; a conflict is still a conflict.
+  observer.set("state", "round 2");
+  auto conflict = store.compare_set("state", std::string("round 1"), "round 3");
+  CHECK_FALSE(conflict.swapped);
+  CHECK(conflict.current == "round 2");
 }
 
 TEST_CASE("etcd store: a store that ends cleanly revokes its lease and stops its sentinel") {

@@ -18,10 +18,12 @@ namespace elastic::testing {
 
 class HostileEtcdGateway {
  public:
-  explicit HostileEtcdGateway(const std::string& mode) {
+  // `upstream_port`: the etcd that mode "swallow" hands requests to.
+  explicit HostileEtcdGateway(const std::string& mode, int upstream_port = 0) {
     const std::string port_file = dir_.file("port");
     std::vector<std::string> argv{elastic::testing::system_python(), ELASTIC_TEST_PYTHON_DIR "/hostile_etcd_gateway.py",
                                   mode, port_file};
+    if (upstream_port > 0) argv.push_back(std::to_string(upstream_port));
     std::vector<char*> args;
     for (auto& a : argv) args.push_back(a.data());
     args.push_back(nullptr);

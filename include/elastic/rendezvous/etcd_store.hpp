@@ -72,6 +72,11 @@ inline EtcdClientOptions etcd_client_options(const StoreOptions& options) {
   client.port = options.port > 0 ? options.port : 2379;
   client.more_endpoints = options.more_endpoints;
   client.read_timeout = options.read_timeout;
+  // A silent member is left within a third of the session's TTL (one keep-alive
+  // interval), so that a keep-alive sent to it still lands elsewhere in time; at
+  // most 5 s a request, whatever the TTL.
+  client.member_timeout = std::clamp<std::chrono::milliseconds>(options.session_ttl / 3, std::chrono::milliseconds(500),
+                                                                std::chrono::milliseconds(5000));
   client.protocol = config_value(options.config, {"protocol"}, "http");
   client.ca_cert = config_value(options.config, {"ca_cert", "cacert"});
   client.ssl_cert = config_value(options.config, {"ssl_cert", "cert"});
@@ -145,8 +150,20 @@ class EtcdStore : public Store {
   CompareSetResult compare_set(const std::string& key, const std::optional<std::string>& expected,
                                const std::string& desired) override {
     return guarded([&] {
-      auto result = expected ? client_.put_if_value(full(key), desired, *expected)
-                             : client_.put_if_mod_revision(full(key), desired, 0);
+      detail::EtcdTxnResult result;
+      try {
+        result = expected ? client_.put_if_value(full(key), desired, *expected)
+                          : client_.put_if_mod_revision(full(key), desired, 0);
+      } catch (const detail::EtcdOutcomeUnknownError&) {
+        // Sent and unanswered (a member lost, a leader election): judged by what the
+        // key holds now, read from a member that answers. Holding `desired` counts as
+        // swapped: the state is the one wanted, whoever wrote it. A write still in
+        // flight that lands later compared against the same old value, so at most
+        // one of it and the caller's next attempt lands.
+        auto now = client_.get(full(key));
+        result.succeeded = now && now->value == desired;
+        if (!result.succeeded && now) result.current = std::move(*now);
+      }
       CompareSetResult outcome;
       outcome.swapped = result.succeeded;
       if (result.succeeded)
@@ -309,7 +326,9 @@ class EtcdStore : public Store {
   // left after each round; the next join or keep-alive brings it back).
   void guard_lease_locked() {
     if (lease_ == 0 || client_.options().protocol != "http" || sentinel_.running()) return;
-    if (sentinel_.start(client_.options().host, client_.options().port)) sentinel_.watch_lease(lease_);
+    std::vector<std::pair<std::string, int>> members{{client_.options().host, client_.options().port}};
+    for (const auto& member : client_.options().more_endpoints) members.push_back(member);
+    if (sentinel_.start(members)) sentinel_.watch_lease(lease_);
   }
 
   void forget_lease(std::int64_t lease) {

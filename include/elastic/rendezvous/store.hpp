@@ -76,7 +76,9 @@ class Store {
   virtual std::vector<std::optional<std::string>> get_many(const std::vector<std::string>& keys) = 0;
   virtual void set(const std::string& key, const std::string& value) = 0;
   // Atomically: if the key's value equals `expected` (nothing: the key is absent),
-  // write `desired`. Returns whether it did, and the value now stored.
+  // write `desired`. Returns whether it did, and the value now stored. A backend
+  // that lost the answer (etcd, a member gone mid-request) cannot tell: it reports
+  // swapped when the key holds `desired` afterwards.
   virtual CompareSetResult compare_set(const std::string& key, const std::optional<std::string>& expected,
                                        const std::string& desired) = 0;
   // Atomically adds `delta` to the decimal integer stored at `key` (absent: 0) and

@@ -26,6 +26,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -45,15 +46,30 @@ class EtcdUnreachableError : public std::runtime_error {
 class EtcdRequestError : public std::runtime_error {
  public:
   EtcdRequestError(const std::string& what, int code) : std::runtime_error(what), grpc_code(code) {}
-  int grpc_code;  // gRPC status code etcd put in the answer (5: not found, 14: unavailable)
+  int grpc_code;  // gRPC status code etcd put in the answer (5: not found, 9: exists, 14: unavailable)
+};
+
+// A request that may not be repeated blindly (a compare-and-put) was sent, and no
+// answer came: the member went silent, or etcd answered that it timed out (a
+// leader election). Whether etcd applied it is not known; the caller may read
+// the key to find out.
+class EtcdOutcomeUnknownError : public EtcdUnreachableError {
+ public:
+  using EtcdUnreachableError::EtcdUnreachableError;
 };
 
 struct EtcdClientOptions {
   std::string host = "127.0.0.1";
   int port = 2379;
   // The cluster's other members: a request that cannot reach one member (refused,
-  // dropped, no leader there) goes to the next in turn, within its deadline.
+  // dropped, no leader there, no answer within member_timeout) goes to the next in
+  // turn, within its deadline.
   std::vector<std::pair<std::string, int>> more_endpoints;
+  // With several members, how long one may leave a request unanswered before it is
+  // tried on the next (a member cut off drops packets: nothing is refused). The
+  // bound doubles after each round of every member, up to read_timeout, so a
+  // cluster that is only slow is still waited for.
+  std::chrono::milliseconds member_timeout{std::chrono::seconds(5)};
   std::string protocol = "http";  // or https
   std::string ca_cert;            // https: CA bundle that signed etcd's certificate
   std::string ssl_cert;           // https: client certificate and its key, when etcd asks for one
@@ -272,12 +288,29 @@ class EtcdClient {
     return answer.value("succeeded", false);
   }
 
-  // A lease of `ttl` seconds; returns its id.
+  // A lease of `ttl` seconds; returns its id. The id is drawn here, not by etcd, so
+  // that a grant whose answer was lost can be sent again (to another member): etcd
+  // then answers that the lease exists, which is the proof that it was granted.
   std::int64_t lease_grant(std::int64_t ttl_seconds) {
-    auto answer = call("/v3/lease/grant", {{"TTL", std::to_string(ttl_seconds)}}, Repeat::if_not_sent);
-    auto id = etcd_json::to_int(answer, "ID");
-    if (id == 0) throw EtcdRequestError("etcd granted no lease: " + answer.dump(), 0);
-    return id;
+    for (int draw = 0;; ++draw) {
+      const std::int64_t id = random_lease_id();
+      std::size_t attempts = 0;
+      try {
+        auto answer = call("/v3/lease/grant", {{"TTL", std::to_string(ttl_seconds)}, {"ID", std::to_string(id)}},
+                           Repeat::always, &attempts);
+        auto granted = etcd_json::to_int(answer, "ID");
+        if (granted != id)
+          throw EtcdRequestError("etcd at " + endpoint() + " granted lease " + std::to_string(granted) +
+                                     " when asked for lease " + std::to_string(id) + ": " + answer.dump(),
+                                 0);
+        return id;
+      } catch (const EtcdRequestError& error) {
+        if (error.grpc_code != 9) throw;  // 9: FailedPrecondition, "lease already exists"
+        if (attempts > 1) return id;      // an earlier attempt of this call was applied, its answer lost
+        // Another client's lease has this id (odds 1 in 2^62): draw again, a few times.
+        if (draw == 2) throw;
+      }
+    }
   }
 
   // Renews the lease; false when it has expired (or was revoked): etcd answers without a TTL.
@@ -378,32 +411,43 @@ class EtcdClient {
   // Whether a request may be sent again after a failure that leaves open
   // whether etcd applied it.
   enum class Repeat {
-    always,       // reads, and writes whose repetition changes nothing (put, delete, keepalive, revoke)
-    if_not_sent,  // compare-and-put, lease grant: only when the connection was never made
+    always,       // reads, and writes whose repetition changes nothing (put, delete, keepalive, revoke,
+                  // a grant of a lease id chosen here)
+    if_not_sent,  // compare-and-put: only when the connection was never made; else EtcdOutcomeUnknownError
   };
 
   // One request and its answer, within the read timeout. A failed attempt is made
   // again (after etcd is healthy again: a restarting etcd accepts connections
-  // before it serves them) as `repeat` allows, until the read timeout.
-  nlohmann::json call(const std::string& path, const nlohmann::json& request, Repeat repeat = Repeat::always) {
+  // before it serves them) as `repeat` allows, until the read timeout. With
+  // several members an attempt moves on to the next member when this one refuses,
+  // has no leader, or leaves it unanswered for the member bound (see
+  // EtcdClientOptions::member_timeout). `attempts`, when given, counts the attempts made.
+  nlohmann::json call(const std::string& path, const nlohmann::json& request, Repeat repeat = Repeat::always,
+                      std::size_t* attempts = nullptr) {
     auto deadline = std::chrono::steady_clock::now() + options_.read_timeout;
     const std::string body = request.dump();
     const auto generation = current_generation();
-    // A failed attempt moves on to the next member; once every member failed, pause.
+    auto bound = members() == 1 ? options_.read_timeout : std::min(options_.member_timeout, options_.read_timeout);
+    // A failed attempt moves on to the next member; once every member failed, pause
+    // and give each member twice as long.
     std::size_t failed = 0;
     auto next_member = [&](std::size_t member) {
       if (members() == 1) return wait_until_healthy(deadline);
       fail_over(member);
       if (++failed % members() != 0) return true;
+      bound = std::min(bound * 2, options_.read_timeout);
       return pause_until(deadline, std::chrono::milliseconds(
                                        std::min<long>(100L << std::min<std::size_t>(failed / members(), 3), 500)));
     };
-    for (;;) {
+    for (std::size_t attempt = 1;; ++attempt) {
+      if (attempts != nullptr) *attempts = attempt;
       const std::size_t member = member_.load();
+      const auto attempt_deadline = std::min(deadline, std::chrono::steady_clock::now() + bound);
       Answer result;
       {
         auto client = acquire_connection();
-        result = post(*client, path, body, deadline);
+        client->set_connection_timeout(bound);
+        result = post(*client, path, body, attempt_deadline);
         // Only a connection that gave a clean answer is used again: after an error
         // answer (its trailers unread) or a failure its state is unknown; one to a
         // member left meanwhile is not kept either.
@@ -415,14 +459,19 @@ class EtcdClient {
       if (result.too_large)
         throw EtcdUnreachableError("etcd at " + endpoint() + ": " + path + ": an answer larger than " +
                                    std::to_string(options_.max_answer) + " bytes");
-      if (result.too_late)
+      if (result.too_late && attempt_deadline >= deadline)
         throw EtcdUnreachableError("etcd at " + endpoint() + ": " + path +
                                    ": no complete answer within read_timeout (" +
                                    std::to_string(options_.read_timeout.count() / 1000) + " s)");
       if (!result.complete()) {
-        bool not_sent = result.error == httplib::Error::Connection || result.error == httplib::Error::ConnectionTimeout;
+        const bool not_sent =
+            result.error == httplib::Error::Connection || result.error == httplib::Error::ConnectionTimeout;
+        const std::string what = result.too_late ? "etcd at " + endpoint() + ": " + path + ": no answer within " +
+                                                       std::to_string(bound.count()) + " ms"
+                                                 : describe_failure(path, result.error);
         if ((not_sent || repeat == Repeat::always) && next_member(member)) continue;
-        throw EtcdUnreachableError(describe_failure(path, result.error));
+        if (!not_sent) throw EtcdOutcomeUnknownError(what + " (sent: whether etcd applied it is not known)");
+        throw EtcdUnreachableError(what);
       }
       auto answer = parse_json_or_discarded(result.body);
       if (answer.is_discarded() && result.status == 200)
@@ -432,11 +481,15 @@ class EtcdClient {
       if (answer.is_discarded()) answer = nlohmann::json::object();
       if (result.status != 200 || answer.contains("error")) {
         auto [message, code] = error_of(answer);
-        // 14: Unavailable (no leader yet, leader changed), passing while etcd restarts.
+        // 14: Unavailable (no leader yet, leader changed, timed out in an election),
+        // passing while etcd restarts or elects; a compare-and-put so answered may
+        // still be applied once a leader is elected.
         if (code == 14 && repeat == Repeat::always && next_member(member)) continue;
-        throw EtcdRequestError(
-            "etcd at " + endpoint() + ": " + path + ": " + message + " (HTTP " + std::to_string(result.status) + ")",
-            code);
+        const std::string what =
+            "etcd at " + endpoint() + ": " + path + ": " + message + " (HTTP " + std::to_string(result.status) + ")";
+        if (code == 14 && repeat == Repeat::if_not_sent)
+          throw EtcdOutcomeUnknownError(what + " (whether etcd applied it is not known)");
+        throw EtcdRequestError(what, code);
       }
       return answer;
     }
@@ -601,6 +654,15 @@ class EtcdClient {
   }
 
   std::size_t members() const { return 1 + options_.more_endpoints.size(); }
+
+  // A lease id of 62 random bits, never 0 (etcd's "choose one for me").
+  static std::int64_t random_lease_id() {
+    static thread_local std::mt19937_64 generator{(std::uint64_t{std::random_device{}()} << 32) ^
+                                                  std::random_device{}()};
+    std::int64_t id = 0;
+    while (id == 0) id = static_cast<std::int64_t>(generator() >> 2);
+    return id;
+  }
   // The member requests go to now.
   std::string host_port() const {
     const std::size_t i = member_.load();

@@ -8,8 +8,9 @@
 // The parent tells the sentinel the current lease through a socket pair (8 bytes:
 // the id; 0: goodbye, exit without revoking; sent with MSG_NOSIGNAL, so a sentinel
 // that is gone raises no SIGPIPE). When the parent's end closes without a goodbye,
-// the sentinel sends POST /v3/lease/revoke over a plain TCP connection (the
-// request's bytes and the address are prepared before the fork) and exits.
+// the sentinel sends POST /v3/lease/revoke over a plain TCP connection to each
+// member of the cluster in turn until one answers (the request's bytes and the
+// addresses are prepared before the fork), and exits.
 // Plain http only: TLS in the child would not be async-signal-safe.
 #pragma once
 
@@ -28,6 +29,8 @@
 #include <cstring>
 #include <elastic/helper_processes.hpp>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace elastic::rendezvous::detail {
 
@@ -38,22 +41,30 @@ class LeaseSentinel {
   LeaseSentinel& operator=(const LeaseSentinel&) = delete;
   ~LeaseSentinel() { stop(); }
 
-  // Forks the sentinel for the etcd at host:port. False (and no sentinel) when the
-  // address does not resolve or the fork fails: the lease then ends by its TTL.
-  bool start(const std::string& host, int port) {
+  // Forks the sentinel for the etcd cluster whose members are `members` (host,
+  // port), tried in that order. False (and no sentinel) when no address resolves
+  // or the fork fails: the lease then ends by its TTL.
+  bool start(const std::vector<std::pair<std::string, int>>& members) {
     if (pid_ > 0) return true;
-    addrinfo hints{};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    addrinfo* found = nullptr;
-    if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0 || found == nullptr)
-      return false;
-    std::memcpy(&address_, found->ai_addr, found->ai_addrlen);
-    address_length_ = found->ai_addrlen;
-    family_ = found->ai_family;
-    ::freeaddrinfo(found);
-    // Everything the child sends but the lease id, built before the fork.
-    request_head_ = "POST /v3/lease/revoke HTTP/1.1\r\nHost: " + host + ":" + std::to_string(port) +
+    member_count_ = 0;
+    for (const auto& [host, port] : members) {
+      if (member_count_ == max_members) break;
+      addrinfo hints{};
+      hints.ai_family = AF_UNSPEC;
+      hints.ai_socktype = SOCK_STREAM;
+      addrinfo* found = nullptr;
+      if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0 || found == nullptr) continue;
+      Member& member = members_[member_count_++];
+      std::memcpy(&member.address, found->ai_addr, found->ai_addrlen);
+      member.address_length = found->ai_addrlen;
+      member.family = found->ai_family;
+      ::freeaddrinfo(found);
+    }
+    if (member_count_ == 0) return false;
+    // Everything the child sends but the lease id, built before the fork (etcd
+    // does not check the Host header).
+    request_head_ = "POST /v3/lease/revoke HTTP/1.1\r\nHost: " + members.front().first + ":" +
+                    std::to_string(members.front().second) +
                     "\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: ";
 
     int fds[2];
@@ -162,30 +173,61 @@ class LeaseSentinel {
     length_line[length_size++] = '\r';
     length_line[length_size++] = '\n';
 
-    int fd = ::socket(family_, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) ::_exit(1);
-    timeval limit{5, 0};  // etcd gone too: give up, the TTL ends the lease
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
-    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit));
-    if (::connect(fd, reinterpret_cast<const sockaddr*>(&address_), address_length_) != 0) ::_exit(1);
-    write_whole(fd, request_head_.data(), request_head_.size());
-    write_whole(fd, length_line, static_cast<std::size_t>(length_size));
-    write_whole(fd, body, static_cast<std::size_t>(body_length));
-    // Wait for the answer (etcd closes after it): the revoke is done by then.
-    char answer[512];
-    for (;;) {
-      ssize_t got = ::read(fd, answer, sizeof(answer));
-      if (got < 0 && errno == EINTR) continue;
-      if (got <= 0) break;
+    // Each member in turn until one answers 200 (a lease already gone answers 404:
+    // nothing to do either); a member gone or cut off costs at most its time limit.
+    for (std::size_t i = 0; i < member_count_; ++i) {
+      int status = revoke_at(members_[i], length_line, length_size, body, body_length);
+      if (status == 200 || status == 404) break;
     }
     ::_exit(0);
   }
 
+  struct Member {
+    sockaddr_storage address{};
+    socklen_t address_length = 0;
+    int family = AF_INET;
+  };
+
+  // Async-signal-safe. Sends the revoke to one member; returns the HTTP status of
+  // its answer, or 0 (no connection, no answer within 2 s).
+  int revoke_at(const Member& member, const char* length_line, int length_size, const char* body,
+                int body_length) const {
+    int fd = ::socket(member.family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return 0;
+    timeval limit{2, 0};  // bounds connect() too (Linux applies SO_SNDTIMEO to it)
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit));
+    if (::connect(fd, reinterpret_cast<const sockaddr*>(&member.address), member.address_length) != 0) {
+      ::close(fd);
+      return 0;
+    }
+    write_whole(fd, request_head_.data(), request_head_.size());
+    write_whole(fd, length_line, static_cast<std::size_t>(length_size));
+    write_whole(fd, body, static_cast<std::size_t>(body_length));
+    // Wait for the answer (etcd closes after it): the revoke is done by then. The
+    // first 12 bytes ("HTTP/1.1 200") are kept for the status, the rest drained.
+    char answer[512];
+    std::size_t seen = 0;
+    for (;;) {
+      ssize_t got = ::read(fd, answer + seen, sizeof(answer) - seen);
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) break;
+      seen += static_cast<std::size_t>(got);
+      if (seen == sizeof(answer)) seen = 12;
+    }
+    int status = 0;
+    if (seen >= 12 && std::memcmp(answer, "HTTP/1.", 7) == 0)
+      for (int i = 9; i < 12 && answer[i] >= '0' && answer[i] <= '9'; ++i) status = status * 10 + (answer[i] - '0');
+    ::close(fd);
+    return status;
+  }
+
+  static constexpr std::size_t max_members = 8;
+
   pid_t pid_ = -1;
   int write_fd_ = -1;
-  sockaddr_storage address_{};
-  socklen_t address_length_ = 0;
-  int family_ = AF_INET;
+  Member members_[max_members];
+  std::size_t member_count_ = 0;
   std::string request_head_;
 };
 

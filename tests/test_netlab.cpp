@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "support/jobs.hpp"
+#include "support/lab_processes.hpp"
 #include "support/launcher.hpp"
 #include "support/netlab.hpp"
 #include "support/skip.hpp"
@@ -31,60 +32,18 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// elastic-run on one host of the lab, in the background; stdout and stderr to files.
-class HostLaunch {
+// elastic-run on one host of the lab, in the background.
+class HostLaunch : public LabLaunch {
  public:
-  HostLaunch(const NetLab& lab, int host, const std::vector<std::string>& args, const std::string& log_prefix,
+  HostLaunch(const NetLab& lab, int host, std::vector<std::string> args, const std::string& log_prefix,
              const std::map<std::string, std::string>& env = {})
-      : err_file_(log_prefix + ".err") {
-    std::vector<std::string> argv{ELASTIC_RUN_BINARY};
-    argv.insert(argv.end(), args.begin(), args.end());
-    RunOptions options = quiet_launch_options();
-    for (const auto& [k, v] : env) options.set_env[k] = v;
-    ChildSetup setup;
-    setup.out = ::open((log_prefix + ".out").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    setup.err = ::open(err_file_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    pid_ = start_child(lab.command(host, argv), make_environment(with_scratch_tmpdir(options)), setup);
-    ::close(setup.out);
-    ::close(setup.err);
-  }
-  // A launch the test did not see end gets SIGTERM (its workers are stopped), then SIGKILL.
-  ~HostLaunch() {
-    if (reaped_) return;
-    ::kill(pid_, SIGTERM);
-    if (wait(std::chrono::seconds(15)) == 1000) return;
-  }
-  HostLaunch(const HostLaunch&) = delete;
-  HostLaunch& operator=(const HostLaunch&) = delete;
-
-  pid_t pid() const { return pid_; }
-  // Exit code (negative: signal), or 1000 on timeout (the launcher is then killed).
-  int wait(std::chrono::milliseconds timeout) {
-    if (reaped_) return code_;
-    int status = 0;
-    if (!wait_until([&] { return ::waitpid(pid_, &status, WNOHANG) == pid_; }, timeout)) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, &status, 0);
-      reaped_ = true;
-      return code_ = 1000;
-    }
-    reaped_ = true;
-    return code_ = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
-  }
-  std::string err() const { return read_file(err_file_); }
-  // The launcher's children (its workers) now.
-  std::set<pid_t> children() const {
-    std::set<pid_t> pids;
-    std::ifstream in("/proc/" + std::to_string(pid_) + "/task/" + std::to_string(pid_) + "/children");
-    for (pid_t p; in >> p;) pids.insert(p);
-    return pids;
-  }
+      : LabLaunch(lab, host, with_binary(std::move(args)), log_prefix, env) {}
 
  private:
-  std::string err_file_;
-  pid_t pid_ = -1;
-  bool reaped_ = false;
-  int code_ = 0;
+  static std::vector<std::string> with_binary(std::vector<std::string> args) {
+    args.insert(args.begin(), ELASTIC_RUN_BINARY);
+    return args;
+  }
 };
 
 std::vector<std::string> c10d_args(const std::string& nnodes, int nproc, const std::string& conf) {
@@ -104,84 +63,6 @@ std::map<std::string, std::map<std::string, std::string>> worker_envs(const fs::
             read_env_file(file.path().string());
   return envs;
 }
-
-// Certificates for an etcd cluster on the lab's hosts, made with openssl(1): a CA,
-// one server certificate for every member's address, one client certificate.
-struct LabCertificates {
-  explicit LabCertificates(const TempDir& dir, int members)
-      : ca(dir.file("ca.pem")),
-        server(dir.file("server.pem")),
-        server_key(dir.file("server.key")),
-        client(dir.file("client.pem")),
-        client_key(dir.file("client.key")) {
-    std::string names;
-    for (int h = 1; h <= members; ++h) names += (h > 1 ? ",IP:" : "IP:") + NetLab::address(h);
-    write_file(dir.file("server.ext"), "subjectAltName=" + names + "\nextendedKeyUsage=serverAuth,clientAuth\n");
-    write_file(dir.file("client.ext"), "extendedKeyUsage=clientAuth\n");
-    const std::vector<std::string> ec{"-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"};
-    openssl({"req", "-x509", "-days", "2", "-subj", "/CN=lab-ca", "-keyout", dir.file("ca.key"), "-out", ca}, ec);
-    for (const auto& [cert, key, ext] : {std::tuple{server, server_key, dir.file("server.ext")},
-                                         std::tuple{client, client_key, dir.file("client.ext")}}) {
-      openssl({"req", "-subj", "/CN=lab", "-keyout", key, "-out", cert + ".csr"}, ec);
-      openssl({"x509", "-req", "-days", "2", "-in", cert + ".csr", "-CA", ca, "-CAkey", dir.file("ca.key"),
-               "-CAcreateserial", "-extfile", ext, "-out", cert},
-              {});
-    }
-  }
-  std::string ca, server, server_key, client, client_key;
-
- private:
-  static void openssl(std::vector<std::string> args, const std::vector<std::string>& more) {
-    args.insert(args.begin(), "/usr/bin/openssl");
-    args.insert(args.end(), more.begin(), more.end());
-    auto r = run(args);
-    if (r.exitcode != 0) throw std::runtime_error("openssl " + args[1] + " failed: " + r.err);
-  }
-};
-
-// One member of an etcd cluster on a lab host, killed (and reaped) at the end;
-// with `tls`, its clients are served over https and must show a client certificate.
-class EtcdMember {
- public:
-  EtcdMember(const NetLab& lab, int host, int members, const TempDir& dir, const LabCertificates* tls = nullptr) {
-    auto url = [](const char* scheme, int h, int port) {
-      return std::string(scheme) + "://" + NetLab::address(h) + ":" + std::to_string(port);
-    };
-    const char* client_scheme = tls ? "https" : "http";
-    std::string cluster;
-    for (int h = 1; h <= members; ++h) cluster += (h > 1 ? "," : "") + NetLab::name(h) + "=" + url("http", h, 2380);
-    std::vector<std::string> argv{"/usr/bin/etcd",
-                                  "--name=" + NetLab::name(host),
-                                  "--data-dir=" + dir.file("etcd-" + NetLab::name(host)),
-                                  "--listen-client-urls=" + url(client_scheme, host, 2379),
-                                  "--advertise-client-urls=" + url(client_scheme, host, 2379),
-                                  "--listen-peer-urls=" + url("http", host, 2380),
-                                  "--initial-advertise-peer-urls=" + url("http", host, 2380),
-                                  "--initial-cluster=" + cluster,
-                                  "--initial-cluster-state=new"};
-    if (tls)
-      argv.insert(argv.end(), {"--cert-file=" + tls->server, "--key-file=" + tls->server_key,
-                               "--trusted-ca-file=" + tls->ca, "--client-cert-auth"});
-    ChildSetup setup;
-    log_ = dir.file("etcd-" + NetLab::name(host) + ".log");
-    setup.out = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    setup.err = setup.out;
-    setup.die_with_parent = true;
-    pid_ = start_child(lab.command(host, argv), make_environment(RunOptions{}), setup);
-    ::close(setup.out);
-  }
-  ~EtcdMember() { kill(); }
-  void kill() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, nullptr, 0);
-    pid_ = -1;
-  }
-
- private:
-  std::string log_;
-  pid_t pid_ = -1;
-};
 
 #define LAB_OR_SKIP()                                         \
   do {                                                        \

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "support/jobs.hpp"
+#include "support/lab_processes.hpp"
 #include "support/launcher.hpp"
 #include "support/netlab.hpp"
 #include "support/sanitizers.hpp"
@@ -165,88 +166,7 @@ TEST_CASE("netlab: a relayed link delays and drops frames and cuts one way as se
 
 namespace {
 
-// A launcher on one host of the lab, in the background; stdout and stderr to files.
-class HostLaunch {
- public:
-  HostLaunch(const NetLab& lab, int host, const std::vector<std::string>& argv, const std::string& log_prefix,
-             const std::map<std::string, std::string>& env)
-      : err_file_(log_prefix + ".err") {
-    RunOptions options = quiet_launch_options();
-    for (const auto& [k, v] : env) options.set_env[k] = v;
-    ChildSetup setup;
-    setup.die_with_parent = true;  // a test killed by its time limit leaves no launcher behind
-    setup.out = ::open((log_prefix + ".out").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    setup.err = ::open(err_file_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    pid_ = start_child(lab.command(host, argv), make_environment(with_scratch_tmpdir(options)), setup);
-    ::close(setup.out);
-    ::close(setup.err);
-  }
-  ~HostLaunch() {
-    if (!exited()) stop();
-  }
-  HostLaunch(const HostLaunch&) = delete;
-  HostLaunch& operator=(const HostLaunch&) = delete;
-
-  bool exited() {
-    if (reaped_) return true;
-    int status = 0;
-    if (::waitpid(pid_, &status, WNOHANG) != pid_) return false;
-    reaped_ = true;
-    code_ = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
-    return true;
-  }
-  // Exit code (negative: signal), or 1000 when it had to be stopped (SIGTERM, then SIGKILL).
-  int code() const { return code_; }
-  void stop() {
-    ::kill(pid_, SIGTERM);
-    if (!wait_until([&] { return exited(); }, seconds(15))) {
-      ::kill(pid_, SIGKILL);
-      int status = 0;
-      ::waitpid(pid_, &status, 0);
-      reaped_ = true;
-    }
-    code_ = 1000;
-  }
-  std::string err() const { return read_file(err_file_); }
-
- private:
-  std::string err_file_;
-  pid_t pid_ = -1;
-  bool reaped_ = false;
-  int code_ = 0;
-};
-
-// One member of an etcd cluster of one on a lab host, killed (and reaped) at the end.
-class EtcdServer {
- public:
-  EtcdServer(const NetLab& lab, int host, const TempDir& dir) {
-    const std::string client = "http://" + NetLab::address(host) + ":2379";
-    const std::string peer = "http://" + NetLab::address(host) + ":2380";
-    std::vector<std::string> argv{"/usr/bin/etcd",
-                                  "--name=" + NetLab::name(host),
-                                  "--data-dir=" + dir.file("etcd"),
-                                  "--listen-client-urls=" + client,
-                                  "--advertise-client-urls=" + client,
-                                  "--listen-peer-urls=" + peer,
-                                  "--initial-advertise-peer-urls=" + peer,
-                                  "--initial-cluster=" + NetLab::name(host) + "=" + peer};
-    ChildSetup setup;
-    setup.out = ::open(dir.file("etcd.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    setup.err = setup.out;
-    setup.die_with_parent = true;
-    pid_ = start_child(lab.command(host, argv), make_environment(RunOptions{}), setup);
-    ::close(setup.out);
-  }
-  ~EtcdServer() {
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, nullptr, 0);
-  }
-  EtcdServer(const EtcdServer&) = delete;
-  EtcdServer& operator=(const EtcdServer&) = delete;
-
- private:
-  pid_t pid_ = -1;
-};
+using HostLaunch = LabLaunch;
 
 enum class Launcher { elastic_run, torchrun };
 
@@ -334,9 +254,9 @@ LabJobResult run_lab_job(const LabJob& job) {
     relay->set_both(*job.impairment);
   }
   TempDir dates, envs, logs, data;
-  std::optional<EtcdServer> etcd;
+  std::optional<EtcdMember> etcd;
   if (job.backend == "etcd") {
-    etcd.emplace(lab, 1, data);
+    etcd.emplace(lab, 1, 1, data);  // a cluster of one, on h1
     // Served once its client port takes connections (from h1: the relay's delay stays out of it).
     auto listening = [&] {
       const int fd = socket_in(lab.host_ns(1), SOCK_STREAM);
@@ -345,8 +265,7 @@ LabJobResult run_lab_job(const LabJob& job) {
       ::close(fd);
       return ok;
     };
-    if (!wait_until(listening, seconds(30)))
-      throw std::runtime_error("etcd did not start: " + read_file(data.file("etcd.log")));
+    if (!wait_until(listening, seconds(30))) throw std::runtime_error("etcd did not start: " + read_file(etcd->log()));
   }
   const auto start = std::chrono::steady_clock::now();
   auto since_start = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };

@@ -460,9 +460,10 @@ class EtcdClient {
         throw EtcdUnreachableError("etcd at " + endpoint() + ": " + path + ": an answer larger than " +
                                    std::to_string(options_.max_answer) + " bytes");
       if (result.too_late && attempt_deadline >= deadline)
-        throw EtcdUnreachableError("etcd at " + endpoint() + ": " + path +
-                                   ": no complete answer within read_timeout (" +
-                                   std::to_string(options_.read_timeout.count() / 1000) + " s)");
+        throw EtcdUnreachableError(
+            "etcd at " + endpoint() + ": " + path + ": no complete answer within read_timeout (" +
+            std::to_string(options_.read_timeout.count() / 1000) + " s" +
+            (members() > 1 ? ", from any of the " + std::to_string(members()) + " members" : "") + ")");
       if (!result.complete()) {
         const bool not_sent =
             result.error == httplib::Error::Connection || result.error == httplib::Error::ConnectionTimeout;

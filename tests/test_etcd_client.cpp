@@ -29,6 +29,16 @@ EtcdClientOptions options_for(const EtcdServer& server, std::chrono::millisecond
   return options;
 }
 
+// A cluster of two: the gateway `first` in front (tried first), then `server`.
+EtcdClientOptions behind(const elastic::testing::HostileEtcdGateway& first, const EtcdServer& server,
+                         std::chrono::milliseconds member_timeout) {
+  EtcdClientOptions options = options_for(server, 30s);
+  options.port = first.port();
+  options.more_endpoints = {{server.host(), server.client_port()}};
+  options.member_timeout = member_timeout;
+  return options;
+}
+
 }  // namespace
 
 TEST_CASE("base64 round-trips every byte and pads as RFC 4648") {
@@ -224,11 +234,7 @@ TEST_CASE("etcd client: a member that takes requests and never answers is left f
   EtcdServer server;
   elastic::testing::HostileEtcdGateway silent("silent");
   REQUIRE(silent.port() > 0);
-  EtcdClientOptions options = options_for(server, 30s);
-  options.port = silent.port();
-  options.more_endpoints = {{server.host(), server.client_port()}};
-  options.member_timeout = 300ms;
-  EtcdClient client(options);
+  EtcdClient client(behind(silent, server, 300ms));
   // Without the bound each request would wait its whole read timeout there and fail.
   client.put("/k", "v");
   CHECK(client.get("/k")->value == "v");
@@ -239,11 +245,7 @@ TEST_CASE("etcd client: a lease grant whose answer is lost is sent again and gra
   EtcdServer server;
   elastic::testing::HostileEtcdGateway swallowing("swallow", server.client_port());
   REQUIRE(swallowing.port() > 0);
-  EtcdClientOptions options = options_for(server, 30s);
-  options.port = swallowing.port();
-  options.more_endpoints = {{server.host(), server.client_port()}};
-  options.member_timeout = 500ms;
-  EtcdClient client(options);
+  EtcdClient client(behind(swallowing, server, 500ms));
   const auto id = client.lease_grant(60);
   CHECK(id > 0);
   CHECK(client.lease_time_to_live(id) > 0);
@@ -256,11 +258,7 @@ TEST_CASE("etcd client: a compare-and-put whose answer is lost says that its out
   EtcdServer server;
   elastic::testing::HostileEtcdGateway swallowing("swallow", server.client_port());
   REQUIRE(swallowing.port() > 0);
-  EtcdClientOptions options = options_for(server, 30s);
-  options.port = swallowing.port();
-  options.more_endpoints = {{server.host(), server.client_port()}};
-  options.member_timeout = 1s;
-  EtcdClient client(options);
+  EtcdClient client(behind(swallowing, server, 1s));
   // Not sent again (it may have been applied, and was): the caller is told so.
   CHECK_THROWS_AS(client.put_if_mod_revision("/cas", "mine", 0), EtcdOutcomeUnknownError);
   EtcdClient direct(options_for(server));

@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 #include <elastic/rendezvous/etcd_store.hpp>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -241,9 +242,19 @@ bool process_gone(pid_t pid) {
 }
 }  // namespace
 
-TEST_CASE("etcd store: a SIGKILLed client's ephemeral keys go at once, long before its lease's TTL") {
-  EtcdServer server;
-  EtcdStore observer(store_options(server));
+namespace {
+
+// A node in a child process: it opens a store with `options`, puts alive/node =
+// `value` on its lease, runs `then` (which returns the sentinel's pid to report;
+// -1: none), and is SIGKILLed once it has reported. `before`: the key as the
+// observer read it before the kill.
+struct KilledNode {
+  pid_t sentinel = -1;
+  std::optional<std::string> before;
+};
+
+KilledNode kill_node(const StoreOptions& options, const std::string& value, EtcdStore& observer,
+                     const std::function<pid_t(EtcdStore&)>& then) {
   int fds[2];
   REQUIRE(::pipe(fds) == 0);
   pid_t child = ::fork();
@@ -253,15 +264,9 @@ TEST_CASE("etcd store: a SIGKILLed client's ephemeral keys go at once, long befo
     pid_t sentinel = -1;
     try {
       // Stays up, its lease with it, until killed.
-      auto* node = new EtcdStore(store_options(server, {}, 120s));
-      node->set_ephemeral("alive/node", "2");
-      // Its first sentinel killed (as elastic-run kills the processes left after a
-      // round): the next keep-alive starts another.
-      pid_t first = node->sentinel_pid();
-      ::kill(first, SIGKILL);
-      while (::kill(first, 0) == 0 && !process_gone(first)) ::usleep(1000);
-      node->keep_alive();
-      sentinel = node->sentinel_pid() == first ? -1 : node->sentinel_pid();
+      auto* node = new EtcdStore(options);
+      node->set_ephemeral("alive/node", value);
+      sentinel = then(*node);
     } catch (...) {
     }
     ssize_t ignored = ::write(fds[1], &sentinel, sizeof(sentinel));
@@ -269,22 +274,38 @@ TEST_CASE("etcd store: a SIGKILLed client's ephemeral keys go at once, long befo
     for (;;) ::pause();
   }
   ::close(fds[1]);
-  pid_t sentinel = -1;
-  bool told = ::read(fds[0], &sentinel, sizeof(sentinel)) == sizeof(sentinel);
+  KilledNode killed;
+  if (::read(fds[0], &killed.sentinel, sizeof(killed.sentinel)) != sizeof(killed.sentinel)) killed.sentinel = -1;
   ::close(fds[0]);
-  auto before = observer.get("alive/node");
+  killed.before = observer.get("alive/node");
   ::kill(child, SIGKILL);
-  int status = 0;
-  ::waitpid(child, &status, 0);
-  REQUIRE(told);
-  REQUIRE(sentinel > 0);
-  CHECK(before == "2");
+  ::waitpid(child, nullptr, 0);
+  return killed;
+}
+
+}  // namespace
+
+TEST_CASE("etcd store: a SIGKILLed client's ephemeral keys go at once, long before its lease's TTL") {
+  EtcdServer server;
+  EtcdStore observer(store_options(server));
+  auto killed = kill_node(store_options(server, {}, 120s), "2", observer, [](EtcdStore& node) -> pid_t {
+    // Its first sentinel killed (as elastic-run kills the processes left after a
+    // round): the next keep-alive starts another.
+    pid_t first = node.sentinel_pid();
+    ::kill(first, SIGKILL);
+    while (::kill(first, 0) == 0 && !process_gone(first)) ::usleep(1000);
+    node.keep_alive();
+    return node.sentinel_pid() == first ? -1 : node.sentinel_pid();
+  });
+  REQUIRE(killed.sentinel > 0);
+  CHECK(killed.before == "2");
   // The lease's TTL is 120 s; a wait of 60 s sees the key go only through the sentinel.
   CHECK_FALSE(observer.wait_change("alive/node", std::string("2"), 60s));
   // The sentinel has exited after its work.
   auto deadline = std::chrono::steady_clock::now() + 30s;
-  while (!process_gone(sentinel) && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(10ms);
-  CHECK(process_gone(sentinel));
+  while (!process_gone(killed.sentinel) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(10ms);
+  CHECK(process_gone(killed.sentinel));
 }
 
 TEST_CASE(
@@ -296,37 +317,13 @@ TEST_CASE(
   CAPTURE(silent);
   std::optional<elastic::testing::HostileEtcdGateway> gateway;
   if (silent) gateway.emplace("silent");
-  const int first_port = silent ? gateway->port() : elastic::testing::free_port();
-  REQUIRE(first_port > 0);
-  int fds[2];
-  REQUIRE(::pipe(fds) == 0);
-  pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    ::close(fds[0]);
-    char told = 0;
-    try {
-      StoreOptions options = store_options(server, {}, 120s);
-      options.port = first_port;
-      options.more_endpoints = {{server.host(), server.client_port()}};
-      auto* node = new EtcdStore(options);
-      node->set_ephemeral("alive/node", "3");
-      told = node->sentinel_pid() > 0 ? 1 : 0;
-    } catch (...) {
-    }
-    ssize_t ignored = ::write(fds[1], &told, 1);
-    (void)ignored;
-    for (;;) ::pause();
-  }
-  ::close(fds[1]);
-  char told = 0;
-  REQUIRE(::read(fds[0], &told, 1) == 1);
-  ::close(fds[0]);
-  auto before = observer.get("alive/node");
-  ::kill(child, SIGKILL);
-  ::waitpid(child, nullptr, 0);
-  REQUIRE(told == 1);
-  CHECK(before == "3");
+  StoreOptions options = store_options(server, {}, 120s);
+  options.port = silent ? gateway->port() : elastic::testing::free_port();
+  options.more_endpoints = {{server.host(), server.client_port()}};
+  REQUIRE(options.port > 0);
+  auto killed = kill_node(options, "3", observer, [](EtcdStore& node) { return node.sentinel_pid(); });
+  REQUIRE(killed.sentinel > 0);
+  CHECK(killed.before == "3");
   // The lease's TTL is 120 s: the key goes within 60 s only through the sentinel.
   CHECK_FALSE(observer.wait_change("alive/node", std::string("3"), 60s));
 }

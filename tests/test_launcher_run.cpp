@@ -267,6 +267,19 @@ TEST_CASE("capture logs: tee with the prefix template, redirects to files only")
     CHECK(f.out.find("[default1]:out-1") != std::string::npos);
     CHECK(f.out.find("[default0]") == std::string::npos);
     CHECK(f.out.find("[default2]") == std::string::npos);
+    // A stream that is not teed is not shown for a rank the filter leaves out either
+    // (torchrun sends it to /dev/null); the ranks it names keep their console.
+    auto g = elastic_run(on_backend(backend, {"--nproc-per-node=3", "--tee=1", "--local-ranks-filter=1", "--log-dir",
+                                              dir.file("logs3"), "/bin/sh", "-c", script}),
+                         base_options());
+    REQUIRE(g.exitcode == 0);
+    CHECK(g.out.find("[default1]:out-1") != std::string::npos);
+    CHECK(g.out.find("out-0") == std::string::npos);
+    CHECK(g.err.find("err-1\n") != std::string::npos);
+    CHECK(g.err.find("err-0") == std::string::npos);
+    CHECK(g.err.find("err-2") == std::string::npos);
+    fs::path attempt = only_subdir(dir.file("logs3")) / "attempt_0";
+    CHECK(read_file((attempt / "0" / "stdout.log").string()) == "out-0\nlast-0");  // teed: still in its file
   }
 }
 

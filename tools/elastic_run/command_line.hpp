@@ -282,8 +282,8 @@ elastic::launcher::LaunchConfig make_config(Args& a) {
   } catch (const std::invalid_argument& e) {
     throw UsageError(e.what());
   }
-  // A filter only says which teed ranks reach the console: without --tee it
-  // would do nothing, so it implies --tee=3.
+  // A filter implies --tee=3 when no tee is given, so that the ranks it shows
+  // come with their prefixes (torchrun shows them raw).
   if (filter && std::holds_alternative<multiprocessing::Std>(tee) &&
       std::get<multiprocessing::Std>(tee) == multiprocessing::Std::NONE)
     tee = multiprocessing::Std::ALL;
@@ -342,7 +342,7 @@ inline Invocation parse_command_line(int argc, char** argv) {
   option(app, "log-dir", a.log_dir, "Base directory for logs (default: a new temporary directory)");
   option(app, "redirects", a.redirects, "Redirect to log files: 0 none, 1 stdout, 2 stderr, 3 both, or 0:1,1:2", "-r");
   option(app, "tee", a.tee, "Log files and console (same values as --redirects)", "-t");
-  option(app, "local-ranks-filter", a.local_ranks_filter, "Only these local ranks' teed output reaches the console");
+  option(app, "local-ranks-filter", a.local_ranks_filter, "Only these local ranks' output reaches the console");
   option(app, "node-rank", a.node_rank, "Rank of this node in a static multi-node job");
   option(app, "master-addr", a.master_addr, "Address of the master node (MASTER_ADDR)");
   option(app, "master-port", a.master_port, "Port on the master node (MASTER_PORT)");

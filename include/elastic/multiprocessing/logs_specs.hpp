@@ -149,8 +149,11 @@ class DefaultLogsSpecs : public LogsSpecs {
       // A teed stream is written to its file too; the console gets it only when shown.
       const bool out_file = has_out(redirect) || has_out(tee);
       const bool err_file = has_err(redirect) || has_err(tee);
-      dest.stdouts[local_rank] = out_file ? dir + "/stdout.log" : "";
-      dest.stderrs[local_rank] = err_file ? dir + "/stderr.log" : "";
+      // A rank the filter leaves out shows nothing: a stream it neither tees nor
+      // redirects goes to /dev/null instead of the console, as in torchrun.
+      const std::string console = shown ? "" : "/dev/null";
+      dest.stdouts[local_rank] = out_file ? dir + "/stdout.log" : console;
+      dest.stderrs[local_rank] = err_file ? dir + "/stderr.log" : console;
       dest.tee_stdouts[local_rank] = has_out(tee) && shown ? dest.stdouts[local_rank] : "";
       dest.tee_stderrs[local_rank] = has_err(tee) && shown ? dest.stderrs[local_rank] : "";
       dest.error_files[local_rank] = dir + "/error.json";
@@ -180,8 +183,9 @@ class DefaultLogsSpecs : public LogsSpecs {
       const Std redirect = redirects[local_rank];
       const Std tee = tees[local_rank];
       const bool shown = !local_ranks_filter_ || local_ranks_filter_->count(local_rank) > 0;
-      dest.stdouts[local_rank] = has_out(redirect) || has_out(tee) ? "/dev/null" : "";
-      dest.stderrs[local_rank] = has_err(redirect) || has_err(tee) ? "/dev/null" : "";
+      const std::string console = shown ? "" : "/dev/null";
+      dest.stdouts[local_rank] = has_out(redirect) || has_out(tee) ? "/dev/null" : console;
+      dest.stderrs[local_rank] = has_err(redirect) || has_err(tee) ? "/dev/null" : console;
       dest.tee_stdouts[local_rank] = has_out(tee) && shown ? dest.stdouts[local_rank] : "";
       dest.tee_stderrs[local_rank] = has_err(tee) && shown ? dest.stderrs[local_rank] : "";
       dest.error_files[local_rank] = attempt + "/error_" + std::to_string(local_rank) + ".json";

@@ -874,6 +874,61 @@ TEST_CASE("a binary replaced by another build after start gives no file:line fro
   }
 }
 
+TEST_CASE("a separate debug file gives file:line only when it is of the build that ran") {
+  if (elastic::testing::under_thread_sanitizer)
+    ELASTIC_SKIP(
+        "file:line cases are run in the g++ and AddressSanitizer builds; not yet checked under ThreadSanitizer");
+  const std::string ran = build_id_of_file(crash_worker);
+  REQUIRE(ran.size() > 2);
+  REQUIRE(ran != ELASTIC_TEST_OTHER_BUILD_ID);
+  // Found by build id under a debug directory (as Debian's -dbgsym packages install
+  // them under /usr/lib/debug/.build-id/), or named by .gnu_debuglink next to the program.
+  const std::string lookup = GENERATE(std::string("build-id"), std::string("debuglink"));
+  // The build's own debug file, or that of crash_worker_other_build: the same code
+  // and line table, so it would give the same lines if it were trusted.
+  const bool own = GENERATE(true, false);
+  INFO(lookup << (own ? ": the build's own debug file" : ": another build's debug file"));
+  TempDir dir;
+  const std::string worker = dir.file("worker");
+  // The program without its debug information; it keeps its build id.
+  REQUIRE(elastic::testing::run({"objcopy", "--strip-debug", crash_worker, worker}, RunOptions{}).exitcode == 0);
+  const std::string debug_root = dir.file("debug");
+  const std::string debug_file = lookup == "build-id"
+                                     ? debug_root + "/.build-id/" + ran.substr(0, 2) + "/" + ran.substr(2) + ".debug"
+                                     : dir.file("worker.debug");
+  std::filesystem::create_directories(std::filesystem::path(debug_file).parent_path());
+  const std::string debug_source = own ? crash_worker : ELASTIC_TEST_CRASH_WORKER_OTHER_BUILD;
+  REQUIRE(elastic::testing::run({"objcopy", "--only-keep-debug", debug_source, debug_file}, RunOptions{}).exitcode ==
+          0);
+  REQUIRE(build_id_of_file(debug_file) == (own ? ran : std::string(ELASTIC_TEST_OTHER_BUILD_ID)));
+  if (lookup == "debuglink")
+    REQUIRE(elastic::testing::run({"objcopy", "--add-gnu-debuglink=" + debug_file, worker}, RunOptions{}).exitcode ==
+            0);
+  REQUIRE(build_id_of_file(worker) == ran);
+
+  const std::string file = dir.file("error.json");
+  RunOptions options;
+  // The debug directory of this case only (the build-id one is empty for debuglink).
+  options.set_env = {{"TORCHELASTIC_ERROR_FILE", file}, {"ELASTIC_DEBUG_FILE_DIRECTORY", debug_root}};
+  options.unset_env = {"ELASTIC_CRASH_SIGNALS", "ELASTIC_THROW_TRACES", "ELASTIC_TRACEBACK_ALL",
+                       "CRASH_WORKER_REPLACEMENT"};
+  RunResult result = elastic::testing::run({worker, "segv"}, options);
+  INFO(result.err);
+  REQUIRE_FALSE(result.timed_out);
+  CHECK(result.exitcode == -SIGSEGV);
+  const std::string callstack = callstack_of(elastic::ProcessFailure(0, result.pid, result.exitcode, file));
+  INFO(callstack);
+  const std::string top = first_frame(callstack);
+  CHECK(top.find("crash_here_on_purpose()") != std::string::npos);
+  CHECK(top.find("(" + worker + "+0x") != std::string::npos);
+  if (own) {
+    CHECK(top.find(worker_location("void crash_here_on_purpose() { *null_pointer = 42; }") + " (") !=
+          std::string::npos);
+  } else {
+    CHECK(callstack.find("crash_worker.cpp:") == std::string::npos);
+  }
+}
+
 TEST_CASE("a binary without a build id is checked by device and inode") {
   const std::string no_build_id = ELASTIC_TEST_CRASH_WORKER_NO_BUILD_ID;
   RunResult notes = elastic::testing::run({"readelf", "-n", no_build_id}, RunOptions{});

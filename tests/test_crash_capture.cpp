@@ -621,9 +621,6 @@ const std::string hidden_frames_line = "frames of elastic's wrappers and the C r
 }  // namespace
 
 TEST_CASE("a crash record names the source file and line of each frame") {
-  if (elastic::testing::under_thread_sanitizer)
-    ELASTIC_SKIP(
-        "file:line cases are run in the g++ and AddressSanitizer builds; not yet checked under ThreadSanitizer");
   TempDir dir;
   const std::string file = dir.file("error.json");
   RunResult result = run_worker({"segv"}, file);
@@ -640,9 +637,6 @@ TEST_CASE("a crash record names the source file and line of each frame") {
 }
 
 TEST_CASE("an exception record names the source file and line of its throw site") {
-  if (elastic::testing::under_thread_sanitizer)
-    ELASTIC_SKIP(
-        "file:line cases are run in the g++ and AddressSanitizer builds; not yet checked under ThreadSanitizer");
   if (!throw_traces_built)
     ELASTIC_SKIP(
         "throw-site traces are compiled out of this build (AddressSanitizer intercepts __cxa_throw itself, "
@@ -659,9 +653,6 @@ TEST_CASE("an exception record names the source file and line of its throw site"
 }
 
 TEST_CASE("an inlined function is shown with its line, then its caller's") {
-  if (elastic::testing::under_thread_sanitizer)
-    ELASTIC_SKIP(
-        "file:line cases are run in the g++ and AddressSanitizer builds; not yet checked under ThreadSanitizer");
   if (elastic::testing::under_address_sanitizer)
     ELASTIC_SKIP(
         "clang 14's AddressSanitizer instrumentation drops the inlined-at scope of the checked store: "
@@ -713,8 +704,6 @@ TEST_CASE("plumbing frames are folded into one line, and ELASTIC_TRACEBACK_ALL=1
 }
 
 TEST_CASE("the library's wrappers inlined into main are folded away too, and ELASTIC_TRACEBACK_ALL=1 shows them") {
-  if (elastic::testing::under_sanitizer)
-    ELASTIC_SKIP("file:line from elastic-symbolize is not checked in sanitizer builds; the other builds run this case");
   const std::string mode = GENERATE(std::string("segv"), std::string("throw"));
   if (mode == "throw" && !throw_traces_built) {
     WARN("skipped: throw-site traces are compiled out of this build");
@@ -759,9 +748,6 @@ TEST_CASE("a binary without debug information keeps function and offset frames")
 }
 
 TEST_CASE("a binary without .debug_aranges (clang writes none) still gets file:line") {
-  if (elastic::testing::under_thread_sanitizer)
-    ELASTIC_SKIP(
-        "file:line cases are run in the g++ and AddressSanitizer builds; not yet checked under ThreadSanitizer");
   TempDir dir;
   const std::string copy = dir.file("no_aranges_worker");
   RunResult strip =
@@ -823,9 +809,6 @@ std::string build_id_of_file(const std::string& path) {
 }  // namespace
 
 TEST_CASE("a binary replaced by another build after start gives no file:line from the new file") {
-  if (elastic::testing::under_thread_sanitizer)
-    ELASTIC_SKIP(
-        "file:line cases are run in the g++ and AddressSanitizer builds; not yet checked under ThreadSanitizer");
   const std::string other_build = ELASTIC_TEST_CRASH_WORKER_OTHER_BUILD;
   const std::string ran = build_id_of_file(crash_worker);
   REQUIRE(build_id_of_file(other_build) == ELASTIC_TEST_OTHER_BUILD_ID);
@@ -875,9 +858,6 @@ TEST_CASE("a binary replaced by another build after start gives no file:line fro
 }
 
 TEST_CASE("a separate debug file gives file:line only when it is of the build that ran") {
-  if (elastic::testing::under_thread_sanitizer)
-    ELASTIC_SKIP(
-        "file:line cases are run in the g++ and AddressSanitizer builds; not yet checked under ThreadSanitizer");
   const std::string ran = build_id_of_file(crash_worker);
   REQUIRE(ran.size() > 2);
   REQUIRE(ran != ELASTIC_TEST_OTHER_BUILD_ID);

@@ -122,9 +122,9 @@ inline std::size_t mapped_build_id(std::uintptr_t map_start, std::uintptr_t load
 //   HELPER --pid PID [--build-id HEX:MODULE]... RECORD
 // built in storage the caller provides (the crash handler's is
 // SymbolizerCommandStorage, set aside before any crash; the exception path's is
-// on the heap). A module whose
-// build id is unknown, or does not fit, is left out: the helper then checks its
-// file by device and inode instead. Async-signal-safe.
+// on the heap). A module whose build id is unknown, or does not fit, is left
+// out: the helper then checks its file by device and inode instead.
+// Async-signal-safe.
 class SymbolizerCommand {
  public:
   SymbolizerCommand(char** argv, std::size_t max_args, std::uintptr_t* modules, std::size_t max_modules, char* text,

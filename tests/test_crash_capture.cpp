@@ -621,9 +621,6 @@ const std::string hidden_frames_line = "frames of elastic's wrappers and the C r
 }  // namespace
 
 TEST_CASE("a crash record names the source file and line of each frame") {
-  if (elastic::testing::under_thread_sanitizer)
-    ELASTIC_SKIP(
-        "file:line cases are run in the g++ and AddressSanitizer builds; not yet checked under ThreadSanitizer");
   TempDir dir;
   const std::string file = dir.file("error.json");
   RunResult result = run_worker({"segv"}, file);
@@ -640,9 +637,6 @@ TEST_CASE("a crash record names the source file and line of each frame") {
 }
 
 TEST_CASE("an exception record names the source file and line of its throw site") {
-  if (elastic::testing::under_thread_sanitizer)
-    ELASTIC_SKIP(
-        "file:line cases are run in the g++ and AddressSanitizer builds; not yet checked under ThreadSanitizer");
   if (!throw_traces_built)
     ELASTIC_SKIP(
         "throw-site traces are compiled out of this build (AddressSanitizer intercepts __cxa_throw itself, "
@@ -659,9 +653,6 @@ TEST_CASE("an exception record names the source file and line of its throw site"
 }
 
 TEST_CASE("an inlined function is shown with its line, then its caller's") {
-  if (elastic::testing::under_thread_sanitizer)
-    ELASTIC_SKIP(
-        "file:line cases are run in the g++ and AddressSanitizer builds; not yet checked under ThreadSanitizer");
   if (elastic::testing::under_address_sanitizer)
     ELASTIC_SKIP(
         "clang 14's AddressSanitizer instrumentation drops the inlined-at scope of the checked store: "
@@ -713,8 +704,6 @@ TEST_CASE("plumbing frames are folded into one line, and ELASTIC_TRACEBACK_ALL=1
 }
 
 TEST_CASE("the library's wrappers inlined into main are folded away too, and ELASTIC_TRACEBACK_ALL=1 shows them") {
-  if (elastic::testing::under_sanitizer)
-    ELASTIC_SKIP("file:line from elastic-symbolize is not checked in sanitizer builds; the other builds run this case");
   const std::string mode = GENERATE(std::string("segv"), std::string("throw"));
   if (mode == "throw" && !throw_traces_built) {
     WARN("skipped: throw-site traces are compiled out of this build");
@@ -759,9 +748,6 @@ TEST_CASE("a binary without debug information keeps function and offset frames")
 }
 
 TEST_CASE("a binary without .debug_aranges (clang writes none) still gets file:line") {
-  if (elastic::testing::under_thread_sanitizer)
-    ELASTIC_SKIP(
-        "file:line cases are run in the g++ and AddressSanitizer builds; not yet checked under ThreadSanitizer");
   TempDir dir;
   const std::string copy = dir.file("no_aranges_worker");
   RunResult strip =
@@ -823,9 +809,6 @@ std::string build_id_of_file(const std::string& path) {
 }  // namespace
 
 TEST_CASE("a binary replaced by another build after start gives no file:line from the new file") {
-  if (elastic::testing::under_thread_sanitizer)
-    ELASTIC_SKIP(
-        "file:line cases are run in the g++ and AddressSanitizer builds; not yet checked under ThreadSanitizer");
   const std::string other_build = ELASTIC_TEST_CRASH_WORKER_OTHER_BUILD;
   const std::string ran = build_id_of_file(crash_worker);
   REQUIRE(build_id_of_file(other_build) == ELASTIC_TEST_OTHER_BUILD_ID);
@@ -871,6 +854,58 @@ TEST_CASE("a binary replaced by another build after start gives no file:line fro
     INFO(lines);
     CHECK(lines.find("crash_worker.cpp:") != std::string::npos);
 #endif
+  }
+}
+
+TEST_CASE("a separate debug file gives file:line only when it is of the build that ran") {
+  const std::string ran = build_id_of_file(crash_worker);
+  REQUIRE(ran.size() > 2);
+  REQUIRE(ran != ELASTIC_TEST_OTHER_BUILD_ID);
+  // Found by build id under a debug directory (as Debian's -dbgsym packages install
+  // them under /usr/lib/debug/.build-id/), or named by .gnu_debuglink next to the program.
+  const std::string lookup = GENERATE(std::string("build-id"), std::string("debuglink"));
+  // The build's own debug file, or that of crash_worker_other_build: the same code
+  // and line table, so it would give the same lines if it were trusted.
+  const bool own = GENERATE(true, false);
+  INFO(lookup << (own ? ": the build's own debug file" : ": another build's debug file"));
+  TempDir dir;
+  const std::string worker = dir.file("worker");
+  // The program without its debug information; it keeps its build id.
+  REQUIRE(elastic::testing::run({"objcopy", "--strip-debug", crash_worker, worker}, RunOptions{}).exitcode == 0);
+  const std::string debug_root = dir.file("debug");
+  const std::string debug_file = lookup == "build-id"
+                                     ? debug_root + "/.build-id/" + ran.substr(0, 2) + "/" + ran.substr(2) + ".debug"
+                                     : dir.file("worker.debug");
+  std::filesystem::create_directories(std::filesystem::path(debug_file).parent_path());
+  const std::string debug_source = own ? crash_worker : ELASTIC_TEST_CRASH_WORKER_OTHER_BUILD;
+  REQUIRE(elastic::testing::run({"objcopy", "--only-keep-debug", debug_source, debug_file}, RunOptions{}).exitcode ==
+          0);
+  REQUIRE(build_id_of_file(debug_file) == (own ? ran : std::string(ELASTIC_TEST_OTHER_BUILD_ID)));
+  if (lookup == "debuglink")
+    REQUIRE(elastic::testing::run({"objcopy", "--add-gnu-debuglink=" + debug_file, worker}, RunOptions{}).exitcode ==
+            0);
+  REQUIRE(build_id_of_file(worker) == ran);
+
+  const std::string file = dir.file("error.json");
+  RunOptions options;
+  // The debug directory of this case only (the build-id one is empty for debuglink).
+  options.set_env = {{"TORCHELASTIC_ERROR_FILE", file}, {"ELASTIC_DEBUG_FILE_DIRECTORY", debug_root}};
+  options.unset_env = {"ELASTIC_CRASH_SIGNALS", "ELASTIC_THROW_TRACES", "ELASTIC_TRACEBACK_ALL",
+                       "CRASH_WORKER_REPLACEMENT"};
+  RunResult result = elastic::testing::run({worker, "segv"}, options);
+  INFO(result.err);
+  REQUIRE_FALSE(result.timed_out);
+  CHECK(result.exitcode == -SIGSEGV);
+  const std::string callstack = callstack_of(elastic::ProcessFailure(0, result.pid, result.exitcode, file));
+  INFO(callstack);
+  const std::string top = first_frame(callstack);
+  CHECK(top.find("crash_here_on_purpose()") != std::string::npos);
+  CHECK(top.find("(" + worker + "+0x") != std::string::npos);
+  if (own) {
+    CHECK(top.find(worker_location("void crash_here_on_purpose() { *null_pointer = 42; }") + " (") !=
+          std::string::npos);
+  } else {
+    CHECK(callstack.find("crash_worker.cpp:") == std::string::npos);
   }
 }
 

@@ -18,8 +18,10 @@
 // files process PID maps (not deleted). So a binary replaced on disk after start
 // keeps its function+offset frames, and the record says why, once per module, on
 // a line at its end. Frames of modules without line information are left as they
-// are. Exit status 0 when the file was rewritten or had nothing to add, 1 on a
-// problem (the file is then untouched).
+// are. Separate debug files are looked up by build id under /usr/lib/debug/.build-id/
+// (ELASTIC_DEBUG_FILE_DIRECTORY: other directories, colon-separated) and by
+// .gnu_debuglink. Exit status 0 when the file was rewritten or had nothing to add,
+// 1 on a problem (the file is then untouched).
 //
 // A part of the errors module (its out-of-process helper): it writes records with
 // that module's own file and JSON routines, as the worker would.
@@ -55,13 +57,22 @@ struct DwflCloser {
   void operator()(Dwfl* dwfl) const { dwfl_end(dwfl); }
 };
 
-char* no_debuginfo_path = nullptr;
+// Where libdw looks for separate debug files, in its own format: the module's
+// directory and its .debug subdirectory (for .gnu_debuglink names), then each
+// directory of ELASTIC_DEBUG_FILE_DIRECTORY (colon-separated, /usr/lib/debug when
+// unset), under .build-id/ and by the module's path. Set once in main.
+char* debuginfo_path = nullptr;
 const Dwfl_Callbacks offline_callbacks = {
     dwfl_build_id_find_elf,        // find_elf
     dwfl_standard_find_debuginfo,  // .gnu_debuglink, /usr/lib/debug/.build-id
     dwfl_offline_section_address,  // section_address
-    &no_debuginfo_path,
+    &debuginfo_path,
 };
+
+std::string debuginfo_path_from_environment() {
+  const char* directories = std::getenv("ELASTIC_DEBUG_FILE_DIRECTORY");
+  return std::string(":.debug:") + (directories != nullptr && *directories != '\0' ? directories : "/usr/lib/debug");
+}
 
 std::string demangled(const char* name) {
   int status = 0;
@@ -567,6 +578,8 @@ int main(int argc, char** argv) {
   if (extra == message->end() || !extra->is_object()) return 0;
   auto stack = extra->find("py_callstack");
   if (stack == extra->end() || !stack->is_string()) return 0;
+  std::string debug_directories = debuginfo_path_from_environment();
+  debuginfo_path = debug_directories.data();
   Resolver resolver(pid, std::move(build_ids));
   const std::string before = stack->get<std::string>();
   const std::string after = symbolize(before, resolver, traceback_all_requested());

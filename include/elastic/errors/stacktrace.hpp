@@ -64,9 +64,13 @@ inline _Unwind_Reason_Code collect_frame(_Unwind_Context* context, void* argumen
 }
 
 // The executable's own path: its link map has an empty name. Read from
-// /proc/self/exe at the first need (readlink is async-signal-safe; no guard
-// variable, so a signal handler may be the first). Names /proc/self/exe itself
-// while another thread is reading it.
+// /proc/self/exe at the first need, not at start-up (readlink is
+// async-signal-safe; no guard variable, so a signal handler may be the first).
+// A file renamed over the program since it started makes the kernel name the
+// running one "PATH (deleted)": the suffix is dropped, so frames keep the path
+// the program was started from, and the file now there is told apart by its
+// build id (see crash/symbolizer.hpp). Names /proc/self/exe itself while another
+// thread is reading it.
 inline const char* executable_path() {
   static char path[4096] = {};
   static std::atomic<int> state{0};  // 0: not read, 1: being read, 2: ready
@@ -74,7 +78,15 @@ inline const char* executable_path() {
   int unread = 0;
   if (state.compare_exchange_strong(unread, 1, std::memory_order_acq_rel)) {
     const ssize_t n = ::readlink("/proc/self/exe", path, sizeof(path) - 1);
-    path[n > 0 ? n : 0] = '\0';
+    std::size_t size = n > 0 ? static_cast<std::size_t>(n) : 0;
+    constexpr char deleted[] = " (deleted)";
+    constexpr std::size_t deleted_size = sizeof(deleted) - 1;
+    if (size > deleted_size) {
+      bool suffix = true;
+      for (std::size_t i = 0; i < deleted_size; ++i) suffix = suffix && path[size - deleted_size + i] == deleted[i];
+      if (suffix) size -= deleted_size;
+    }
+    path[size] = '\0';
     state.store(2, std::memory_order_release);
     return path;
   }
@@ -340,10 +352,6 @@ inline void prepare_stacktrace() {
   static const bool done = [] {
     StackFrame frames[4];
     capture_stack(frames, 4);
-    // The executable's path while it still names this program: a file put there
-    // later is then told apart by its build id (see crash/symbolizer.hpp), and
-    // frames keep the path the program was started from.
-    errors::detail::executable_path();
     // Without argv0: abseil reads the executable through /proc/self/exe, and uses
     // argv0 only where that cannot be opened.
     absl::InitializeSymbolizer(nullptr);

@@ -56,15 +56,11 @@ struct CrashState {
   bool hidden[max_crash_frames + 1] = {};  // plumbing frames left out of the report
   std::atomic<bool> traceback_all{false};  // ELASTIC_TRACEBACK_ALL, read at installation
 
-  // The helper that adds file:line to a written record (see symbolizer.hpp), how
-  // long a record waits for it, and its command line as the handler builds it.
+  // The helper that adds file:line to a written record (see symbolizer.hpp) and
+  // how long a record waits for it (set at installation, with the helper).
   char symbolizer[4096] = {};
   std::atomic<bool> has_symbolizer{false};
-  std::atomic<unsigned> symbolizer_wait_ms{2000};
-  static constexpr std::size_t max_symbolizer_args = 8 + 2 * (max_crash_frames + 1);
-  char* symbolizer_argv[max_symbolizer_args] = {};
-  std::uintptr_t symbolizer_modules[max_crash_frames + 1] = {};
-  char symbolizer_text[32 * 1024] = {};
+  std::atomic<unsigned> symbolizer_wait_ms{0};
 
   StaticText<32 * 1024> headline_and_frames;  // py_callstack
   StaticText<96 * 1024> report;               // the JSON document
@@ -77,6 +73,21 @@ ELASTIC_CONSTINIT inline CrashState crash_state_storage{};
 
 // Async-signal-safe.
 inline CrashState& crash_state() { return crash_state_storage; }
+
+// Where the crash handler builds the helper's command line (symbolizer.hpp). All
+// zeros, so it lies in .bss: a program that never crashes touches no page of it
+// and its file carries none of it, unlike CrashState (in .data: its texts point
+// at their own storage).
+struct SymbolizerCommandStorage {
+  static constexpr std::size_t max_args = 8 + 2 * (max_crash_frames + 1);
+  char* argv[max_args] = {};
+  std::uintptr_t modules[max_crash_frames + 1] = {};
+  char text[32 * 1024] = {};
+};
+
+static_assert(std::is_trivially_destructible_v<SymbolizerCommandStorage>, "must outlive every handler");
+
+ELASTIC_CONSTINIT inline SymbolizerCommandStorage symbolizer_command_storage{};
 
 // Async-signal-safe (a raw system call).
 inline long current_thread_id() { return static_cast<long>(::syscall(SYS_gettid)); }

@@ -120,10 +120,11 @@ inline std::size_t mapped_build_id(std::uintptr_t map_start, std::uintptr_t load
 
 // The helper's command line,
 //   HELPER --pid PID [--build-id HEX:MODULE]... RECORD
-// built in storage the caller provides (the crash handler's is in CrashState, set
-// aside before any crash; the exception path's is on the heap). A module whose
-// build id is unknown, or does not fit, is left out: the helper then checks its
-// file by device and inode instead. Async-signal-safe.
+// built in storage the caller provides (the crash handler's is
+// SymbolizerCommandStorage, set aside before any crash; the exception path's is
+// on the heap). A module whose build id is unknown, or does not fit, is left
+// out: the helper then checks its file by device and inode instead.
+// Async-signal-safe.
 class SymbolizerCommand {
  public:
   SymbolizerCommand(char** argv, std::size_t max_args, std::uintptr_t* modules, std::size_t max_modules, char* text,
@@ -267,9 +268,9 @@ inline unsigned crash_symbolizer_wait_ms() {
 inline SymbolizerOutcome symbolize_record_from_handler(const char* path, const StackFrame* frames, std::size_t count) {
   CrashState& state = crash_state();
   if (path == nullptr || !state.has_symbolizer.load()) return SymbolizerOutcome::not_run;
-  SymbolizerCommand command(state.symbolizer_argv, CrashState::max_symbolizer_args, state.symbolizer_modules,
-                            sizeof(state.symbolizer_modules) / sizeof(state.symbolizer_modules[0]),
-                            state.symbolizer_text, sizeof(state.symbolizer_text));
+  SymbolizerCommandStorage& storage = symbolizer_command_storage;
+  SymbolizerCommand command(storage.argv, SymbolizerCommandStorage::max_args, storage.modules,
+                            sizeof(storage.modules) / sizeof(storage.modules[0]), storage.text, sizeof(storage.text));
   if (!command.start(state.symbolizer, static_cast<long>(::getpid()), path)) return SymbolizerOutcome::not_run;
   for (std::size_t i = 0; i < count; ++i) command.add_module_of(frames[i].lookup_address());
   char** argv = command.finish();

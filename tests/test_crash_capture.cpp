@@ -8,12 +8,14 @@
 #include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <csignal>
 #include <elastic/errors.hpp>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support/sanitizers.hpp"
@@ -970,6 +972,50 @@ TEST_CASE("a helper slower than ELASTIC_SYMBOLIZER_TIMEOUT_MS is stopped and the
     CHECK(other_files(dir, "error.json") == std::vector<std::string>{"slow-symbolize"});
   }
 }
+
+#ifdef ELASTIC_TEST_SYMBOLIZER
+// A launcher stopping a worker's process group (another rank failed first) reaches
+// the helper too; the record still gets its lines. The helper here is the real one
+// behind a Python script that sleeps first, so that the stop comes while it runs;
+// a helper started with SIGTERM deliverable dies of it at once.
+TEST_CASE("a SIGTERM that reaches elastic-symbolize while it works does not cost the record its file:line") {
+  TempDir dir;
+  const std::string helper = dir.file("sleepy-symbolize");
+  {
+    std::ofstream script(helper);
+    script << "#!" << elastic::testing::system_python() << "\nimport os, sys, time\ntime.sleep(0.5)\n"
+           << "os.execv('" << ELASTIC_TEST_SYMBOLIZER << "', ['elastic-symbolize'] + sys.argv[1:])\n";
+  }
+  std::filesystem::permissions(helper, std::filesystem::perms::owner_all);
+  for (const std::string mode : {"segv", "throw"}) {
+    INFO(mode);
+    const std::string file = dir.file(mode + ".json");
+    RunOptions options;
+    options.set_env = {
+        {"TORCHELASTIC_ERROR_FILE", file}, {"ELASTIC_SYMBOLIZER", helper}, {"ELASTIC_SYMBOLIZER_TIMEOUT_MS", "4000"}};
+    options.unset_env = {"ELASTIC_CRASH_SIGNALS", "ELASTIC_THROW_TRACES"};
+    const pid_t worker =
+        elastic::testing::start_child({crash_worker, mode}, elastic::testing::make_environment(options));
+    REQUIRE(worker > 0);
+    // The helper: the worker's child, once there.
+    pid_t child = -1;
+    for (int i = 0; i < 1000 && child <= 0; ++i) {
+      std::ifstream children("/proc/" + std::to_string(worker) + "/task/" + std::to_string(worker) + "/children");
+      if (!(children >> child)) child = -1;
+      if (child <= 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    CHECK(child > 0);
+    if (child > 0) ::kill(child, SIGTERM);
+    int status = 0;
+    REQUIRE(::waitpid(worker, &status, 0) == worker);
+    const int code = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
+    CHECK(code == (mode == "segv" ? -SIGSEGV : 1));
+    const std::string callstack = callstack_of(elastic::ProcessFailure(0, worker, code, file));
+    INFO(callstack);
+    CHECK(callstack.find("crash_worker.cpp:") != std::string::npos);
+  }
+}
+#endif
 
 TEST_CASE("ELASTIC_SYMBOLIZER_TIMEOUT_MS that is not a number is a warning, and the default applies") {
   TempDir dir;

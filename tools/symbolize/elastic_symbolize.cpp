@@ -30,13 +30,16 @@
 #include <elfutils/libdw.h>
 #include <elfutils/libdwelf.h>
 #include <elfutils/libdwfl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <elastic/errors/crash/symbolizer.hpp>
 #include <elastic/errors/detail/file_io.hpp>
 #include <elastic/errors/detail/python_json.hpp>
 #include <filesystem>
@@ -538,6 +541,13 @@ int usage() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Started with the stop signals blocked (see symbolizer_stop_signals): ignoring
+  // them discards any that came meanwhile, so a stop sent to the worker's process
+  // group leaves the record's resolution to finish within the worker's bound.
+  sigset_t stops;
+  elastic::errors::detail::symbolizer_stop_signals(&stops);
+  for (int signo : {SIGTERM, SIGINT, SIGHUP}) std::signal(signo, SIG_IGN);
+  ::sigprocmask(SIG_UNBLOCK, &stops, nullptr);
   std::optional<long> pid;
   std::map<std::string, std::string> build_ids;
   std::string path;

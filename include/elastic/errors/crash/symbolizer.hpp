@@ -225,6 +225,18 @@ enum class SymbolizerOutcome {
   timed_out,  // stopped at the bound: the record has no file:line
 };
 
+// The signals a launcher stops a worker's process group with. The helper starts
+// with them blocked and ignores them from its first line (elastic-symbolize's
+// main): a stop sent to the group while a record is being resolved (another rank
+// failed first) must not cut the resolution short. The wait below still bounds
+// it, and SIGKILL still ends it. Async-signal-safe.
+inline void symbolizer_stop_signals(sigset_t* set) {
+  sigemptyset(set);
+  sigaddset(set, SIGTERM);
+  sigaddset(set, SIGINT);
+  sigaddset(set, SIGHUP);
+}
+
 // Waits for the helper at most `limit_ms`, then kills it. Async-signal-safe.
 inline SymbolizerOutcome wait_for_symbolizer(long child, unsigned limit_ms) {
   const auto now_ms = [] {
@@ -278,9 +290,9 @@ inline SymbolizerOutcome symbolize_record_from_handler(const char* path, const S
   const long child = ::syscall(SYS_clone, static_cast<long>(SIGCHLD), 0L, 0L, 0L, 0L);
   if (child < 0) return SymbolizerOutcome::not_run;
   if (child == 0) {
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);  // the crashing signal is blocked here
+    sigset_t stops;
+    symbolizer_stop_signals(&stops);
+    ::sigprocmask(SIG_SETMASK, &stops, nullptr);  // the crashing signal is blocked here: unblocked
     ::execve(argv[0], argv, environ);
     ::_exit(127);
   }

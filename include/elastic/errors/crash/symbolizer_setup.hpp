@@ -57,8 +57,16 @@ inline SymbolizerOutcome symbolize_record(const char* path) {
   for (std::uintptr_t address : addresses) command.add_module_of(address);
   char** ready = command.finish();
   if (ready == nullptr) return SymbolizerOutcome::not_run;
+  posix_spawnattr_t attributes;
+  if (::posix_spawnattr_init(&attributes) != 0) return SymbolizerOutcome::not_run;
+  sigset_t stops;
+  symbolizer_stop_signals(&stops);
+  ::posix_spawnattr_setsigmask(&attributes, &stops);
+  ::posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK);
   pid_t child = 0;
-  if (::posix_spawn(&child, ready[0], nullptr, nullptr, ready, environ) != 0) return SymbolizerOutcome::not_run;
+  const int spawned = ::posix_spawn(&child, ready[0], nullptr, &attributes, ready, environ);
+  ::posix_spawnattr_destroy(&attributes);
+  if (spawned != 0) return SymbolizerOutcome::not_run;
   const unsigned chosen = state.symbolizer_wait_ms.load();
   return wait_for_symbolizer(child,
                              chosen < max_exception_symbolizer_wait_ms ? chosen : max_exception_symbolizer_wait_ms);

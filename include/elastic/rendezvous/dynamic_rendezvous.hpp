@@ -84,9 +84,8 @@ class DynamicRendezvous {
   Store& store() { return *store_; }
 
   std::string state_key() const { return "rdzv/" + settings_.run_id + "/state"; }
-  std::string alive_key(const NodeDesc& node) const {
-    return "rdzv/" + settings_.run_id + "/alive/" + node.to_string();
-  }
+  std::string alive_prefix() const { return "rdzv/" + settings_.run_id + "/alive/"; }
+  std::string alive_key(const NodeDesc& node) const { return alive_prefix() + node.to_string(); }
   std::string join_prefix() const { return "rdzv/" + settings_.run_id + "/join/"; }
   std::string join_key(const NodeDesc& node) const { return join_prefix() + node.to_string(); }
   std::string notify_key() const { return "rdzv/" + settings_.run_id + "/notify"; }
@@ -174,15 +173,15 @@ class DynamicRendezvous {
     return RoundHealth::healthy;
   }
 
-  // Of `nodes`, those whose alive key exists.
+  // Of `nodes`, those whose alive key exists: the alive keys listed in one request
+  // (keys only), not each read, so that a look at a round of N costs one short answer.
   std::set<NodeDesc> alive_nodes(const std::vector<NodeDesc>& nodes) {
     std::vector<std::string> keys;
-    for (const auto& node : nodes) keys.push_back(alive_key(node));
-    std::vector<std::optional<std::string>> values;
-    guarded([&] { values = store_->get_many(keys); });
+    guarded([&] { keys = store_->list_keys(alive_prefix()); });
+    std::sort(keys.begin(), keys.end());
     std::set<NodeDesc> result;
-    for (std::size_t i = 0; i < nodes.size() && i < values.size(); ++i)
-      if (values[i]) result.insert(nodes[i]);
+    for (const auto& node : nodes)
+      if (std::binary_search(keys.begin(), keys.end(), alive_key(node))) result.insert(node);
     result.insert(node_);
     return result;
   }

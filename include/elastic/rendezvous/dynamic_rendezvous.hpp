@@ -6,8 +6,8 @@
 //
 // Keys, under "rdzv/<run id>/":
 //   state               the RendezvousState (JSON), replaced by compare_set
-//   alive/<node>        ephemeral, one per node
-//   round/<n>/...       what the agent shares within round n (see round_key())
+//   alive/<node>        ephemeral, one per node; join/<node>: ephemeral, the node asks to be added
+//   round/<n>/...       what the agent shares within round n (see round_key()); notify: see write()
 #pragma once
 
 #include <algorithm>

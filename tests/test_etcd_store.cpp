@@ -394,6 +394,12 @@ TEST_CASE("etcd store: two jobs on one etcd do not see each other's keys") {
   CHECK(custom.key_prefix() == "/mine/");
   CHECK(job_a.add("count", 1) == 1);
   CHECK(job_b.add("count", 1) == 1);
+  job_a.set("join/x", "1");
+  job_b.set_ephemeral("join/y", "1");
+  job_b.set("joins", "1");
+  CHECK(job_a.list_keys("join/") == std::vector<std::string>{"join/x"});
+  CHECK(job_b.list_keys("join/") == std::vector<std::string>{"join/y"});
+  CHECK(custom.list_keys("join/").empty());
 }
 
 TEST_CASE("etcd store: etcd restarted under a client: it rides the restart out, waits included") {

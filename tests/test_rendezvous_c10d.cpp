@@ -76,6 +76,12 @@ TEST_CASE("c10d store: every operation over TCP") {
   CHECK(client.wait({"c", "n"}, 10s));
   CHECK(*client.wait_change("c", std::string("1"), 10s) == "2");
   CHECK(client.keep_alive());
+  client.set("p/b", "1");
+  client.set_ephemeral("p/a", "2");
+  client.set("p", "3");
+  client.set("q/a", "4");
+  CHECK(client.list_keys("p/") == std::vector<std::string>{"p/a", "p/b"});
+  CHECK(client.list_keys("none/").empty());
 }
 
 TEST_CASE("c10d store: waits end at another client's write or at their deadline") {

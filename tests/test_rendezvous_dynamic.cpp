@@ -265,6 +265,40 @@ TEST_CASE("rendezvous: two nodes complete at MAX at once with ranks by node") {
   CHECK(a.check_round(info) == RoundHealth::healthy);
 }
 
+TEST_CASE("rendezvous: the first of the nodes waiting to join adds them all in one write") {
+  auto store = std::make_shared<InMemoryStore>();
+  // Two nodes that asked to join (alive and join keys) but have not acted yet.
+  auto b = store->session();
+  auto c = store->session();
+  b->set_ephemeral("rdzv/job/alive/h:2:0", "1");
+  b->set_ephemeral("rdzv/job/join/h:2:0", "1");
+  c->set_ephemeral("rdzv/job/alive/h:3:0", "1");
+  c->set_ephemeral("rdzv/job/join/h:3:0", "1");
+  DynamicRendezvous a(store->session(), settings(3, 3), node("h", 1));
+  auto info = a.next_rendezvous();
+  CHECK(info.group_world_size() == 3);
+  CHECK(info.group_rank == 0);
+  CHECK(info.nodes[2] == node("h", 3));
+  auto state = stored_state(*store);
+  CHECK(state.complete);
+  CHECK(state.participants.size() == 3);
+}
+
+TEST_CASE("rendezvous: a first waiting node that never acts holds the others up for fold_fallback at most") {
+  auto store = std::make_shared<InMemoryStore>();
+  auto stopped = store->session();
+  stopped->set_ephemeral("rdzv/job/alive/h:1:0", "1");
+  stopped->set_ephemeral("rdzv/job/join/h:1:0", "1");
+  DynamicRendezvous b(store->session(), settings(2, 2), node("h", 2));
+  auto joined = std::async(std::launch::async, [&] { return b.next_rendezvous(); });
+  CHECK(joined.wait_for(std::chrono::milliseconds(DynamicRendezvous::fold_fallback) / 2) ==
+        std::future_status::timeout);
+  REQUIRE(joined.wait_for(30s) == std::future_status::ready);
+  auto info = joined.get();
+  CHECK(info.group_world_size() == 2);
+  CHECK(info.group_rank == 1);
+}
+
 TEST_CASE("rendezvous: MIN nodes complete after the last call") {
   ManualClock clock;
   auto store = InMemoryStore::with_clock(clock);
@@ -288,6 +322,7 @@ TEST_CASE("rendezvous: no complete round by join_timeout is RendezvousTimeoutErr
   clock.advance(11s);
   CHECK_THROWS_AS(settle(clock, joined), RendezvousTimeoutError);
   CHECK(stored_state(*store).participants.empty());
+  CHECK(store->snapshot().count("rdzv/job/join/h:1:0") == 0);  // no node adds it back
 }
 
 TEST_CASE("rendezvous: a closed rendezvous refuses nodes") {

@@ -28,6 +28,11 @@ TEST_CASE("in-memory store: get, set, get_many, remove, add") {
   CHECK_THROWS_AS(client->add("a", 1), StoreError);
   CHECK(client->remove("a"));
   CHECK_FALSE(client->remove("a"));
+  client->set("p/b", "1");
+  client->set_ephemeral("p/a", "2");
+  client->set("p", "3");
+  CHECK(client->list_keys("p/") == std::vector<std::string>{"p/a", "p/b"});
+  CHECK(client->list_keys("q").empty());
 }
 
 TEST_CASE("in-memory store: compare_set on absent and present keys") {

@@ -156,6 +156,10 @@ class InMemorySession : public Store {
     for (const auto& key : keys) result.push_back(store_->table_.get(key));
     return result;
   }
+  std::vector<std::string> list_keys(const std::string& prefix) override {
+    auto lock = locked();
+    return store_->table_.keys_with_prefix(prefix);
+  }
   void set(const std::string& key, const std::string& value) override {
     changing([&](KeyValueTable& table) { table.set(key, value); });
   }

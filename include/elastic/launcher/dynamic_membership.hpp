@@ -34,10 +34,12 @@
 #include <elastic/signal_free_thread.hpp>
 #include <functional>
 #include <future>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -299,34 +301,43 @@ inline std::optional<NodeAssignment> plan_round(rendezvous::DynamicRendezvous& r
                                                  " did not share their worker counts within join_timeout");
     }
   };
-  std::vector<std::optional<std::string>> values;
+  // Rank 0 gathers the counts and hands them out in the master key: the others wait
+  // for that one key (a round of N costs N key events, not N for each node).
+  std::vector<std::string> plan_lines;
   if (info.group_rank == 0) {
     // Rank 0 names MASTER_ADDR once it knows how the others reach the store.
     if (!wait_for(keys)) return std::nullopt;
+    std::vector<std::optional<std::string>> values;
     rdzv.guarded([&] { values = store.get_many(keys); });
     std::vector<std::string> peer_routes;
-    for (std::size_t r = 1; r < values.size(); ++r) {
+    std::string counts;
+    for (std::size_t r = 0; r < values.size(); ++r) {
       const auto newline = values[r] ? values[r]->find('\n') : std::string::npos;
-      peer_routes.push_back(newline == std::string::npos ? "" : values[r]->substr(newline + 1));
+      if (r > 0) peer_routes.push_back(newline == std::string::npos ? "" : values[r]->substr(newline + 1));
+      counts += (r > 0 ? " " : "") + std::to_string(values[r] ? std::atoi(values[r]->c_str()) : 0);
     }
     auto master = choose_master_addr(local_addr, store_route, peer_routes);
     if (!master.why.empty()) log::warning("{}", master.why);
-    rdzv.guarded([&] { store.set(master_key, master.address + "\n" + std::to_string(plan.master_port_hold.port())); });
-    values.insert(values.begin(), master.address + "\n" + std::to_string(plan.master_port_hold.port()));
+    const std::string value = master.address + "\n" + std::to_string(plan.master_port_hold.port()) + "\n" + counts;
+    rdzv.guarded([&] { store.set(master_key, value); });
+    plan_lines = {master.address, std::to_string(plan.master_port_hold.port()), counts};
   } else {
-    keys.insert(keys.begin(), master_key);
-    if (!wait_for(keys)) return std::nullopt;
-    rdzv.guarded([&] { values = store.get_many(keys); });
+    if (!wait_for({master_key})) return std::nullopt;
+    std::optional<std::string> value;
+    rdzv.guarded([&] { value = store.get(master_key); });
+    if (!value) return std::nullopt;
+    std::istringstream lines(*value);
+    for (std::string line; std::getline(lines, line);) plan_lines.push_back(line);
   }
-  if (!values[0]) return std::nullopt;
-  const auto newline = values[0]->find('\n');
-  plan.master_addr = values[0]->substr(0, newline);
-  plan.master_port = newline == std::string::npos ? 0 : std::atoi(values[0]->c_str() + newline + 1);
-  for (int r = 0; r < info.group_world_size(); ++r) {
-    const auto& value = values[static_cast<std::size_t>(r) + 1];
-    const int n = value ? std::atoi(value->c_str()) : 0;
-    if (r < info.group_rank) plan.rank_offset += n;
-    plan.world_size += n;
+  plan_lines.resize(3);
+  plan.master_addr = plan_lines[0];
+  plan.master_port = std::atoi(plan_lines[1].c_str());
+  std::istringstream counts(plan_lines[2]);
+  int r = 0;
+  for (long n = 0; r < info.group_world_size() && counts >> n; ++r) {
+    if (n < 0 || n > std::numeric_limits<int>::max() / 2) n = 0;
+    if (r < info.group_rank) plan.rank_offset += static_cast<int>(n);
+    plan.world_size += static_cast<int>(n);
   }
   return plan;
 }
@@ -347,20 +358,36 @@ inline void exit_barrier(rendezvous::DynamicRendezvous& rdzv, const rendezvous::
       others.push_back(info.nodes[static_cast<std::size_t>(r)]);
       keys.push_back(rdzv.round_key(info.round, "exit/" + std::to_string(r)));
     }
+    // Rank 0 waits for every exit key and then writes exit/all; the others wait for
+    // that one key (N key events a round, not N for each node).
+    const std::string all_key = rdzv.round_key(info.round, "exit/all");
+    const std::vector<std::string> waited = info.group_rank == 0 ? keys : std::vector<std::string>{all_key};
+    const auto pass = [&] {
+      if (info.group_rank == 0) rdzv.guarded([&] { store.set(all_key, "1"); });
+    };
     for (;;) {
       // Usually every node gets here within moments: wait for their keys first, and
       // look for the dead and the moved-on only when that takes a while.
       bool all = false;
-      rdzv.guarded([&] { all = store.wait(keys, milliseconds(500)); });
-      if (all) return;
+      rdzv.guarded([&] { all = store.wait(waited, milliseconds(500)); });
+      if (all) return pass();
+      const auto health = rdzv.check_round(info);
+      if (health == rendezvous::RoundHealth::left_behind) return pass();
+      // A node waiting for rank 0 reads every exit key only when rank 0 is gone.
+      if (info.group_rank != 0 && rdzv.alive_nodes({info.nodes.front()}).count(info.nodes.front()) > 0) {
+        if (steady_clock::now() > deadline) {
+          log::warning("Exit barrier of round {} timed out after {} s", info.round, limit.count());
+          return;
+        }
+        continue;
+      }
       std::vector<std::optional<std::string>> exited;
       rdzv.guarded([&] { exited = store.get_many(keys); });
       auto alive = rdzv.alive_nodes(others);
-      const bool moved_on = rdzv.check_round(info) == rendezvous::RoundHealth::left_behind;
       bool done = true;
       for (std::size_t i = 0; i < others.size(); ++i)
-        if (!exited[i] && alive.count(others[i]) > 0 && !moved_on) done = false;
-      if (done) return;
+        if (!exited[i] && alive.count(others[i]) > 0) done = false;
+      if (done) return pass();
       if (steady_clock::now() > deadline) {
         log::warning("Exit barrier of round {} timed out after {} s", info.round, limit.count());
         return;

@@ -143,6 +143,16 @@ class EtcdStore : public Store {
     return guarded([&] { return values_of(read_many(keys).second); });
   }
 
+  std::vector<std::string> list_keys(const std::string& prefix) override {
+    return guarded([&] {
+      auto result = client_.range(full(prefix), detail::etcd_prefix_end(full(prefix)), true);
+      std::vector<std::string> keys;
+      keys.reserve(result.kvs.size());
+      for (auto& kv : result.kvs) keys.push_back(kv.key.substr(prefix_.size()));
+      return keys;
+    });
+  }
+
   void set(const std::string& key, const std::string& value) override {
     guarded([&] { return client_.put(full(key), value); });
   }

@@ -52,6 +52,13 @@ class KeyValueTable {
       if (!contains(key)) return false;
     return true;
   }
+  std::vector<std::string> keys_with_prefix(const std::string& prefix) const {
+    std::vector<std::string> keys;
+    for (auto it = values_.lower_bound(prefix); it != values_.end() && it->first.compare(0, prefix.size(), prefix) == 0;
+         ++it)
+      keys.push_back(it->first);
+    return keys;
+  }
   std::size_t num_keys() const { return values_.size(); }
   // Bytes of keys and values held.
   std::size_t bytes() const { return bytes_; }

@@ -74,6 +74,8 @@ class Store {
   virtual std::optional<std::string> get(const std::string& key) = 0;
   // Several keys in one request; results in the order of `keys`.
   virtual std::vector<std::optional<std::string>> get_many(const std::vector<std::string>& keys) = 0;
+  // The keys that begin with `prefix`, in byte order, in one request (values not sent).
+  virtual std::vector<std::string> list_keys(const std::string& prefix) = 0;
   virtual void set(const std::string& key, const std::string& value) = 0;
   // Atomically: if the key's value equals `expected` (nothing: the key is absent),
   // write `desired`. Returns whether it did, and the value now stored. A backend

@@ -66,6 +66,13 @@ class C10dStoreClient : public Store {
     for (auto& value : result) value = in.opt();
     return result;
   }
+  std::vector<std::string> list_keys(const std::string& prefix) override {
+    auto answer = call(request(c10d::Op::list_keys).str(prefix));
+    c10d::Reader in(answer);
+    std::vector<std::string> keys(in.count(4));
+    for (auto& key : keys) key = in.str();
+    return keys;
+  }
   void set(const std::string& key, const std::string& value) override {
     call(request(c10d::Op::set).str(key).str(value));
   }

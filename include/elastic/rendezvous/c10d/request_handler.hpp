@@ -66,6 +66,15 @@ class RequestHandler {
         }
         break;
       }
+      case Op::list_keys: {
+        auto keys = table_.keys_with_prefix(in.str());
+        out.u32(static_cast<std::uint32_t>(keys.size()));
+        for (const auto& key : keys) {
+          out.str(key);
+          if (out.size() > max_answer_) throw StoreError(too_large());
+        }
+        break;
+      }
       case Op::set: {
         auto key = in.str();
         table_.set(key, in.str());

@@ -58,6 +58,7 @@ enum class Op : std::uint8_t {
   wait_change,
   set_ephemeral,
   keep_alive,
+  list_keys,
 };
 
 enum class HandshakeAnswer : std::uint8_t { refused = 0, accepted = 1, secret_required = 2, busy = 3 };

@@ -197,10 +197,12 @@ class EtcdClient {
   const EtcdClientOptions& options() const { return options_; }
   std::string endpoint() const { return options_.protocol + "://" + host_port(); }
 
-  // Keys in [key, range_end); an empty range_end: the key alone.
-  EtcdRangeResult range(const std::string& key, const std::string& range_end = {}) {
+  // Keys in [key, range_end); an empty range_end: the key alone. `keys_only`: the
+  // values are not sent.
+  EtcdRangeResult range(const std::string& key, const std::string& range_end = {}, bool keys_only = false) {
     nlohmann::json request{{"key", base64_encode(key)}};
     if (!range_end.empty()) request["range_end"] = base64_encode(range_end);
+    if (keys_only) request["keys_only"] = true;
     auto answer = call("/v3/kv/range", request);
     EtcdRangeResult result;
     result.revision = etcd_json::header_revision(answer);

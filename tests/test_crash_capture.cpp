@@ -987,7 +987,11 @@ TEST_CASE("a SIGTERM that reaches elastic-symbolize while it works does not cost
            << "os.execv('" << ELASTIC_TEST_SYMBOLIZER << "', ['elastic-symbolize'] + sys.argv[1:])\n";
   }
   std::filesystem::permissions(helper, std::filesystem::perms::owner_all);
-  for (const std::string mode : {"segv", "throw"}) {
+  // Without throw-site traces (AddressSanitizer's builds) an exception record has
+  // no frames to give lines to: the crash alone is checked there.
+  std::vector<std::string> modes{"segv"};
+  if (throw_traces_built) modes.push_back("throw");
+  for (const std::string& mode : modes) {
     INFO(mode);
     const std::string file = dir.file(mode + ".json");
     RunOptions options;

@@ -422,8 +422,7 @@ class DynamicRendezvous {
       if (key.compare(0, prefix.size(), prefix) != 0) continue;
       try {
         auto node = NodeDesc::parse(key.substr(prefix.size()));
-        RendezvousState copy = state;
-        if (transitions::add_joining(copy, node, settings_.min_nodes, settings_.max_nodes)) nodes.push_back(node);
+        if (transitions::joining_changes(state, node, settings_.max_nodes)) nodes.push_back(node);
       } catch (const RendezvousStateError&) {
       }
     }

@@ -162,17 +162,21 @@ inline void add_to_participants(RendezvousState& s, const NodeDesc& node, int mi
   if (size == max_nodes) mark_complete(s);
 }
 
+// Whether add_joining() below would change `s` for `node`.
+inline bool joining_changes(const RendezvousState& s, const NodeDesc& node, int max_nodes) {
+  if (s.closed || s.participants.count(node) > 0) return false;
+  return !s.complete || (static_cast<int>(s.participants.size()) < max_nodes && s.wait_list.count(node) == 0);
+}
+
 // What a node asking to join gets, as next_join_action() would have it do: a place
 // among the participants of an incomplete round, or in the wait list of a complete
 // one with room. Returns whether anything changed.
 inline bool add_joining(RendezvousState& s, const NodeDesc& node, int min_nodes, int max_nodes) {
-  if (s.closed || s.participants.count(node) > 0) return false;
-  if (!s.complete) {
+  if (!joining_changes(s, node, max_nodes)) return false;
+  if (!s.complete)
     add_to_participants(s, node, min_nodes, max_nodes);
-    return true;
-  }
-  if (static_cast<int>(s.participants.size()) >= max_nodes || s.wait_list.count(node) > 0) return false;
-  s.wait_list.insert(node);
+  else
+    s.wait_list.insert(node);
   return true;
 }
 
